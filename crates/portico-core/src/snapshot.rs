@@ -1,0 +1,100 @@
+//! The **config snapshot**: everything the gateway needs to serve a request, compiled by the
+//! control plane from the store and swapped in atomically. The gateway never reads the store.
+
+use crate::api_key::KeyHash;
+use crate::ids::{ApiId, AppId, KeyId, OrgId, PlanId, SubscriptionId, VersionId};
+use crate::model::LifecycleState;
+use crate::values::{RateLimit, Slug, UpstreamUrl, VersionNumber};
+use std::collections::{BTreeMap, HashMap};
+
+/// One immutable view of the marketplace's routing and access rules.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Increases with each compile; shown in logs and `/readyz`.
+    pub generation: u64,
+    /// API slug → route.
+    pub apis: HashMap<Slug, ApiRoute>,
+    /// Hashed key → who it belongs to. Revoked keys are absent.
+    pub keys: HashMap<KeyHash, KeyGrant>,
+    /// (app, API) → the active subscription that lets the app call the API.
+    pub subscriptions: HashMap<(AppId, ApiId), SubscriptionGrant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiRoute {
+    pub api_id: ApiId,
+    pub slug: Slug,
+    /// Major version → the newest version of that major that serves traffic.
+    pub majors: BTreeMap<u32, VersionRoute>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionRoute {
+    pub version_id: VersionId,
+    pub version: VersionNumber,
+    pub state: LifecycleState,
+    pub upstream: UpstreamUrl,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyGrant {
+    pub key_id: KeyId,
+    pub hash: KeyHash,
+    pub app_id: AppId,
+    pub consumer_org_id: OrgId,
+    pub consumer_slug: Slug,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscriptionGrant {
+    pub subscription_id: SubscriptionId,
+    pub plan_id: PlanId,
+    pub plan_slug: Slug,
+    pub rate_limit: Option<RateLimit>,
+    pub monthly_quota: Option<u64>,
+}
+
+impl ApiRoute {
+    /// The version that serves `/v{major}`: among versions that serve traffic, the newest.
+    pub fn select(versions: impl IntoIterator<Item = VersionRoute>) -> BTreeMap<u32, VersionRoute> {
+        let mut majors: BTreeMap<u32, VersionRoute> = BTreeMap::new();
+        for v in versions.into_iter().filter(|v| v.state.serves_traffic()) {
+            match majors.get(&v.version.major) {
+                Some(cur) if cur.version >= v.version => {}
+                _ => {
+                    majors.insert(v.version.major, v);
+                }
+            }
+        }
+        majors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str, state: LifecycleState) -> VersionRoute {
+        VersionRoute {
+            version_id: VersionId::new(),
+            version: VersionNumber::parse(s).unwrap(),
+            state,
+            upstream: UpstreamUrl::parse("http://127.0.0.1:1").unwrap(),
+        }
+    }
+
+    #[test]
+    fn newest_serving_version_of_each_major_wins() {
+        use LifecycleState::*;
+        let m = ApiRoute::select([
+            v("1.0.0", Published),
+            v("1.2.0", Published),
+            v("1.3.0", Draft),
+            v("2.0.0", Retired),
+            v("2.1.0", Deprecated),
+        ]);
+        assert_eq!(m[&1].version.to_string(), "1.2.0");
+        assert_eq!(m[&2].version.to_string(), "2.1.0");
+        assert_eq!(m.len(), 2);
+    }
+}

@@ -1,0 +1,60 @@
+//! The usage event: one per call the gateway answered for a known subscription, and the sink
+//! the gateway hands it to. The metering crate implements the sink; the gateway only knows this
+//! trait.
+
+use crate::ids::{ApiId, AppId, OrgId, PlanId, SubscriptionId, VersionId};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct UsageEvent {
+    pub request_id: Uuid,
+    pub at: OffsetDateTime,
+    pub api_id: ApiId,
+    pub version_id: VersionId,
+    pub app_id: AppId,
+    pub subscription_id: SubscriptionId,
+    pub consumer_org_id: OrgId,
+    pub plan_id: PlanId,
+    pub status: u16,
+    pub latency_micros: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl UsageEvent {
+    /// 2xx/3xx, 4xx or 5xx, as the rollups count them.
+    pub fn status_class(&self) -> StatusClass {
+        StatusClass::of(self.status)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusClass {
+    Success,
+    ClientError,
+    ServerError,
+}
+
+impl StatusClass {
+    pub fn of(status: u16) -> Self {
+        match status {
+            500.. => StatusClass::ServerError,
+            400..=499 => StatusClass::ClientError,
+            _ => StatusClass::Success,
+        }
+    }
+}
+
+/// Where the gateway hands usage events. `record` must not block: the request path calls it.
+pub trait UsageSink: Send + Sync + 'static {
+    fn record(&self, event: UsageEvent);
+}
+
+/// A sink that drops events, for a gateway run without metering.
+#[derive(Debug, Default)]
+pub struct DiscardUsage;
+
+impl UsageSink for DiscardUsage {
+    fn record(&self, _event: UsageEvent) {}
+}
