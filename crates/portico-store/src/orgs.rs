@@ -1,0 +1,117 @@
+//! Organizations: providers, consumers and the platform.
+
+use crate::row::{get, parse, time, with};
+use crate::{Conn, Error, Page, Result, now_millis};
+use portico_core::ids::{OrgId, UserId};
+use portico_core::model::{MemberRole, OrgKind};
+use portico_core::values::{Name, Slug};
+use sqlx::any::AnyRow;
+
+#[derive(Debug, Clone)]
+pub struct Org {
+    pub id: OrgId,
+    pub slug: Slug,
+    pub name: Name,
+    pub kind: OrgKind,
+    pub created_at: time::OffsetDateTime,
+}
+
+const T: &str = "organizations";
+const COLS: &str = "id, slug, name, kind, created_at";
+
+fn decode(r: &AnyRow) -> Result<Org> {
+    Ok(Org {
+        id: parse(r, T, "id")?,
+        slug: with(r, T, "slug", Slug::parse)?,
+        name: with(r, T, "name", Name::parse)?,
+        kind: with(r, T, "kind", OrgKind::parse)?,
+        created_at: time(r, T, "created_at")?,
+    })
+}
+
+pub async fn insert(c: &mut Conn, slug: &Slug, name: &Name, kind: OrgKind) -> Result<Org> {
+    let org = Org { id: OrgId::new(), slug: slug.clone(), name: name.clone(), kind, created_at: crate::from_millis(now_millis()) };
+    sqlx::query("INSERT INTO organizations (id, slug, name, kind, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(org.id.to_string())
+        .bind(slug.as_str())
+        .bind(name.as_str())
+        .bind(kind.as_str())
+        .bind(now_millis())
+        .execute(c)
+        .await
+        .map_err(Error::unique(format!("an organization with slug `{slug}`")))?;
+    Ok(org)
+}
+
+pub async fn rename(c: &mut Conn, id: OrgId, name: &Name) -> Result<()> {
+    sqlx::query("UPDATE organizations SET name = $1 WHERE id = $2")
+        .bind(name.as_str())
+        .bind(id.to_string())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn by_id(c: &mut Conn, id: OrgId) -> Result<Option<Org>> {
+    let q = format!("SELECT {COLS} FROM organizations WHERE id = $1");
+    sqlx::query(sqlx::AssertSqlSafe(q)).bind(id.to_string()).fetch_optional(c).await?.as_ref().map(decode).transpose()
+}
+
+pub async fn by_slug(c: &mut Conn, slug: &str) -> Result<Option<Org>> {
+    let q = format!("SELECT {COLS} FROM organizations WHERE slug = $1");
+    sqlx::query(sqlx::AssertSqlSafe(q)).bind(slug).fetch_optional(c).await?.as_ref().map(decode).transpose()
+}
+
+pub async fn list(c: &mut Conn, kind: Option<OrgKind>, page: Page) -> Result<Vec<Org>> {
+    let q = format!(
+        "SELECT {COLS} FROM organizations WHERE ($1 = '' OR kind = $1) ORDER BY slug LIMIT $2 OFFSET $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+        .bind(kind.map(|k| k.as_str()).unwrap_or(""))
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(c)
+        .await?;
+    rows.iter().map(decode).collect()
+}
+
+/// An organization together with the member's role in it.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub org: Org,
+    pub role: MemberRole,
+}
+
+pub async fn add_member(c: &mut Conn, org: OrgId, user: UserId, role: MemberRole) -> Result<()> {
+    sqlx::query("INSERT INTO memberships (user_id, org_id, role, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(user.to_string())
+        .bind(org.to_string())
+        .bind(role.as_str())
+        .bind(now_millis())
+        .execute(c)
+        .await
+        .map_err(Error::unique("that membership"))?;
+    Ok(())
+}
+
+pub async fn memberships(c: &mut Conn, user: UserId) -> Result<Vec<Membership>> {
+    let rows = sqlx::query(
+        "SELECT o.id, o.slug, o.name, o.kind, o.created_at, m.role FROM memberships m \
+         JOIN organizations o ON o.id = m.org_id WHERE m.user_id = $1 ORDER BY o.slug",
+    )
+    .bind(user.to_string())
+    .fetch_all(c)
+    .await?;
+    rows.iter()
+        .map(|r| Ok(Membership { org: decode(r)?, role: with(r, "memberships", "role", MemberRole::parse)? }))
+        .collect()
+}
+
+/// How many users are members of `org`.
+pub async fn member_count(c: &mut Conn, org: OrgId) -> Result<i64> {
+    let r = sqlx::query("SELECT COUNT(*) AS n FROM memberships WHERE org_id = $1")
+        .bind(org.to_string())
+        .fetch_one(c)
+        .await?;
+    get(&r, "memberships", "n")
+}
