@@ -1,1 +1,45 @@
-//! placeholder
+//! `portico-control` is Portico's control plane: the services (use cases) over the store, the
+//! REST API `/api/v1` with its generated OpenAPI 3.1 document, and the snapshot compiler that
+//! feeds the gateway. It is not the gateway (it never proxies a call) and not the portal's
+//! templates (`portico-portal` renders pages over these same services).
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod services;
+pub mod snapshot;
+pub mod state;
+pub mod views;
+
+pub use error::{Error, Result};
+pub use state::{AppState, ControlConfig};
+
+use axum::routing::get;
+use serde_json::json;
+
+/// The control plane's HTTP surface: `/api/v1/*`, the API reference at `/api/v1/docs`,
+/// `/healthz` and `/readyz`. The portal merges its pages beside it.
+pub fn router(state: AppState) -> axum::Router {
+    let swagger = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
+        uri_prefix: "/api/v1/docs",
+        api_definition: swagger_ui_dist::OpenApiSource::Uri("/api/v1/openapi.json"),
+        title: Some("Portico API reference"),
+    });
+    let limit = state.config.max_body_bytes;
+    axum::Router::new()
+        .nest("/api/v1", api::router())
+        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
+        .merge(swagger)
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.store.ping().await {
+        axum::Json(json!({"status": "ready", "generation": state.snapshot.generation()})).into_response()
+    } else {
+        Error::Unavailable("the database does not answer".into()).into_response()
+    }
+}

@@ -20,6 +20,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use sqlx::AnyConnection as Conn;
+/// The driver error, for callers that commit or roll back a transaction.
+pub use sqlx::Error as DriverError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,0 +1,167 @@
+//! The REST API `/api/v1`: routes by resource, each handler extracts, calls one service
+//! function and maps the result. The OpenAPI 3.1 document is generated from these handlers.
+
+pub mod admin;
+pub mod apis;
+pub mod apps;
+pub mod auth;
+pub mod orgs;
+pub mod subscriptions;
+
+use crate::error::{Error, Problem};
+use crate::state::AppState;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use utoipa::openapi::security::{ApiKey as ApiKeyScheme, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// A JSON body whose every rejection is a problem+json that says what to fix.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = Error;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(r) => Err(json_rejection(r)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> Error {
+    match r {
+        JsonRejection::JsonDataError(e) => Error::Invalid(format!("the JSON body does not fit: {}", source_text(&e))),
+        JsonRejection::JsonSyntaxError(e) => Error::Invalid(format!("the body is not valid JSON: {}", source_text(&e))),
+        JsonRejection::MissingJsonContentType(_) => {
+            Error::UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`".into())
+        }
+        JsonRejection::BytesRejection(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            Error::PayloadTooLarge("the body is larger than this server accepts (5 MiB by default)".into())
+        }
+        other => Error::Invalid(other.body_text()),
+    }
+}
+
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s = inner.to_string();
+        cur = inner.source();
+    }
+    s
+}
+
+/// Query parameters whose rejection is a problem+json.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(Error::Invalid(format!("bad query string: {}", source_text(&e))))
+            }
+            Err(other) => Err(Error::Invalid(other.body_text())),
+        }
+    }
+}
+
+/// `?limit=&offset=`; `limit` is at most 200 (default 50).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    /// 1-200, default 50.
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+impl PageParams {
+    pub fn page(&self) -> portico_store::Page {
+        portico_store::Page::new(self.limit, self.offset)
+    }
+}
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("A token from POST /api/v1/auth/login or `portico admin create`")).build()),
+        );
+        components.add_security_scheme("session", SecurityScheme::ApiKey(ApiKeyScheme::Cookie(ApiKeyValue::new(crate::auth::SESSION_COOKIE))));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Portico API",
+        version = "1.0.0",
+        description = "The control plane of a Portico API marketplace: accounts, organizations, the catalog of APIs with their versions and plans, consumers' apps, API keys and subscriptions, usage, and declarative apply/export. Every error is application/problem+json (RFC 9457)."
+    ),
+    modifiers(&Security),
+    components(schemas(Problem)),
+    tags(
+        (name = "auth", description = "Sign-up, sign-in and the current user"),
+        (name = "orgs", description = "Provider and consumer organizations"),
+        (name = "catalog", description = "APIs, versions and plans"),
+        (name = "apps", description = "Consumers' apps and API keys"),
+        (name = "subscriptions", description = "Subscriptions of apps to plans, and usage"),
+        (name = "admin", description = "Declarative configuration (platform admins)")
+    )
+)]
+struct ApiDoc;
+
+/// The routes under `/api/v1`, with the OpenAPI document at `/openapi.json`.
+pub fn router() -> axum::Router<AppState> {
+    let (router, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::signup))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::me))
+        .routes(routes!(orgs::list, orgs::create))
+        .routes(routes!(orgs::get))
+        .routes(routes!(apis::list, apis::create))
+        .routes(routes!(apis::get, apis::update))
+        .routes(routes!(apis::list_versions, apis::create_version))
+        .routes(routes!(apis::get_version, apis::update_version))
+        .routes(routes!(apis::openapi_document))
+        .routes(routes!(apis::list_plans, apis::create_plan))
+        .routes(routes!(apis::update_plan))
+        .routes(routes!(apps::list, apps::create))
+        .routes(routes!(apps::get, apps::update, apps::delete))
+        .routes(routes!(apps::list_keys, apps::create_key))
+        .routes(routes!(apps::revoke_key))
+        .routes(routes!(apps::usage))
+        .routes(routes!(subscriptions::list, subscriptions::create))
+        .routes(routes!(subscriptions::get, subscriptions::cancel))
+        .routes(routes!(subscriptions::usage))
+        .routes(routes!(admin::apply))
+        .routes(routes!(admin::export))
+        .split_for_parts();
+    let mut doc = doc;
+    doc.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
+    let doc_json = std::sync::Arc::new(serde_json::to_value(&doc).unwrap_or_default());
+    router
+        .route("/openapi.json", get(move || { let d = doc_json.clone(); async move { axum::Json((*d).clone()) } }))
+        .fallback(|| async { Error::NotFound("no such endpoint; the API reference is at /api/v1/docs".into()) })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed("this endpoint does not accept that method; see /api/v1/docs".into()) })
+}
+
+/// A `201 Created` JSON answer.
+pub(crate) fn created<T: serde::Serialize>(v: T) -> Response {
+    (axum::http::StatusCode::CREATED, axum::Json(v)).into_response()
+}

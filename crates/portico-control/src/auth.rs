@@ -1,0 +1,172 @@
+//! Who is calling: passwords (Argon2id), bearer tokens and session cookies, and the
+//! [`Principal`] that every handler receives.
+
+use crate::error::{Error, Result};
+use crate::state::AppState;
+use argon2::{PasswordHash, PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use portico_core::ids::{OrgId, SessionId};
+use portico_core::model::{MemberRole, OrgKind};
+use portico_store::orgs::Membership;
+use portico_store::users::User;
+use sha2::{Digest, Sha256};
+
+/// The browser session cookie. `__Host-` comes with TLS (identity issue); today the cookie is
+/// `HttpOnly; SameSite=Strict; Path=/`, plus `Secure` when Portico is configured for HTTPS.
+pub const SESSION_COOKIE: &str = "portico_session";
+/// Browser sessions live this long.
+pub const SESSION_TTL_SECS: i64 = 12 * 3600;
+
+fn argon2() -> Argon2<'static> {
+    // OWASP's Argon2id baseline: m = 19 MiB, t = 2, p = 1.
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(19 * 1024, 2, 1, None).expect("valid params"))
+}
+
+pub fn hash_password(password: &str) -> Result<String> {
+    PasswordHasher::<PasswordHash>::hash_password(&argon2(), password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Internal(format!("hashing a password: {e}")))
+}
+
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordVerifier::<str>::verify_password(&argon2(), password.as_bytes(), hash).is_ok()
+}
+
+/// A fresh bearer secret: `pts_` + 40 base62 characters (≈ 238 bits).
+pub fn new_token() -> String {
+    const A: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut s = String::from("pts_");
+    for _ in 0..40 {
+        s.push(A[rand::random_range(0..62usize)] as char);
+    }
+    s
+}
+
+/// Tokens are random and long, so a plain SHA-256 is enough to store them safely.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The signed-in user with their memberships.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: User,
+    pub memberships: Vec<Membership>,
+    pub session_id: SessionId,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.user.is_platform_admin
+    }
+    pub fn role_in(&self, org: OrgId) -> Option<MemberRole> {
+        self.memberships.iter().find(|m| m.org.id == org).map(|m| m.role)
+    }
+    /// May read the organization's objects.
+    pub fn can_read(&self, org: OrgId) -> bool {
+        self.is_admin() || self.role_in(org).is_some()
+    }
+    /// May change the organization's objects.
+    pub fn can_manage(&self, org: OrgId) -> bool {
+        self.is_admin() || self.role_in(org).is_some_and(MemberRole::can_manage)
+    }
+    pub fn org_ids(&self) -> Vec<OrgId> {
+        self.memberships.iter().map(|m| m.org.id).collect()
+    }
+    pub fn orgs_of_kind(&self, kind: OrgKind) -> Vec<OrgId> {
+        self.memberships.iter().filter(|m| m.org.kind == kind).map(|m| m.org.id).collect()
+    }
+}
+
+/// The bearer token or session cookie of a request, if any.
+pub fn credential(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+    {
+        return Some(t.trim().to_owned());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+pub async fn resolve(state: &AppState, token: &str) -> Result<Option<Principal>> {
+    let mut c = state.store.conn().await?;
+    let Some(session) = portico_store::users::session_by_hash(&mut c, &token_hash(token)).await? else {
+        return Ok(None);
+    };
+    let Some(user) = portico_store::users::by_id(&mut c, session.user_id).await? else {
+        return Ok(None);
+    };
+    let memberships = portico_store::orgs::memberships(&mut c, user.id).await?;
+    Ok(Some(Principal { user, memberships, session_id: session.id }))
+}
+
+/// Extractor: the caller must be signed in.
+#[derive(Debug, Clone)]
+pub struct Auth(pub Principal);
+
+/// Extractor: the caller may be anonymous.
+#[derive(Debug, Clone)]
+pub struct MaybeAuth(pub Option<Principal>);
+
+impl FromRequestParts<AppState> for MaybeAuth {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        match credential(&parts.headers) {
+            None => Ok(MaybeAuth(None)),
+            Some(t) => match resolve(state, &t).await? {
+                Some(p) => Ok(MaybeAuth(Some(p))),
+                None => Err(Error::Unauthenticated(
+                    "the session or token is invalid or has expired; sign in again".into(),
+                )),
+            },
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        match MaybeAuth::from_request_parts(parts, state).await? {
+            MaybeAuth(Some(p)) => Ok(Auth(p)),
+            MaybeAuth(None) => Err(Error::Unauthenticated(
+                "sign in first: send `Authorization: Bearer <token>` (from POST /api/v1/auth/login) or the session cookie".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn credentials_from_header_or_cookie() {
+        let mut h = HeaderMap::new();
+        assert_eq!(credential(&h), None);
+        h.insert(header::COOKIE, "a=b; portico_session=pts_x".parse().unwrap());
+        assert_eq!(credential(&h).as_deref(), Some("pts_x"));
+        h.insert(header::AUTHORIZATION, "Bearer pts_y".parse().unwrap());
+        assert_eq!(credential(&h).as_deref(), Some("pts_y"));
+        assert_ne!(new_token(), new_token());
+        assert_eq!(token_hash("a"), token_hash("a"));
+    }
+}

@@ -1,0 +1,334 @@
+//! The catalog: providers' APIs, their versions and plans.
+
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::services::{managed_api, publish, visible_api};
+use crate::state::AppState;
+use crate::views::{ApiDetail, ApiView, PlanView, VersionView};
+use portico_core::ids::OrgId;
+use portico_core::model::{LifecycleState, OrgKind, Pricing, Visibility};
+use portico_core::openapi::OpenApiDoc;
+use portico_core::values::{Name, RateLimit, Slug, UpstreamUrl, VersionNumber};
+use portico_store::catalog::{self, Api, ApiFields, ApiScope, PlanFields};
+use portico_store::{Page, orgs};
+use serde::Deserialize;
+use std::collections::HashMap;
+use utoipa::ToSchema;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApi {
+    /// The provider organization that owns the API; may be left out when you belong to one.
+    pub org_id: Option<String>,
+    #[schema(value_type = String, example = "weather")]
+    pub slug: Slug,
+    #[schema(value_type = String, example = "Weather")]
+    pub name: Name,
+    #[serde(default)]
+    pub description: String,
+    pub category: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    #[schema(value_type = String, example = "public")]
+    pub visibility: Visibility,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApi {
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Name>,
+    pub description: Option<String>,
+    pub category: Option<String>,
+    pub tags: Option<Vec<String>>,
+    #[schema(value_type = Option<String>)]
+    pub visibility: Option<Visibility>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVersion {
+    #[schema(value_type = String, example = "1.0.0")]
+    pub version: VersionNumber,
+    #[schema(value_type = String, example = "https://api.example.com/v1")]
+    pub upstream_url: UpstreamUrl,
+    /// The OpenAPI 3.0 or 3.1 document (JSON).
+    #[schema(value_type = Object)]
+    pub openapi: serde_json::Value,
+    /// `draft` (default) or `published`.
+    #[schema(value_type = Option<String>)]
+    pub state: Option<LifecycleState>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVersion {
+    /// Moves forward only: draft → published → deprecated → retired.
+    #[schema(value_type = Option<String>)]
+    pub state: Option<LifecycleState>,
+    #[schema(value_type = Option<String>)]
+    pub upstream_url: Option<UpstreamUrl>,
+    #[schema(value_type = Option<Object>)]
+    pub openapi: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePlan {
+    #[schema(value_type = String, example = "free")]
+    pub slug: Slug,
+    #[schema(value_type = String, example = "Free")]
+    pub name: Name,
+    #[serde(default)]
+    pub description: String,
+    /// `{"type":"free"}` or `{"type":"flat_monthly","amount_minor":2900,"currency":"USD"}`
+    #[schema(value_type = Object)]
+    pub pricing: Pricing,
+    /// `{"requests": 60, "per": "minute"}`
+    #[schema(value_type = Option<Object>)]
+    pub rate_limit: Option<RateLimit>,
+    pub monthly_quota: Option<u64>,
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub visibility: Visibility,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePlan {
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Name>,
+    pub description: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub pricing: Option<Pricing>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub rate_limit: Option<Option<RateLimit>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub monthly_quota: Option<Option<u64>>,
+    #[schema(value_type = Option<String>)]
+    pub visibility: Option<Visibility>,
+}
+
+fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn validate_tags(tags: &[String]) -> Result<()> {
+    if tags.len() > 20 || tags.iter().any(|t| t.trim().is_empty() || t.len() > 40) {
+        return Err(Error::Invalid("tags: at most 20 tags of 1-40 characters each".into()));
+    }
+    Ok(())
+}
+
+pub(crate) fn gateway_base(state: &AppState, slug: &Slug, major: Option<u32>) -> Option<String> {
+    major.map(|m| format!("{}/{slug}/v{m}", state.config.gateway_url.trim_end_matches('/')))
+}
+
+async fn views(state: &AppState, apis: &[Api]) -> Result<Vec<ApiView>> {
+    let mut c = state.store.conn().await?;
+    let mut names: HashMap<OrgId, String> = HashMap::new();
+    let mut out = Vec::with_capacity(apis.len());
+    for a in apis {
+        if !names.contains_key(&a.org_id) {
+            let n = orgs::by_id(&mut c, a.org_id).await?.map(|o| o.name.to_string()).unwrap_or_default();
+            names.insert(a.org_id, n);
+        }
+        let major = catalog::versions(&mut c, a.id).await?.iter().filter(|v| v.state.serves_traffic()).map(|v| v.version.major).max();
+        out.push(ApiView::from(a, &names[&a.org_id], gateway_base(state, &a.slug, major)));
+    }
+    Ok(out)
+}
+
+pub async fn list_apis(state: &AppState, who: Option<&Principal>, page: Page) -> Result<Vec<ApiView>> {
+    let scope = match who {
+        Some(p) if p.is_admin() => ApiScope::All,
+        Some(p) => {
+            // Members see their own providers' drafts and private APIs beside the public catalog.
+            let own = p.orgs_of_kind(OrgKind::Provider);
+            if own.len() == 1 { ApiScope::Catalog(Some(own[0])) } else { ApiScope::Catalog(None) }
+        }
+        None => ApiScope::Catalog(None),
+    };
+    let mut c = state.store.conn().await?;
+    let apis = catalog::list_apis(&mut c, scope, page).await?;
+    drop(c);
+    views(state, &apis).await
+}
+
+pub async fn create_api(state: &AppState, who: &Principal, req: CreateApi) -> Result<ApiView> {
+    validate_tags(&req.tags)?;
+    let org = match req.org_id.as_deref() {
+        Some(id) => super::parse_id(id, "organization")?,
+        None => match who.orgs_of_kind(OrgKind::Provider).as_slice() {
+            [one] => *one,
+            [] => return Err(Error::Forbidden("only members of a provider organization can publish APIs; create one with POST /api/v1/orgs".into())),
+            _ => return Err(Error::Invalid("you belong to several provider organizations: set org_id".into())),
+        },
+    };
+    let mut tx = state.store.begin().await?;
+    let o = orgs::by_id(&mut tx, org).await?.filter(|_| who.can_read(org)).ok_or_else(|| Error::not_found(format_args!("organization `{org}`")))?;
+    if !who.can_manage(org) {
+        return Err(Error::Forbidden("your role in this organization cannot publish APIs".into()));
+    }
+    if o.kind != OrgKind::Provider && !who.is_admin() {
+        return Err(Error::Invalid(format!("`{}` is a {} organization; APIs belong to provider organizations", o.slug, o.kind)));
+    }
+    let fields = ApiFields { name: req.name, description: req.description, category: req.category, tags: req.tags, visibility: req.visibility };
+    let api = catalog::insert_api(&mut tx, org, &req.slug, &fields).await?;
+    portico_store::bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    publish(state).await;
+    Ok(ApiView::from(&api, o.name.as_str(), None))
+}
+
+pub async fn get_api(state: &AppState, who: Option<&Principal>, slug: &str) -> Result<ApiDetail> {
+    let api = visible_api(state, who, slug).await?;
+    let insider = who.is_some_and(|p| p.can_read(api.org_id));
+    let mut c = state.store.conn().await?;
+    let versions: Vec<VersionView> = catalog::versions(&mut c, api.id)
+        .await?
+        .iter()
+        .filter(|v| insider || v.state != LifecycleState::Draft)
+        .map(|v| VersionView::from(v, insider))
+        .collect();
+    let plans = catalog::plans(&mut c, api.id)
+        .await?
+        .iter()
+        .filter(|p| insider || p.fields.visibility == Visibility::Public)
+        .map(PlanView::from)
+        .collect();
+    drop(c);
+    let view = views(state, std::slice::from_ref(&api)).await?.remove(0);
+    Ok(ApiDetail { api: view, versions, plans })
+}
+
+pub async fn update_api(state: &AppState, who: &Principal, slug: &str, req: UpdateApi) -> Result<ApiView> {
+    let api = managed_api(state, who, slug).await?;
+    let mut f = api.fields.clone();
+    if let Some(n) = req.name { f.name = n; }
+    if let Some(d) = req.description { f.description = d; }
+    if let Some(c) = req.category { f.category = Some(c).filter(|c| !c.is_empty()); }
+    if let Some(t) = req.tags { validate_tags(&t)?; f.tags = t; }
+    if let Some(v) = req.visibility { f.visibility = v; }
+    let mut tx = state.store.begin().await?;
+    catalog::update_api(&mut tx, api.id, &f).await?;
+    portico_store::bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    publish(state).await;
+    let updated = Api { fields: f, ..api };
+    Ok(views(state, std::slice::from_ref(&updated)).await?.remove(0))
+}
+
+pub async fn list_versions(state: &AppState, who: Option<&Principal>, slug: &str) -> Result<Vec<VersionView>> {
+    Ok(get_api(state, who, slug).await?.versions)
+}
+
+pub async fn create_version(state: &AppState, who: &Principal, slug: &str, req: CreateVersion) -> Result<VersionView> {
+    let api = managed_api(state, who, slug).await?;
+    OpenApiDoc::parse(req.openapi.clone())?;
+    let stateval = req.state.unwrap_or(LifecycleState::Draft);
+    if !matches!(stateval, LifecycleState::Draft | LifecycleState::Published) {
+        return Err(Error::Invalid("a new version starts as `draft` or `published`".into()));
+    }
+    let mut tx = state.store.begin().await?;
+    let v = catalog::insert_version(&mut tx, api.id, req.version, stateval, &req.upstream_url, &req.openapi).await?;
+    portico_store::bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    publish(state).await;
+    Ok(VersionView::from(&v, true))
+}
+
+async fn find_version(state: &AppState, api: &Api, version: &str) -> Result<catalog::ApiVersion> {
+    let wanted = VersionNumber::parse(version).map_err(|_| Error::not_found(format_args!("version `{version}`")))?;
+    let mut c = state.store.conn().await?;
+    catalog::versions(&mut c, api.id)
+        .await?
+        .into_iter()
+        .find(|v| v.version == wanted)
+        .ok_or_else(|| Error::not_found(format_args!("version `{version}` of API `{}`", api.slug)))
+}
+
+pub async fn get_version(state: &AppState, who: Option<&Principal>, slug: &str, version: &str) -> Result<VersionView> {
+    let api = visible_api(state, who, slug).await?;
+    let insider = who.is_some_and(|p| p.can_read(api.org_id));
+    let v = find_version(state, &api, version).await?;
+    if !insider && v.state == LifecycleState::Draft {
+        return Err(Error::not_found(format_args!("version `{version}` of API `{slug}`")));
+    }
+    Ok(VersionView::from(&v, insider))
+}
+
+/// The version's OpenAPI document as uploaded.
+pub async fn openapi_document(state: &AppState, who: Option<&Principal>, slug: &str, version: &str) -> Result<serde_json::Value> {
+    let api = visible_api(state, who, slug).await?;
+    let insider = who.is_some_and(|p| p.can_read(api.org_id));
+    let v = find_version(state, &api, version).await?;
+    if !insider && v.state == LifecycleState::Draft {
+        return Err(Error::not_found(format_args!("version `{version}` of API `{slug}`")));
+    }
+    Ok(v.openapi)
+}
+
+pub async fn update_version(state: &AppState, who: &Principal, slug: &str, version: &str, req: UpdateVersion) -> Result<VersionView> {
+    let api = managed_api(state, who, slug).await?;
+    let mut v = find_version(state, &api, version).await?;
+    if let Some(s) = req.state {
+        if !v.state.can_move_to(s) {
+            return Err(Error::Invalid(format!("a {} version cannot move to {s}: versions move forward only (draft → published → deprecated → retired)", v.state)));
+        }
+        v.state = s;
+    }
+    if let Some(u) = req.upstream_url { v.upstream_url = u; }
+    if let Some(doc) = req.openapi {
+        OpenApiDoc::parse(doc.clone())?;
+        v.openapi = doc;
+    }
+    let mut tx = state.store.begin().await?;
+    catalog::update_version(&mut tx, v.id, v.state, &v.upstream_url, &v.openapi).await?;
+    portico_store::bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    publish(state).await;
+    Ok(VersionView::from(&v, true))
+}
+
+pub async fn list_plans(state: &AppState, who: Option<&Principal>, slug: &str) -> Result<Vec<PlanView>> {
+    Ok(get_api(state, who, slug).await?.plans)
+}
+
+pub async fn create_plan(state: &AppState, who: &Principal, slug: &str, req: CreatePlan) -> Result<PlanView> {
+    let api = managed_api(state, who, slug).await?;
+    req.pricing.validate()?;
+    let f = PlanFields { name: req.name, description: req.description, pricing: req.pricing, rate_limit: req.rate_limit, monthly_quota: req.monthly_quota, visibility: req.visibility };
+    let mut tx = state.store.begin().await?;
+    let plan = catalog::insert_plan(&mut tx, api.id, &req.slug, &f).await?;
+    portico_store::bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    publish(state).await;
+    Ok(PlanView::from(&plan))
+}
+
+pub async fn update_plan(state: &AppState, who: &Principal, slug: &str, plan: &str, req: UpdatePlan) -> Result<PlanView> {
+    let api = managed_api(state, who, slug).await?;
+    let mut c = state.store.conn().await?;
+    let mut p = catalog::plans(&mut c, api.id)
+        .await?
+        .into_iter()
+        .find(|p| p.slug.as_str() == plan)
+        .ok_or_else(|| Error::not_found(format_args!("plan `{plan}` of API `{slug}`")))?;
+    drop(c);
+    if let Some(n) = req.name { p.fields.name = n; }
+    if let Some(d) = req.description { p.fields.description = d; }
+    if let Some(pr) = req.pricing { pr.validate()?; p.fields.pricing = pr; }
+    if let Some(r) = req.rate_limit { p.fields.rate_limit = r; }
+    if let Some(q) = req.monthly_quota { p.fields.monthly_quota = q; }
+    if let Some(v) = req.visibility { p.fields.visibility = v; }
+    let mut tx = state.store.begin().await?;
+    catalog::update_plan(&mut tx, p.id, &p.fields).await?;
+    portico_store::bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    publish(state).await;
+    Ok(PlanView::from(&p))
+}

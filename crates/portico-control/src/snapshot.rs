@@ -1,0 +1,131 @@
+//! The snapshot compiler: reads the store, builds the gateway's immutable
+//! [`Snapshot`], and swaps it in. Changes made through this process republish at once
+//! (`refresh` after each commit); changes made by other processes are picked up by `watch`,
+//! which polls the store's config generation.
+
+use arc_swap::ArcSwap;
+use portico_core::ids::ApiId;
+use portico_core::snapshot::{ApiRoute, KeyGrant, Snapshot, SubscriptionGrant, VersionRoute};
+use portico_store::{Store, apps, catalog};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct SnapshotPublisher {
+    current: Arc<ArcSwap<Snapshot>>,
+    compile: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for SnapshotPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotPublisher(generation {})", self.current.load().generation)
+    }
+}
+
+impl SnapshotPublisher {
+    pub fn new() -> Self {
+        SnapshotPublisher { current: Arc::new(ArcSwap::from_pointee(Snapshot::default())), compile: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The handle the gateway reads.
+    pub fn handle(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.current.clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
+    /// Compiles from the store and publishes. Compiles are serialised, so a slower, older
+    /// compile can never overwrite a newer one.
+    pub async fn refresh(&self, store: &Store) -> Result<u64, portico_store::Error> {
+        let _one_at_a_time = self.compile.lock().await;
+        let snapshot = compile(store).await?;
+        let generation = snapshot.generation;
+        self.current.store(Arc::new(snapshot));
+        tracing::debug!(generation, "config snapshot published");
+        Ok(generation)
+    }
+
+    /// Polls the store's config generation every `every` and recompiles when it moved.
+    pub fn watch(self: Arc<Self>, store: Store, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let stored = match store.conn().await {
+                    Ok(mut c) => portico_store::generation(&mut c).await.ok(),
+                    Err(_) => None,
+                };
+                match stored {
+                    Some(g) if g as u64 != self.generation() => {
+                        if let Err(e) = self.refresh(&store).await {
+                            tracing::warn!(error = %e, "snapshot compile failed; keeping the current one");
+                        }
+                    }
+                    Some(_) => {}
+                    None => tracing::warn!("store unreachable; the gateway keeps serving its last snapshot"),
+                }
+            }
+        })
+    }
+}
+
+impl Default for SnapshotPublisher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reads everything the gateway needs in one transaction, so the snapshot is consistent.
+pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
+    let mut tx = store.begin().await?;
+    let generation = portico_store::generation(&mut tx).await? as u64;
+    let all_apis = catalog::list_apis(&mut tx, catalog::ApiScope::All, portico_store::Page::all()).await?;
+    let versions = catalog::all_serving_versions(&mut tx).await?;
+    let plans: HashMap<_, _> = catalog::all_plans(&mut tx).await?.into_iter().map(|p| (p.id, p)).collect();
+    let keys = apps::active_keys(&mut tx).await?;
+    let subs = apps::active_subscriptions(&mut tx).await?;
+    tx.commit().await?;
+
+    let mut by_api: HashMap<ApiId, Vec<VersionRoute>> = HashMap::new();
+    for v in versions {
+        by_api.entry(v.api_id).or_default().push(VersionRoute {
+            version_id: v.id,
+            version: v.version,
+            state: v.state,
+            upstream: v.upstream_url,
+        });
+    }
+    let apis = all_apis
+        .into_iter()
+        .map(|a| {
+            let majors = ApiRoute::select(by_api.remove(&a.id).unwrap_or_default());
+            (a.slug.clone(), ApiRoute { api_id: a.id, slug: a.slug, majors })
+        })
+        .collect();
+    let keys = keys
+        .into_iter()
+        .map(|k| {
+            (k.hash, KeyGrant { key_id: k.id, hash: k.hash, app_id: k.app_id, consumer_org_id: k.org_id, consumer_slug: k.org_slug })
+        })
+        .collect();
+    let subscriptions = subs
+        .into_iter()
+        .filter_map(|s| {
+            let plan = plans.get(&s.plan_id)?;
+            Some((
+                (s.app_id, s.api_id),
+                SubscriptionGrant {
+                    subscription_id: s.id,
+                    plan_id: plan.id,
+                    plan_slug: plan.slug.clone(),
+                    rate_limit: plan.fields.rate_limit,
+                    monthly_quota: plan.fields.monthly_quota,
+                },
+            ))
+        })
+        .collect();
+    Ok(Snapshot { generation, apis, keys, subscriptions })
+}

@@ -1,0 +1,36 @@
+//! The control plane's shared state: one `Clone` struct of `Arc`s, taken as `State<AppState>`.
+
+use crate::snapshot::SnapshotPublisher;
+use portico_core::api_key::Pepper;
+use portico_store::Store;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Mark session cookies `Secure` (set when Portico is served over HTTPS).
+    pub secure_cookies: bool,
+    /// The gateway's public base URL, shown in the portal and in code samples.
+    pub gateway_url: String,
+    /// Largest accepted request body (OpenAPI documents included).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { secure_cookies: false, gateway_url: "http://127.0.0.1:8080".into(), max_body_bytes: 5 * 1024 * 1024 }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub pepper: Arc<Pepper>,
+    pub snapshot: Arc<SnapshotPublisher>,
+    pub config: Arc<ControlConfig>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("backend", &self.store.backend()).finish_non_exhaustive()
+    }
+}
