@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::state::AppState;
 use argon2::{PasswordHash, PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use portico_core::ids::{OrgId, SessionId};
@@ -118,12 +118,15 @@ pub struct Auth(pub Principal);
 #[derive(Debug, Clone)]
 pub struct MaybeAuth(pub Option<Principal>);
 
-impl FromRequestParts<AppState> for MaybeAuth {
+impl<S: Send + Sync> FromRequestParts<S> for MaybeAuth
+where
+    AppState: FromRef<S>,
+{
     type Rejection = Error;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
         match credential(&parts.headers) {
             None => Ok(MaybeAuth(None)),
-            Some(t) => match resolve(state, &t).await? {
+            Some(t) => match resolve(&AppState::from_ref(state), &t).await? {
                 Some(p) => Ok(MaybeAuth(Some(p))),
                 None => Err(Error::Unauthenticated(
                     "the session or token is invalid or has expired; sign in again".into(),
@@ -133,9 +136,12 @@ impl FromRequestParts<AppState> for MaybeAuth {
     }
 }
 
-impl FromRequestParts<AppState> for Auth {
+impl<S: Send + Sync> FromRequestParts<S> for Auth
+where
+    AppState: FromRef<S>,
+{
     type Rejection = Error;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
         match MaybeAuth::from_request_parts(parts, state).await? {
             MaybeAuth(Some(p)) => Ok(Auth(p)),
             MaybeAuth(None) => Err(Error::Unauthenticated(

@@ -1,1 +1,118 @@
-//! placeholder
+//! `portico-portal` is the developer portal: server-rendered pages (minijinja templates,
+//! embedded in the binary) over `portico-control`'s services. No business rule lives here.
+//! Today it is the landing page: the catalog, each API's plans, versions and operations, and
+//! an interactive reference per version. The portal issue grows it into the full portal.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use minijinja::{Environment, context};
+use portico_control::auth::MaybeAuth;
+use portico_control::services::catalog;
+use portico_control::{AppState, Error};
+use std::sync::Arc;
+
+fn templates() -> Environment<'static> {
+    let mut env = Environment::new();
+    for (name, src) in [
+        ("base.html", include_str!("../templates/base.html")),
+        ("home.html", include_str!("../templates/home.html")),
+        ("api.html", include_str!("../templates/api.html")),
+        ("reference.html", include_str!("../templates/reference.html")),
+    ] {
+        env.add_template(name, src).expect("the portal's templates parse");
+    }
+    env
+}
+
+#[derive(Clone)]
+struct Portal {
+    state: AppState,
+    env: Arc<Environment<'static>>,
+}
+
+impl axum::extract::FromRef<Portal> for AppState {
+    fn from_ref(p: &Portal) -> AppState {
+        p.state.clone()
+    }
+}
+
+/// The portal's pages: `/`, `/apis/{slug}`, `/apis/{slug}/reference/{version}`.
+pub fn router(state: AppState) -> axum::Router {
+    let portal = Portal { state, env: Arc::new(templates()) };
+    axum::Router::new()
+        .route("/", get(home))
+        .route("/apis/{slug}", get(api_page))
+        .route("/apis/{slug}/reference/{version}", get(reference))
+        .with_state(portal)
+}
+
+fn render(p: &Portal, name: &str, ctx: minijinja::Value) -> Response {
+    match p.env.get_template(name).and_then(|t| t.render(ctx)) {
+        Ok(html) => {
+            let mut r = Html(html).into_response();
+            let h = r.headers_mut();
+            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'"),
+            );
+            r
+        }
+        Err(e) => Error::Internal(format!("rendering {name}: {e}")).into_response(),
+    }
+}
+
+fn page_error(e: Error) -> Response {
+    let status = match e {
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        _ => return e.into_response(),
+    };
+    (status, Html(format!("<!doctype html><title>Not found</title><p>{}</p><p><a href=\"/\">Back to the catalog</a></p>", minijinja::HtmlEscape(&e.to_string())))).into_response()
+}
+
+async fn home(State(p): State<Portal>, MaybeAuth(who): MaybeAuth) -> Response {
+    match catalog::list_apis(&p.state, who.as_ref(), portico_store::Page::new(Some(200), None)).await {
+        Ok(apis) => render(&p, "home.html", context! { apis => minijinja::value::Serde(&apis), gateway_url => p.state.config.gateway_url.clone() }),
+        Err(e) => page_error(e),
+    }
+}
+
+async fn api_page(State(p): State<Portal>, MaybeAuth(who): MaybeAuth, Path(slug): Path<String>) -> Response {
+    match catalog::get_api(&p.state, who.as_ref(), &slug).await {
+        Ok(d) => render(
+            &p,
+            "api.html",
+            context! {
+                api => minijinja::value::Serde(&d.api),
+                plans => minijinja::value::Serde(&d.plans),
+                versions => minijinja::value::Serde(&d.versions),
+                gateway_url => p.state.config.gateway_url.trim_end_matches('/'),
+            },
+        ),
+        Err(e) => page_error(e),
+    }
+}
+
+async fn reference(State(p): State<Portal>, MaybeAuth(who): MaybeAuth, Path((slug, version)): Path<(String, String)>) -> Response {
+    let v = match catalog::get_version(&p.state, who.as_ref(), &slug, &version).await {
+        Ok(v) => v,
+        Err(e) => return page_error(e),
+    };
+    let api = match catalog::get_api(&p.state, who.as_ref(), &slug).await {
+        Ok(d) => d.api,
+        Err(e) => return page_error(e),
+    };
+    render(
+        &p,
+        "reference.html",
+        context! {
+            api => minijinja::value::Serde(&api),
+            version => v.version.clone(),
+            spec_url => format!("/api/v1/apis/{slug}/versions/{}/openapi.json", v.version),
+            server => format!("{}/{slug}/v{}", p.state.config.gateway_url.trim_end_matches('/'), v.major),
+        },
+    )
+}

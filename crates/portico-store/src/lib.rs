@@ -10,6 +10,7 @@ pub mod apps;
 pub mod catalog;
 pub mod orgs;
 pub mod usage;
+pub mod testing;
 pub mod users;
 
 mod row;

@@ -175,3 +175,26 @@ pub async fn admin_count(store: &Store) -> Result<i64> {
     let mut c = store.conn().await?;
     Ok(users::count_admins(&mut c).await?)
 }
+
+/// Makes sure an account exists for `email` (created with `password` if not) and is a member
+/// of the organization `org_slug` with `role`. Used to seed users (the demo, first runs).
+pub async fn ensure_member(store: &Store, email: &Email, name: &Name, password: &Password, org_slug: &str, role: MemberRole) -> Result<users::User> {
+    let mut tx = store.begin().await?;
+    let org = orgs::by_slug(&mut tx, org_slug).await?.ok_or_else(|| Error::not_found(format_args!("organization `{org_slug}`")))?;
+    let user = match users::by_email(&mut tx, email).await? {
+        Some(u) => u,
+        None => users::insert(&mut tx, email, name, &auth::hash_password(password.expose())?, false).await?,
+    };
+    if !orgs::memberships(&mut tx, user.id).await?.iter().any(|m| m.org.id == org.id) {
+        orgs::add_member(&mut tx, org.id, user.id, role).await?;
+    }
+    tx.commit().await?;
+    Ok(user)
+}
+
+/// A session token for an existing user, without a password: for in-process callers that act
+/// as a user (the demo seeding). Never exposed over HTTP.
+pub async fn issue_token(store: &Store, user: &users::User) -> Result<String> {
+    let mut c = store.conn().await?;
+    Ok(new_session(&mut c, user, SessionKind::Token).await?.0)
+}

@@ -1,0 +1,120 @@
+//! The same repository tests on SQLite and on PostgreSQL (a real server; the PostgreSQL tests
+//! fail, never skip, when it is not reachable).
+
+use portico_core::api_key::{ApiKey, Pepper};
+use portico_core::ids::SubscriptionId;
+use portico_core::model::{LifecycleState, MemberRole, OrgKind, Pricing, Visibility};
+use portico_core::values::{Email, Name, Period, RateLimit, Slug, UpstreamUrl, VersionNumber};
+use portico_store::catalog::{ApiFields, PlanFields};
+use portico_store::usage::DailyUsage;
+use portico_store::{Error, Page, Store, apps, catalog, orgs, usage, users};
+
+async fn sqlite() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, dir)
+}
+
+async fn postgres() -> Store {
+    let url = portico_store::testing::fresh_postgres_database().await.unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+fn slug(s: &str) -> Slug {
+    Slug::parse(s).unwrap()
+}
+fn name(s: &str) -> Name {
+    Name::parse(s).unwrap()
+}
+
+async fn exercise(store: &Store) {
+    let mut c = store.conn().await.unwrap();
+    // Migrations are idempotent.
+    store.migrate().await.unwrap();
+
+    let acme = orgs::insert(&mut c, &slug("acme"), &name("Acme"), OrgKind::Provider).await.unwrap();
+    assert!(matches!(orgs::insert(&mut c, &slug("acme"), &name("Again"), OrgKind::Consumer).await, Err(Error::Conflict(_))));
+    let user = users::insert(&mut c, &Email::parse("a@acme.io").unwrap(), &name("A"), "hash", false).await.unwrap();
+    orgs::add_member(&mut c, acme.id, user.id, MemberRole::Owner).await.unwrap();
+    let ms = orgs::memberships(&mut c, user.id).await.unwrap();
+    assert_eq!((ms.len(), ms[0].role, ms[0].org.slug.as_str()), (1, MemberRole::Owner, "acme"));
+    assert_eq!(users::by_email(&mut c, &Email::parse("A@ACME.io").unwrap()).await.unwrap().unwrap().id, user.id);
+
+    let fields = ApiFields { name: name("Weather"), description: "d".into(), category: Some("Geo".into()), tags: vec!["a".into(), "b".into()], visibility: Visibility::Public };
+    let api = catalog::insert_api(&mut c, acme.id, &slug("weather"), &fields).await.unwrap();
+    assert_eq!(catalog::api_by_slug(&mut c, "weather").await.unwrap().unwrap().fields, fields);
+    let doc = serde_json::json!({"openapi": "3.1.0"});
+    let up = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
+    for (v, st) in [("1.0.0", LifecycleState::Published), ("1.1.0", LifecycleState::Draft), ("2.0.0", LifecycleState::Published)] {
+        catalog::insert_version(&mut c, api.id, VersionNumber::parse(v).unwrap(), st, &up, &doc).await.unwrap();
+    }
+    assert!(matches!(catalog::insert_version(&mut c, api.id, VersionNumber::parse("1.0.0").unwrap(), LifecycleState::Draft, &up, &doc).await, Err(Error::Conflict(_))));
+    let vs = catalog::versions(&mut c, api.id).await.unwrap();
+    assert_eq!(vs.iter().map(|v| v.version.to_string()).collect::<Vec<_>>(), ["2.0.0", "1.1.0", "1.0.0"]);
+    assert_eq!(catalog::all_serving_versions(&mut c).await.unwrap().len(), 2);
+    // The public catalog shows APIs with a serving version.
+    assert_eq!(catalog::list_apis(&mut c, catalog::ApiScope::Catalog(None), Page::new(None, None)).await.unwrap().len(), 1);
+
+    let pf = PlanFields { name: name("Free"), description: String::new(), pricing: Pricing::Free, rate_limit: Some(RateLimit::new(10, Period::Minute).unwrap()), monthly_quota: Some(1000), visibility: Visibility::Public };
+    let plan = catalog::insert_plan(&mut c, api.id, &slug("free"), &pf).await.unwrap();
+    assert_eq!(catalog::plan_by_id(&mut c, plan.id).await.unwrap().unwrap().fields, pf);
+
+    let globex = orgs::insert(&mut c, &slug("globex"), &name("Globex"), OrgKind::Consumer).await.unwrap();
+    let app = apps::insert_app(&mut c, globex.id, &slug("dash"), &name("Dash"), "").await.unwrap();
+    let key = ApiKey::generate();
+    let pepper = Pepper::generate();
+    let rec = apps::insert_key(&mut c, app.id, "k", &key.display_prefix(), &key.last4(), &key.hash(&pepper)).await.unwrap();
+    assert_eq!(apps::active_keys(&mut c).await.unwrap()[0].hash, key.hash(&pepper));
+    apps::revoke_key(&mut c, app.id, rec.id).await.unwrap();
+    assert!(apps::active_keys(&mut c).await.unwrap().is_empty());
+    assert!(apps::keys(&mut c, app.id).await.unwrap()[0].revoked_at.is_some());
+
+    let sub = apps::insert_subscription(&mut c, app.id, api.id, plan.id).await.unwrap();
+    assert!(matches!(apps::insert_subscription(&mut c, app.id, api.id, plan.id).await, Err(Error::Conflict(_))), "one active subscription per app and API");
+    apps::cancel_subscription(&mut c, sub.id).await.unwrap();
+    let again = apps::insert_subscription(&mut c, app.id, api.id, plan.id).await.unwrap();
+    assert_eq!(apps::active_subscriptions(&mut c).await.unwrap().len(), 1);
+
+    // Usage adds up, per day.
+    let day = |d: &str, calls| (again.id, DailyUsage { day: d.into(), calls, success: calls, ..Default::default() });
+    usage::add(&mut c, &[day("2026-11-24", 2), day("2026-11-25", 3)]).await.unwrap();
+    usage::add(&mut c, &[day("2026-11-25", 4)]).await.unwrap();
+    let days = usage::daily(&mut c, again.id, "2026-11-01", "2026-11-30").await.unwrap();
+    assert_eq!(days.iter().map(|d| (d.day.as_str(), d.calls)).collect::<Vec<_>>(), [("2026-11-24", 2), ("2026-11-25", 7)]);
+    assert_eq!(usage::calls_since(&mut c, again.id, "2026-11-25").await.unwrap(), 7);
+    assert_eq!(usage::calls_since(&mut c, SubscriptionId::new(), "2026-11-25").await.unwrap(), 0);
+    drop(c);
+
+    // A transaction that is not committed leaves nothing behind.
+    {
+        let mut tx = store.begin().await.unwrap();
+        orgs::insert(&mut tx, &slug("ghost"), &name("Ghost"), OrgKind::Consumer).await.unwrap();
+        portico_store::bump_generation(&mut tx).await.unwrap();
+    }
+    let mut c = store.conn().await.unwrap();
+    assert!(orgs::by_slug(&mut c, "ghost").await.unwrap().is_none());
+    let g = portico_store::generation(&mut c).await.unwrap();
+    portico_store::bump_generation(&mut c).await.unwrap();
+    assert_eq!(portico_store::generation(&mut c).await.unwrap(), g + 1);
+}
+
+#[tokio::test]
+async fn repositories_on_sqlite() {
+    let (store, _dir) = sqlite().await;
+    exercise(&store).await;
+}
+
+#[tokio::test]
+async fn repositories_on_postgres() {
+    let store = postgres().await;
+    exercise(&store).await;
+}
+
+#[tokio::test]
+async fn a_bad_database_url_says_what_to_use() {
+    let e = Store::connect("mysql://root@localhost/x").await.unwrap_err().to_string();
+    assert!(e.contains("sqlite://") && e.contains("postgres://"), "{e}");
+}
