@@ -1,1 +1,293 @@
-//! placeholder
+//! `portico-gateway` is Portico's data plane: a hyper 1 server that takes a consumer's call
+//! through route → screen → identify → entitle → limit → proxy → meter, reading only an
+//! immutable [`Snapshot`] swapped in by the control plane. It never touches the store; usage
+//! goes to a [`UsageSink`] that the binary wires in.
+//!
+//! Not here yet (the gateway issue): operation matching from OpenAPI, upstream pools and health
+//! checks, retries and circuit breaking, TLS, caching, CORS, request validation.
+
+pub mod errors;
+pub mod identify;
+pub mod limit;
+pub mod meter;
+pub mod proxy;
+pub mod route;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use identify::{Credential, KeyError};
+use meter::{CountingBody, Meter, MeteredBody};
+use portico_core::api_key::Pepper;
+use portico_core::snapshot::Snapshot;
+use portico_core::usage::{UsageEvent, UsageSink};
+use portico_core::values::Slug;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+/// Every body the gateway sends: streamed from the upstream or made by the gateway.
+pub type GwBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// A request whose `Content-Length` is larger is refused with 413 before it is read.
+    pub max_body_bytes: u64,
+    /// From sending the request to the upstream's response head; then 504.
+    pub upstream_timeout: Duration,
+    /// How long a client may take to send its request head.
+    pub header_read_timeout: Duration,
+    /// On shutdown, how long in-flight connections get to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_body_bytes: 10 * 1024 * 1024,
+            upstream_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Inner {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    pepper: Pepper,
+    sink: Arc<dyn UsageSink>,
+    config: GatewayConfig,
+    client: Client<HttpConnector, GwBody>,
+    limiter: limit::Limiter,
+}
+
+/// The gateway; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+/// Query parameters that carry credentials in other gateways; Portico refuses them.
+const KEY_PARAMS: [&str; 5] = ["api_key", "apikey", "key", "access_token", "api-key"];
+
+fn key_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            KEY_PARAMS.iter().any(|k| name.eq_ignore_ascii_case(k))
+        })
+    })
+}
+
+impl Gateway {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, pepper: Pepper, sink: Arc<dyn UsageSink>, config: GatewayConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector);
+        Gateway { inner: Arc::new(Inner { snapshot, pepper, sink, config, client, limiter: limit::Limiter::new() }) }
+    }
+
+    /// Serves connections until `shutdown` resolves; then stops accepting and lets in-flight
+    /// connections finish (up to the drain timeout).
+    pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(self.inner.config.header_read_timeout).max_buf_size(64 * 1024);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, remote) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let gw = self.clone();
+                    let svc = service_fn(move |req| {
+                        let gw = gw.clone();
+                        async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
+                    });
+                    let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tokio::select! {
+            _ = graceful.shutdown() => {}
+            _ = tokio::time::sleep(self.inner.config.drain_timeout) => tracing::warn!("drain timeout: closing the remaining gateway connections"),
+        }
+        Ok(())
+    }
+
+    /// The whole request path for one call.
+    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<GwBody> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let path = req.uri().path();
+        if path == "/healthz" {
+            return errors::json(StatusCode::OK, serde_json::json!({"status": "ok"}));
+        }
+        if path == "/readyz" {
+            let generation = inner.snapshot.load().generation;
+            return errors::json(StatusCode::OK, serde_json::json!({"status": "ready", "generation": generation}));
+        }
+
+        // Screen: the cheap checks, before any lookup.
+        let declared_len = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared_len.is_some_and(|n| n > inner.config.max_body_bytes) {
+            return errors::payload_too_large(inner.config.max_body_bytes);
+        }
+        if key_in_query(req.uri().query()) {
+            return errors::bad_request("API keys are not accepted in the URL (it ends up in logs); send it in the X-Api-Key header");
+        }
+        let target = match route::parse(path) {
+            Ok(t) => t,
+            Err(route::RouteError::NoMatch) => return errors::not_found("nothing here: call an API as /{api}/v{major}/{path}"),
+            Err(route::RouteError::Unsafe) => return errors::bad_request("the path has dot segments or encoded separators; send a normalised path"),
+        };
+
+        // Route, identify and entitle from one snapshot; keep only what the proxy needs.
+        let snapshot = inner.snapshot.load();
+        let Some(api) = Slug::parse(target.slug).ok().and_then(|s| snapshot.apis.get(&s)) else {
+            return errors::not_found(&format!("there is no API `{}` on this gateway", target.slug.escape_default()));
+        };
+        let Some(version) = api.majors.get(&target.major) else {
+            return errors::not_found(&format!("API `{}` has no published version {}", api.slug, target.major));
+        };
+        let (key_value, key_in_authorization) = match identify::credential(req.headers()) {
+            Credential::Key { value, from_authorization } => (value, from_authorization),
+            Credential::Token => return errors::unauthenticated("bearer tokens are not accepted yet; send your API key in X-Api-Key"),
+            Credential::None => return errors::unauthenticated("send your API key in the X-Api-Key header"),
+        };
+        let grant = match identify::lookup(&snapshot, &inner.pepper, key_value) {
+            Ok(g) => g,
+            Err(KeyError::Malformed) => return errors::unauthenticated("that is not a valid Portico API key (check it was copied whole)"),
+            Err(KeyError::Unknown) => return errors::unauthenticated("the API key is not valid (unknown or revoked)"),
+        };
+        let Some(sub) = snapshot.subscriptions.get(&(grant.app_id, api.api_id)) else {
+            return errors::forbidden(&format!("this app has no active subscription to API `{}`; subscribe to one of its plans", api.slug));
+        };
+
+        let request_id = proxy::request_id(req.headers());
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let event = UsageEvent {
+            request_id: uuid::Uuid::new_v4(),
+            at: time::OffsetDateTime::now_utc(),
+            api_id: api.api_id,
+            version_id: version.version_id,
+            app_id: grant.app_id,
+            subscription_id: sub.subscription_id,
+            consumer_org_id: grant.consumer_org_id,
+            plan_id: sub.plan_id,
+            status: 0,
+            latency_micros: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let mut meter = Meter::new(inner.sink.clone(), event, started, bytes_in.clone());
+
+        if let Err(refusal) = inner.limiter.check(sub) {
+            let resp = match refusal {
+                limit::Refusal::RateLimited { retry_after, limit } => errors::rate_limited(
+                    limit::retry_after_secs(retry_after),
+                    &format!("rate limit of plan `{}` reached ({} per {}); retry later", sub.plan_slug, limit.requests(), limit.per().as_str()),
+                ),
+                limit::Refusal::QuotaExhausted { retry_after, quota } => errors::rate_limited(
+                    limit::retry_after_secs(retry_after),
+                    &format!("the monthly quota of plan `{}` ({quota} calls) is used up; it resets at the start of next month", sub.plan_slug),
+                ),
+            };
+            meter.respond(resp.status().as_u16());
+            return resp;
+        }
+
+        if version.upstream.is_https() {
+            meter.respond(502);
+            return errors::bad_gateway(&format!("the upstream of API `{}` uses HTTPS, which this gateway cannot reach yet", api.slug));
+        }
+        let mut upstream = String::with_capacity(version.upstream.as_str().len() + target.rest.len() + 64);
+        upstream.push_str(version.upstream.as_str());
+        upstream.push_str(if target.rest.is_empty() && !version.upstream.as_str()[8..].contains('/') { "/" } else { target.rest });
+        if let Some(q) = req.uri().query() {
+            upstream.push('?');
+            upstream.push_str(q);
+        }
+        let Ok(uri) = upstream.parse::<Uri>() else {
+            meter.respond(400);
+            return errors::bad_request("the request path cannot be forwarded as given");
+        };
+        let api_slug = api.slug.clone();
+        let (mut parts, body) = req.into_parts();
+        let traceparent = proxy::traceparent(&parts.headers);
+        proxy::upstream_headers(
+            &mut parts.headers,
+            proxy::Forwarded {
+                client_ip: remote.ip(),
+                consumer: grant.consumer_slug.as_str(),
+                plan: sub.plan_slug.as_str(),
+                request_id: request_id.clone(),
+                traceparent,
+                key_in_authorization,
+            },
+        );
+        drop(snapshot);
+        parts.uri = uri;
+        let body = CountingBody::new(body.boxed_unsync(), bytes_in).boxed_unsync();
+        let sent = tokio::time::timeout(inner.config.upstream_timeout, inner.client.request(Request::from_parts(parts, body))).await;
+        match sent {
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                proxy::downstream_headers(&mut parts.headers, request_id);
+                meter.respond(parts.status.as_u16());
+                Response::from_parts(parts, MeteredBody::new(body.boxed_unsync(), meter).boxed_unsync())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(api = %api_slug, error = %e, "upstream request failed");
+                meter.respond(502);
+                let mut r = errors::bad_gateway(&format!("the upstream of API `{api_slug}` could not be reached or answered badly"));
+                r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
+                r
+            }
+            Err(_) => {
+                tracing::warn!(api = %api_slug, "upstream timed out");
+                meter.respond(504);
+                let mut r = errors::gateway_timeout(&format!("the upstream of API `{api_slug}` did not answer in time"));
+                r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
+                r
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_in_the_query_are_spotted() {
+        assert!(super::key_in_query(Some("a=1&api_key=ptc_x")));
+        assert!(super::key_in_query(Some("APIKEY=x")));
+        assert!(!super::key_in_query(Some("keyword=x&monkey=1")));
+        assert!(!super::key_in_query(None));
+    }
+}

@@ -1,0 +1,70 @@
+//! Every response the gateway makes itself: `application/problem+json` (RFC 9457), one named
+//! constructor per failure, each with its status and headers. Bodies never carry a key, an
+//! upstream address or an internal error.
+
+use crate::GwBody;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Response<GwBody> {
+    let body = serde_json::json!({
+        "type": format!("https://portico.dev/problems/{code}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+    let mut resp = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+pub fn bad_request(detail: &str) -> Response<GwBody> {
+    problem(StatusCode::BAD_REQUEST, "bad_request", "Bad request", detail)
+}
+
+pub fn not_found(detail: &str) -> Response<GwBody> {
+    problem(StatusCode::NOT_FOUND, "not_found", "Not found", detail)
+}
+
+pub fn unauthenticated(detail: &str) -> Response<GwBody> {
+    let mut r = problem(StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required", detail);
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey header=\"X-Api-Key\""));
+    r
+}
+
+pub fn forbidden(detail: &str) -> Response<GwBody> {
+    problem(StatusCode::FORBIDDEN, "forbidden", "Not subscribed", detail)
+}
+
+pub fn rate_limited(retry_after_secs: u64, detail: &str) -> Response<GwBody> {
+    let mut r = problem(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests", detail);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+    r
+}
+
+pub fn payload_too_large(max: u64) -> Response<GwBody> {
+    let detail = format!("the request body is larger than the gateway accepts ({max} bytes)");
+    problem(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large", &detail)
+}
+
+pub fn bad_gateway(detail: &str) -> Response<GwBody> {
+    problem(StatusCode::BAD_GATEWAY, "bad_gateway", "Bad gateway", detail)
+}
+
+pub fn gateway_timeout(detail: &str) -> Response<GwBody> {
+    problem(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "Gateway timeout", detail)
+}
+
+/// A small JSON answer of the gateway's own (`/healthz`, `/readyz`).
+pub fn json(status: StatusCode, value: serde_json::Value) -> Response<GwBody> {
+    let bytes = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+    let mut resp = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

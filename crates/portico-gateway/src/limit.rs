@@ -1,0 +1,148 @@
+//! Per-subscription limits: a GCRA rate limit (governor) and a calendar-month quota. In one
+//! process, exact and lock-light: the maps are read-locked on the common path and never held
+//! across an await. The scale-out issue puts a Redis implementation behind the same type.
+
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use portico_core::ids::SubscriptionId;
+use portico_core::snapshot::SubscriptionGrant;
+use portico_core::values::RateLimit;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Why a call was refused, with how long to wait.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    RateLimited { retry_after: Duration, limit: RateLimit },
+    QuotaExhausted { retry_after: Duration, quota: u64 },
+}
+
+#[derive(Default)]
+pub struct Limiter {
+    rates: RwLock<HashMap<SubscriptionId, (RateLimit, Arc<DefaultDirectRateLimiter>)>>,
+    /// subscription → (month index, calls counted in it)
+    quotas: Mutex<HashMap<SubscriptionId, (i32, u64)>>,
+}
+
+fn quota_of(r: RateLimit) -> Quota {
+    let n = NonZeroU32::new(r.requests()).unwrap_or(NonZeroU32::MIN);
+    let period = Duration::from_secs(r.per().seconds()) / n.get();
+    Quota::with_period(period.max(Duration::from_nanos(1))).unwrap_or_else(|| Quota::per_second(n)).allow_burst(n)
+}
+
+/// Months since year 0, and the seconds until the next month starts (UTC).
+fn month_now() -> (i32, u64) {
+    let now = time::OffsetDateTime::now_utc();
+    let idx = now.year() * 12 + i32::from(u8::from(now.month())) - 1;
+    let (y, m) = if now.month() == time::Month::December { (now.year() + 1, time::Month::January) } else { (now.year(), now.month().next()) };
+    let next = time::Date::from_calendar_date(y, m, 1).map(|d| d.midnight().assume_utc());
+    let secs = next.map(|n| (n - now).whole_seconds().max(1) as u64).unwrap_or(3600);
+    (idx, secs)
+}
+
+impl Limiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn rate_limiter(&self, sub: SubscriptionId, limit: RateLimit) -> Arc<DefaultDirectRateLimiter> {
+        if let Some((l, rl)) = self.rates.read().unwrap_or_else(|p| p.into_inner()).get(&sub)
+            && *l == limit
+        {
+            return rl.clone();
+        }
+        let mut w = self.rates.write().unwrap_or_else(|p| p.into_inner());
+        match w.get(&sub) {
+            Some((l, rl)) if *l == limit => rl.clone(),
+            _ => {
+                // New subscription, or its plan's limit changed: start afresh with the new limit.
+                let rl = Arc::new(RateLimiter::direct(quota_of(limit)));
+                w.insert(sub, (limit, rl.clone()));
+                rl
+            }
+        }
+    }
+
+    /// Admits one call for `grant`, or says why not.
+    pub fn check(&self, grant: &SubscriptionGrant) -> Result<(), Refusal> {
+        if let Some(limit) = grant.rate_limit {
+            let rl = self.rate_limiter(grant.subscription_id, limit);
+            if let Err(not_until) = rl.check() {
+                let wait = not_until.wait_time_from(rl.clock().now());
+                return Err(Refusal::RateLimited { retry_after: wait, limit });
+            }
+        }
+        if let Some(quota) = grant.monthly_quota {
+            let (month, until_next) = month_now();
+            let mut q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = q.entry(grant.subscription_id).or_insert((month, 0));
+            if entry.0 != month {
+                *entry = (month, 0);
+            }
+            if entry.1 >= quota {
+                return Err(Refusal::QuotaExhausted { retry_after: Duration::from_secs(until_next), quota });
+            }
+            entry.1 += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Whole seconds to wait, rounded up, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_millis().div_ceil(1000) as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_core::ids::PlanId;
+    use portico_core::values::{Period, Slug};
+
+    fn grant(rate: Option<RateLimit>, quota: Option<u64>) -> SubscriptionGrant {
+        SubscriptionGrant { subscription_id: SubscriptionId::new(), plan_id: PlanId::new(), plan_slug: Slug::parse("free").unwrap(), rate_limit: rate, monthly_quota: quota }
+    }
+
+    #[test]
+    fn gcra_allows_the_burst_then_refuses_with_a_wait() {
+        let l = Limiter::new();
+        let g = grant(Some(RateLimit::new(3, Period::Minute).unwrap()), None);
+        for _ in 0..3 {
+            assert_eq!(l.check(&g), Ok(()));
+        }
+        match l.check(&g) {
+            Err(Refusal::RateLimited { retry_after, .. }) => {
+                assert!(retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20), "{retry_after:?}");
+                assert!(retry_after_secs(retry_after) >= 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another subscription has its own budget.
+        let g2 = grant(g.rate_limit, None);
+        assert_eq!(l.check(&g2), Ok(()));
+    }
+
+    #[test]
+    fn a_changed_limit_takes_effect() {
+        let l = Limiter::new();
+        let mut g = grant(Some(RateLimit::new(1, Period::Hour).unwrap()), None);
+        assert_eq!(l.check(&g), Ok(()));
+        assert!(l.check(&g).is_err());
+        g.rate_limit = Some(RateLimit::new(5, Period::Hour).unwrap());
+        assert_eq!(l.check(&g), Ok(()));
+    }
+
+    #[test]
+    fn the_monthly_quota_counts_admitted_calls() {
+        let l = Limiter::new();
+        let g = grant(None, Some(2));
+        assert_eq!(l.check(&g), Ok(()));
+        assert_eq!(l.check(&g), Ok(()));
+        assert!(matches!(l.check(&g), Err(Refusal::QuotaExhausted { quota: 2, .. })));
+        assert!(grant(None, None).monthly_quota.is_none());
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+    }
+}

@@ -1,0 +1,60 @@
+//! `/{api-slug}/v{major}/{rest}` → slug, major and the rest of the path (with its leading `/`,
+//! possibly empty). Dot segments and encoded NUL or slashes are refused, so no call reaches an
+//! upstream path outside the API's prefix.
+
+/// A parsed gateway path.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub slug: &'a str,
+    pub major: u32,
+    /// What follows `/v{major}`: empty or starting with `/`.
+    pub rest: &'a str,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// Not of the form `/{slug}/v{major}/…`.
+    NoMatch,
+    /// A path trick: dot segments, encoded NUL, slash or backslash.
+    Unsafe,
+}
+
+pub fn parse(path: &str) -> Result<Target<'_>, RouteError> {
+    let p = path.strip_prefix('/').ok_or(RouteError::NoMatch)?;
+    let (slug, after) = p.split_once('/').ok_or(RouteError::NoMatch)?;
+    let (ver, rest) = match after.find('/') {
+        Some(i) => (&after[..i], &after[i..]),
+        None => (after, ""),
+    };
+    let digits = ver.strip_prefix('v').ok_or(RouteError::NoMatch)?;
+    if slug.is_empty() || digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RouteError::NoMatch);
+    }
+    let major = digits.parse().map_err(|_| RouteError::NoMatch)?;
+    for seg in rest.split('/') {
+        let lower = seg.to_ascii_lowercase();
+        let decoded_dots = lower.replace("%2e", ".");
+        if decoded_dots == "." || decoded_dots == ".." || lower.contains("%00") || lower.contains("%2f") || lower.contains("%5c") || seg.contains('\\') {
+            return Err(RouteError::Unsafe);
+        }
+    }
+    Ok(Target { slug, major, rest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse("/weather/v1/forecast/daily"), Ok(Target { slug: "weather", major: 1, rest: "/forecast/daily" }));
+        assert_eq!(parse("/weather/v2"), Ok(Target { slug: "weather", major: 2, rest: "" }));
+        assert_eq!(parse("/weather/v2/"), Ok(Target { slug: "weather", major: 2, rest: "/" }));
+        for bad in ["", "/", "/weather", "/weather/", "/weather/vx/a", "/weather/1/a", "//v1/a", "/weather/v/a", "/w/v12345678/a"] {
+            assert_eq!(parse(bad), Err(RouteError::NoMatch), "{bad}");
+        }
+        for trick in ["/w/v1/../admin", "/w/v1/a/%2e%2E/b", "/w/v1/./a", "/w/v1/a%00b", "/w/v1/a%2Fb", "/w/v1/a\\b", "/w/v1/%2e"] {
+            assert_eq!(parse(trick), Err(RouteError::Unsafe), "{trick}");
+        }
+    }
+}
