@@ -3,8 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::state::AppState;
-use argon2::{PasswordHash, PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{PasswordHash, PasswordHasher, PasswordVerifier};
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -128,9 +128,9 @@ where
             None => Ok(MaybeAuth(None)),
             Some(t) => match resolve(&AppState::from_ref(state), &t).await? {
                 Some(p) => Ok(MaybeAuth(Some(p))),
-                None => Err(Error::Unauthenticated(
-                    "the session or token is invalid or has expired; sign in again".into(),
-                )),
+                None => {
+                    Err(Error::Unauthenticated("the session or token is invalid or has expired; sign in again".into()))
+                }
             },
         }
     }

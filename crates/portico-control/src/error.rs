@@ -92,11 +92,18 @@ impl IntoResponse for Error {
         let detail = match &self {
             Error::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
-                "something went wrong on our side; it has been logged. Try again, and report it if it persists".to_string()
+                "something went wrong on our side; it has been logged. Try again, and report it if it persists"
+                    .to_string()
             }
             other => other.to_string(),
         };
-        let body = Problem { kind: format!("https://portico.dev/problems/{code}"), title: title.into(), status: status.as_u16(), detail, code: code.into() };
+        let body = Problem {
+            kind: format!("https://portico.dev/problems/{code}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail,
+            code: code.into(),
+        };
         let mut resp = (status, axum::Json(body)).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {

@@ -24,7 +24,10 @@ impl std::fmt::Debug for SnapshotPublisher {
 
 impl SnapshotPublisher {
     pub fn new() -> Self {
-        SnapshotPublisher { current: Arc::new(ArcSwap::from_pointee(Snapshot::default())), compile: tokio::sync::Mutex::new(()) }
+        SnapshotPublisher {
+            current: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            compile: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The handle the gateway reads.
@@ -108,7 +111,16 @@ pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
     let keys = keys
         .into_iter()
         .map(|k| {
-            (k.hash, KeyGrant { key_id: k.id, hash: k.hash, app_id: k.app_id, consumer_org_id: k.org_id, consumer_slug: k.org_slug })
+            (
+                k.hash,
+                KeyGrant {
+                    key_id: k.id,
+                    hash: k.hash,
+                    app_id: k.app_id,
+                    consumer_org_id: k.org_id,
+                    consumer_slug: k.org_slug,
+                },
+            )
         })
         .collect();
     let subscriptions = subs

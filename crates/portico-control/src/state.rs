@@ -17,7 +17,11 @@ pub struct ControlConfig {
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { secure_cookies: false, gateway_url: "http://127.0.0.1:8080".into(), max_body_bytes: 5 * 1024 * 1024 }
+        ControlConfig {
+            secure_cookies: false,
+            gateway_url: "http://127.0.0.1:8080".into(),
+            max_body_bytes: 5 * 1024 * 1024,
+        }
     }
 }
 

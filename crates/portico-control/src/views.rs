@@ -42,7 +42,14 @@ pub struct OrgView {
 
 impl OrgView {
     pub fn from(o: &orgs::Org, role: Option<String>) -> Self {
-        OrgView { id: o.id.to_string(), slug: o.slug.to_string(), name: o.name.to_string(), kind: o.kind.to_string(), role, created_at: ts(o.created_at) }
+        OrgView {
+            id: o.id.to_string(),
+            slug: o.slug.to_string(),
+            name: o.name.to_string(),
+            kind: o.kind.to_string(),
+            role,
+            created_at: ts(o.created_at),
+        }
     }
 }
 
@@ -57,7 +64,13 @@ pub struct UserView {
 
 impl From<&users::User> for UserView {
     fn from(u: &users::User) -> Self {
-        UserView { id: u.id.to_string(), email: u.email.to_string(), name: u.name.to_string(), is_platform_admin: u.is_platform_admin, created_at: ts(u.created_at) }
+        UserView {
+            id: u.id.to_string(),
+            email: u.email.to_string(),
+            name: u.name.to_string(),
+            is_platform_admin: u.is_platform_admin,
+            created_at: ts(u.created_at),
+        }
     }
 }
 
@@ -157,7 +170,12 @@ impl VersionView {
                 .map(|d| {
                     d.operations
                         .into_iter()
-                        .map(|o| OperationView { method: o.method, path: o.path, operation_id: o.operation_id, summary: o.summary })
+                        .map(|o| OperationView {
+                            method: o.method,
+                            path: o.path,
+                            operation_id: o.operation_id,
+                            summary: o.summary,
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -198,7 +216,10 @@ impl From<&catalog::Plan> for PlanView {
             name: p.fields.name.to_string(),
             description: p.fields.description.clone(),
             pricing: p.fields.pricing.clone(),
-            rate_limit: p.fields.rate_limit.map(|r| RateLimitView { requests: r.requests(), per: r.per().as_str().into() }),
+            rate_limit: p
+                .fields
+                .rate_limit
+                .map(|r| RateLimitView { requests: r.requests(), per: r.per().as_str().into() }),
             monthly_quota: p.fields.monthly_quota,
             visibility: p.fields.visibility.to_string(),
         }
@@ -217,7 +238,14 @@ pub struct AppView {
 
 impl From<&apps::App> for AppView {
     fn from(a: &apps::App) -> Self {
-        AppView { id: a.id.to_string(), org_id: a.org_id.to_string(), slug: a.slug.to_string(), name: a.name.to_string(), description: a.description.clone(), created_at: ts(a.created_at) }
+        AppView {
+            id: a.id.to_string(),
+            org_id: a.org_id.to_string(),
+            slug: a.slug.to_string(),
+            name: a.name.to_string(),
+            description: a.description.clone(),
+            created_at: ts(a.created_at),
+        }
     }
 }
 

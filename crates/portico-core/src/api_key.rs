@@ -118,8 +118,8 @@ impl Pepper {
     }
     /// Parses 64 hex characters.
     pub fn from_hex(s: &str) -> Result<Self> {
-        let v = hex::decode(s.trim())
-            .map_err(|_| Error::invalid("pepper", "the key pepper must be 64 hex characters"))?;
+        let v =
+            hex::decode(s.trim()).map_err(|_| Error::invalid("pepper", "the key pepper must be 64 hex characters"))?;
         let b: [u8; 32] = v
             .try_into()
             .map_err(|_| Error::invalid("pepper", "the key pepper must be 64 hex characters (32 bytes)"))?;

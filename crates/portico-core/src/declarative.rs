@@ -130,7 +130,10 @@ impl Document {
             for (ai, a) in p.apis.iter().enumerate() {
                 let at = format!("{at}.apis[{ai}]");
                 if !api_slugs.insert(&a.slug) {
-                    return err(at, format!("API slug `{}` appears twice; API slugs are unique across the marketplace", a.slug));
+                    return err(
+                        at,
+                        format!("API slug `{}` appears twice; API slugs are unique across the marketplace", a.slug),
+                    );
                 }
                 let mut versions = HashSet::new();
                 for (vi, v) in a.versions.iter().enumerate() {
@@ -176,7 +179,10 @@ impl Document {
                         && !api.plans.iter().any(|l| l.slug == s.plan)
                     {
                         let known: Vec<&str> = api.plans.iter().map(|l| l.slug.as_str()).collect();
-                        return err(at, format!("API `{}` has no plan `{}` (its plans: {})", s.api, s.plan, known.join(", ")));
+                        return err(
+                            at,
+                            format!("API `{}` has no plan `{}` (its plans: {})", s.api, s.plan, known.join(", ")),
+                        );
                     }
                 }
             }

@@ -105,7 +105,10 @@ str_enum!(SubscriptionStatus, "status", { Active => "active", Cancelled => "canc
 pub enum Pricing {
     Free,
     /// A flat price per calendar month, in minor units.
-    FlatMonthly { amount_minor: i64, currency: Currency },
+    FlatMonthly {
+        amount_minor: i64,
+        currency: Currency,
+    },
 }
 
 impl Pricing {
@@ -158,7 +161,8 @@ mod tests {
 
     #[test]
     fn pricing() {
-        let p: Pricing = serde_json::from_str(r#"{"type":"flat_monthly","amount_minor":2900,"currency":"USD"}"#).unwrap();
+        let p: Pricing =
+            serde_json::from_str(r#"{"type":"flat_monthly","amount_minor":2900,"currency":"USD"}"#).unwrap();
         assert_eq!(p.monthly_price().unwrap().to_string(), "29.00 USD");
         assert!(p.validate().is_ok());
         let zero = Pricing::FlatMonthly { amount_minor: 0, currency: Currency::usd() };

@@ -42,10 +42,9 @@ impl OpenApiDoc {
         } else {
             return Err(bad(format!("`openapi: {declared}` is not supported: use 3.0.x or 3.1.x")));
         };
-        let spec: oas3::Spec = serde_json::from_value(upgraded)
-            .map_err(|e| bad(format!("the document is not valid OpenAPI: {e}")))?;
-        spec.validate_version()
-            .map_err(|e| bad(format!("the document's version is not usable: {e}")))?;
+        let spec: oas3::Spec =
+            serde_json::from_value(upgraded).map_err(|e| bad(format!("the document is not valid OpenAPI: {e}")))?;
+        spec.validate_version().map_err(|e| bad(format!("the document's version is not usable: {e}")))?;
         let mut operations: Vec<Operation> = spec
             .operations()
             .map(|(path, method, op)| Operation {
@@ -142,9 +141,13 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_openapi() {
-        for bad in [json!([]), json!({"swagger": "2.0"}), json!({"openapi": "4.0.0"}),
-                    json!({"openapi": "3.1.0", "info": {"title": "x", "version": "1"}, "paths": {}}),
-                    json!({"openapi": "3.1.0", "paths": {}})] {
+        for bad in [
+            json!([]),
+            json!({"swagger": "2.0"}),
+            json!({"openapi": "4.0.0"}),
+            json!({"openapi": "3.1.0", "info": {"title": "x", "version": "1"}, "paths": {}}),
+            json!({"openapi": "3.1.0", "paths": {}}),
+        ] {
             assert!(OpenApiDoc::parse(bad.clone()).is_err(), "{bad}");
         }
     }

@@ -54,7 +54,9 @@ impl Slug {
         } else {
             Err(Error::invalid(
                 "slug",
-                format!("`{s}` is not a valid slug: use 2-63 characters of a-z, 0-9 and single dashes, e.g. `weather-api`"),
+                format!(
+                    "`{s}` is not a valid slug: use 2-63 characters of a-z, 0-9 and single dashes, e.g. `weather-api`"
+                ),
             ))
         }
     }
@@ -162,7 +164,10 @@ impl Currency {
         if s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase()) {
             Ok(Currency(s.to_owned()))
         } else {
-            Err(Error::invalid("currency", format!("`{s}` is not a currency code: use three capital letters such as `USD`")))
+            Err(Error::invalid(
+                "currency",
+                format!("`{s}` is not a currency code: use three capital letters such as `USD`"),
+            ))
         }
     }
     pub fn usd() -> Self {

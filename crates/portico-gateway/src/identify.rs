@@ -9,7 +9,10 @@ use portico_core::snapshot::{KeyGrant, Snapshot};
 pub enum Credential<'a> {
     None,
     /// A key-shaped value, from `X-Api-Key` or a bearer.
-    Key { value: &'a str, from_authorization: bool },
+    Key {
+        value: &'a str,
+        from_authorization: bool,
+    },
     /// A bearer that is not a key: a token (accepted once the identity issue lands).
     Token,
 }

@@ -91,7 +91,12 @@ fn key_in_query(query: Option<&str>) -> bool {
 }
 
 impl Gateway {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, pepper: Pepper, sink: Arc<dyn UsageSink>, config: GatewayConfig) -> Self {
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        pepper: Pepper,
+        sink: Arc<dyn UsageSink>,
+        config: GatewayConfig,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -101,10 +106,18 @@ impl Gateway {
 
     /// Serves connections until `shutdown` resolves; then stops accepting and lets in-flight
     /// connections finish (up to the drain timeout).
-    pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(self.inner.config.header_read_timeout).max_buf_size(64 * 1024);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.inner.config.header_read_timeout)
+            .max_buf_size(64 * 1024);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -155,17 +168,27 @@ impl Gateway {
         }
 
         // Screen: the cheap checks, before any lookup.
-        let declared_len = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared_len = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if declared_len.is_some_and(|n| n > inner.config.max_body_bytes) {
             return errors::payload_too_large(inner.config.max_body_bytes);
         }
         if key_in_query(req.uri().query()) {
-            return errors::bad_request("API keys are not accepted in the URL (it ends up in logs); send it in the X-Api-Key header");
+            return errors::bad_request(
+                "API keys are not accepted in the URL (it ends up in logs); send it in the X-Api-Key header",
+            );
         }
         let target = match route::parse(path) {
             Ok(t) => t,
-            Err(route::RouteError::NoMatch) => return errors::not_found("nothing here: call an API as /{api}/v{major}/{path}"),
-            Err(route::RouteError::Unsafe) => return errors::bad_request("the path has dot segments or encoded separators; send a normalised path"),
+            Err(route::RouteError::NoMatch) => {
+                return errors::not_found("nothing here: call an API as /{api}/v{major}/{path}");
+            }
+            Err(route::RouteError::Unsafe) => {
+                return errors::bad_request("the path has dot segments or encoded separators; send a normalised path");
+            }
         };
 
         // Route, identify and entitle from one snapshot; keep only what the proxy needs.
@@ -178,16 +201,23 @@ impl Gateway {
         };
         let (key_value, key_in_authorization) = match identify::credential(req.headers()) {
             Credential::Key { value, from_authorization } => (value, from_authorization),
-            Credential::Token => return errors::unauthenticated("bearer tokens are not accepted yet; send your API key in X-Api-Key"),
+            Credential::Token => {
+                return errors::unauthenticated("bearer tokens are not accepted yet; send your API key in X-Api-Key");
+            }
             Credential::None => return errors::unauthenticated("send your API key in the X-Api-Key header"),
         };
         let grant = match identify::lookup(&snapshot, &inner.pepper, key_value) {
             Ok(g) => g,
-            Err(KeyError::Malformed) => return errors::unauthenticated("that is not a valid Portico API key (check it was copied whole)"),
+            Err(KeyError::Malformed) => {
+                return errors::unauthenticated("that is not a valid Portico API key (check it was copied whole)");
+            }
             Err(KeyError::Unknown) => return errors::unauthenticated("the API key is not valid (unknown or revoked)"),
         };
         let Some(sub) = snapshot.subscriptions.get(&(grant.app_id, api.api_id)) else {
-            return errors::forbidden(&format!("this app has no active subscription to API `{}`; subscribe to one of its plans", api.slug));
+            return errors::forbidden(&format!(
+                "this app has no active subscription to API `{}`; subscribe to one of its plans",
+                api.slug
+            ));
         };
 
         let request_id = proxy::request_id(req.headers());
@@ -212,11 +242,19 @@ impl Gateway {
             let resp = match refusal {
                 limit::Refusal::RateLimited { retry_after, limit } => errors::rate_limited(
                     limit::retry_after_secs(retry_after),
-                    &format!("rate limit of plan `{}` reached ({} per {}); retry later", sub.plan_slug, limit.requests(), limit.per().as_str()),
+                    &format!(
+                        "rate limit of plan `{}` reached ({} per {}); retry later",
+                        sub.plan_slug,
+                        limit.requests(),
+                        limit.per().as_str()
+                    ),
                 ),
                 limit::Refusal::QuotaExhausted { retry_after, quota } => errors::rate_limited(
                     limit::retry_after_secs(retry_after),
-                    &format!("the monthly quota of plan `{}` ({quota} calls) is used up; it resets at the start of next month", sub.plan_slug),
+                    &format!(
+                        "the monthly quota of plan `{}` ({quota} calls) is used up; it resets at the start of next month",
+                        sub.plan_slug
+                    ),
                 ),
             };
             meter.respond(resp.status().as_u16());
@@ -225,11 +263,18 @@ impl Gateway {
 
         if version.upstream.is_https() {
             meter.respond(502);
-            return errors::bad_gateway(&format!("the upstream of API `{}` uses HTTPS, which this gateway cannot reach yet", api.slug));
+            return errors::bad_gateway(&format!(
+                "the upstream of API `{}` uses HTTPS, which this gateway cannot reach yet",
+                api.slug
+            ));
         }
         let mut upstream = String::with_capacity(version.upstream.as_str().len() + target.rest.len() + 64);
         upstream.push_str(version.upstream.as_str());
-        upstream.push_str(if target.rest.is_empty() && !version.upstream.as_str()[8..].contains('/') { "/" } else { target.rest });
+        upstream.push_str(if target.rest.is_empty() && !version.upstream.as_str()[8..].contains('/') {
+            "/"
+        } else {
+            target.rest
+        });
         if let Some(q) = req.uri().query() {
             upstream.push('?');
             upstream.push_str(q);
@@ -255,7 +300,9 @@ impl Gateway {
         drop(snapshot);
         parts.uri = uri;
         let body = CountingBody::new(body.boxed_unsync(), bytes_in).boxed_unsync();
-        let sent = tokio::time::timeout(inner.config.upstream_timeout, inner.client.request(Request::from_parts(parts, body))).await;
+        let sent =
+            tokio::time::timeout(inner.config.upstream_timeout, inner.client.request(Request::from_parts(parts, body)))
+                .await;
         match sent {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
@@ -266,14 +313,17 @@ impl Gateway {
             Ok(Err(e)) => {
                 tracing::warn!(api = %api_slug, error = %e, "upstream request failed");
                 meter.respond(502);
-                let mut r = errors::bad_gateway(&format!("the upstream of API `{api_slug}` could not be reached or answered badly"));
+                let mut r = errors::bad_gateway(&format!(
+                    "the upstream of API `{api_slug}` could not be reached or answered badly"
+                ));
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
                 r
             }
             Err(_) => {
                 tracing::warn!(api = %api_slug, "upstream timed out");
                 meter.respond(504);
-                let mut r = errors::gateway_timeout(&format!("the upstream of API `{api_slug}` did not answer in time"));
+                let mut r =
+                    errors::gateway_timeout(&format!("the upstream of API `{api_slug}` did not answer in time"));
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
                 r
             }

@@ -36,7 +36,11 @@ fn quota_of(r: RateLimit) -> Quota {
 fn month_now() -> (i32, u64) {
     let now = time::OffsetDateTime::now_utc();
     let idx = now.year() * 12 + i32::from(u8::from(now.month())) - 1;
-    let (y, m) = if now.month() == time::Month::December { (now.year() + 1, time::Month::January) } else { (now.year(), now.month().next()) };
+    let (y, m) = if now.month() == time::Month::December {
+        (now.year() + 1, time::Month::January)
+    } else {
+        (now.year(), now.month().next())
+    };
     let next = time::Date::from_calendar_date(y, m, 1).map(|d| d.midnight().assume_utc());
     let secs = next.map(|n| (n - now).whole_seconds().max(1) as u64).unwrap_or(3600);
     (idx, secs)
@@ -102,7 +106,13 @@ mod tests {
     use portico_core::values::{Period, Slug};
 
     fn grant(rate: Option<RateLimit>, quota: Option<u64>) -> SubscriptionGrant {
-        SubscriptionGrant { subscription_id: SubscriptionId::new(), plan_id: PlanId::new(), plan_slug: Slug::parse("free").unwrap(), rate_limit: rate, monthly_quota: quota }
+        SubscriptionGrant {
+            subscription_id: SubscriptionId::new(),
+            plan_id: PlanId::new(),
+            plan_slug: Slug::parse("free").unwrap(),
+            rate_limit: rate,
+            monthly_quota: quota,
+        }
     }
 
     #[test]
@@ -114,7 +124,10 @@ mod tests {
         }
         match l.check(&g) {
             Err(Refusal::RateLimited { retry_after, .. }) => {
-                assert!(retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20), "{retry_after:?}");
+                assert!(
+                    retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20),
+                    "{retry_after:?}"
+                );
                 assert!(retry_after_secs(retry_after) >= 1);
             }
             other => panic!("{other:?}"),

@@ -42,15 +42,25 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
             !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
         })
         .cloned()
-        .unwrap_or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or(HeaderValue::from_static("-")))
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or(HeaderValue::from_static("-"))
+        })
 }
 
 /// The W3C `traceparent` the client sent, if valid; otherwise a new trace.
 pub fn traceparent(h: &HeaderMap) -> HeaderValue {
     let valid = |s: &str| {
         let p: Vec<&str> = s.split('-').collect();
-        let hex = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-        p.len() == 4 && hex(p[0], 2) && p[0] != "ff" && hex(p[1], 32) && p[1] != "0".repeat(32) && hex(p[2], 16) && p[2] != "0".repeat(16) && hex(p[3], 2)
+        let hex =
+            |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        p.len() == 4
+            && hex(p[0], 2)
+            && p[0] != "ff"
+            && hex(p[1], 32)
+            && p[1] != "0".repeat(32)
+            && hex(p[2], 16)
+            && p[2] != "0".repeat(16)
+            && hex(p[3], 2)
     };
     if let Some(v) = h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|s| valid(s)) {
         return HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("-"));
@@ -125,14 +135,17 @@ mod tests {
         h.insert("host", "gw.example".parse().unwrap());
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.insert("accept", "application/json".parse().unwrap());
-        upstream_headers(&mut h, Forwarded {
-            client_ip: "127.0.0.1".parse().unwrap(),
-            consumer: "globex",
-            plan: "free",
-            request_id: HeaderValue::from_static("r1"),
-            traceparent: traceparent(&HeaderMap::new()),
-            key_in_authorization: true,
-        });
+        upstream_headers(
+            &mut h,
+            Forwarded {
+                client_ip: "127.0.0.1".parse().unwrap(),
+                consumer: "globex",
+                plan: "free",
+                request_id: HeaderValue::from_static("r1"),
+                traceparent: traceparent(&HeaderMap::new()),
+                key_in_authorization: true,
+            },
+        );
         assert!(h.get("x-api-key").is_none() && h.get("authorization").is_none());
         assert_eq!(h["x-portico-consumer"], "globex");
         assert!(h.get("x-portico-anything").is_none());

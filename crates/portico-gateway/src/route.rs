@@ -34,7 +34,13 @@ pub fn parse(path: &str) -> Result<Target<'_>, RouteError> {
     for seg in rest.split('/') {
         let lower = seg.to_ascii_lowercase();
         let decoded_dots = lower.replace("%2e", ".");
-        if decoded_dots == "." || decoded_dots == ".." || lower.contains("%00") || lower.contains("%2f") || lower.contains("%5c") || seg.contains('\\') {
+        if decoded_dots == "."
+            || decoded_dots == ".."
+            || lower.contains("%00")
+            || lower.contains("%2f")
+            || lower.contains("%5c")
+            || seg.contains('\\')
+        {
             return Err(RouteError::Unsafe);
         }
     }
@@ -47,13 +53,28 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(parse("/weather/v1/forecast/daily"), Ok(Target { slug: "weather", major: 1, rest: "/forecast/daily" }));
+        assert_eq!(
+            parse("/weather/v1/forecast/daily"),
+            Ok(Target { slug: "weather", major: 1, rest: "/forecast/daily" })
+        );
         assert_eq!(parse("/weather/v2"), Ok(Target { slug: "weather", major: 2, rest: "" }));
         assert_eq!(parse("/weather/v2/"), Ok(Target { slug: "weather", major: 2, rest: "/" }));
-        for bad in ["", "/", "/weather", "/weather/", "/weather/vx/a", "/weather/1/a", "//v1/a", "/weather/v/a", "/w/v12345678/a"] {
+        for bad in [
+            "",
+            "/",
+            "/weather",
+            "/weather/",
+            "/weather/vx/a",
+            "/weather/1/a",
+            "//v1/a",
+            "/weather/v/a",
+            "/w/v12345678/a",
+        ] {
             assert_eq!(parse(bad), Err(RouteError::NoMatch), "{bad}");
         }
-        for trick in ["/w/v1/../admin", "/w/v1/a/%2e%2E/b", "/w/v1/./a", "/w/v1/a%00b", "/w/v1/a%2Fb", "/w/v1/a\\b", "/w/v1/%2e"] {
+        for trick in
+            ["/w/v1/../admin", "/w/v1/a/%2e%2E/b", "/w/v1/./a", "/w/v1/a%00b", "/w/v1/a%2Fb", "/w/v1/a\\b", "/w/v1/%2e"]
+        {
             assert_eq!(parse(trick), Err(RouteError::Unsafe), "{trick}");
         }
     }

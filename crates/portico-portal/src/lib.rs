@@ -70,12 +70,23 @@ fn page_error(e: Error) -> Response {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         _ => return e.into_response(),
     };
-    (status, Html(format!("<!doctype html><title>Not found</title><p>{}</p><p><a href=\"/\">Back to the catalog</a></p>", minijinja::HtmlEscape(&e.to_string())))).into_response()
+    (
+        status,
+        Html(format!(
+            "<!doctype html><title>Not found</title><p>{}</p><p><a href=\"/\">Back to the catalog</a></p>",
+            minijinja::HtmlEscape(&e.to_string())
+        )),
+    )
+        .into_response()
 }
 
 async fn home(State(p): State<Portal>, MaybeAuth(who): MaybeAuth) -> Response {
     match catalog::list_apis(&p.state, who.as_ref(), portico_store::Page::new(Some(200), None)).await {
-        Ok(apis) => render(&p, "home.html", context! { apis => minijinja::value::Serde(&apis), gateway_url => p.state.config.gateway_url.clone() }),
+        Ok(apis) => render(
+            &p,
+            "home.html",
+            context! { apis => minijinja::value::Serde(&apis), gateway_url => p.state.config.gateway_url.clone() },
+        ),
         Err(e) => page_error(e),
     }
 }
@@ -96,7 +107,11 @@ async fn api_page(State(p): State<Portal>, MaybeAuth(who): MaybeAuth, Path(slug)
     }
 }
 
-async fn reference(State(p): State<Portal>, MaybeAuth(who): MaybeAuth, Path((slug, version)): Path<(String, String)>) -> Response {
+async fn reference(
+    State(p): State<Portal>,
+    MaybeAuth(who): MaybeAuth,
+    Path((slug, version)): Path<(String, String)>,
+) -> Response {
     let v = match catalog::get_version(&p.state, who.as_ref(), &slug, &version).await {
         Ok(v) => v,
         Err(e) => return page_error(e),

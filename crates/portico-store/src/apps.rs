@@ -45,7 +45,14 @@ pub async fn insert_app(c: &mut Conn, org: OrgId, slug: &Slug, name: &Name, desc
         .execute(c)
         .await
         .map_err(Error::unique(format!("an app with slug `{slug}` in this organization")))?;
-    Ok(App { id, org_id: org, slug: slug.clone(), name: name.clone(), description: description.into(), created_at: crate::from_millis(now) })
+    Ok(App {
+        id,
+        org_id: org,
+        slug: slug.clone(),
+        name: name.clone(),
+        description: description.into(),
+        created_at: crate::from_millis(now),
+    })
 }
 
 pub async fn update_app(c: &mut Conn, id: AppId, name: &Name, description: &str) -> Result<()> {
@@ -84,11 +91,13 @@ pub async fn app_by_slug(c: &mut Conn, org: OrgId, slug: &str) -> Result<Option<
 pub async fn list_apps(c: &mut Conn, orgs: Option<&[OrgId]>, page: Page) -> Result<Vec<App>> {
     let rows = match orgs {
         None => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {APP_COLS} FROM apps ORDER BY created_at LIMIT $1 OFFSET $2")))
-                .bind(page.limit)
-                .bind(page.offset)
-                .fetch_all(c)
-                .await?
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {APP_COLS} FROM apps ORDER BY created_at LIMIT $1 OFFSET $2"
+            )))
+            .bind(page.limit)
+            .bind(page.offset)
+            .fetch_all(c)
+            .await?
         }
         Some(orgs) => {
             // The set is small (a user's memberships): one JSON-free IN list of placeholders.
@@ -143,20 +152,29 @@ fn decode_key(r: &AnyRow) -> Result<KeyRecord> {
     })
 }
 
-pub async fn insert_key(c: &mut Conn, app: AppId, name: &str, prefix: &str, last4: &str, hash: &KeyHash) -> Result<KeyRecord> {
+pub async fn insert_key(
+    c: &mut Conn,
+    app: AppId,
+    name: &str,
+    prefix: &str,
+    last4: &str,
+    hash: &KeyHash,
+) -> Result<KeyRecord> {
     let id = KeyId::new();
     let now = now_millis();
-    sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)")))
-        .bind(id.to_string())
-        .bind(app.to_string())
-        .bind(name)
-        .bind(prefix)
-        .bind(last4)
-        .bind(hash.to_hex())
-        .bind(now)
-        .execute(c)
-        .await
-        .map_err(Error::unique("that key"))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)"
+    )))
+    .bind(id.to_string())
+    .bind(app.to_string())
+    .bind(name)
+    .bind(prefix)
+    .bind(last4)
+    .bind(hash.to_hex())
+    .bind(now)
+    .execute(c)
+    .await
+    .map_err(Error::unique("that key"))?;
     Ok(KeyRecord {
         id,
         app_id: app,
@@ -170,10 +188,12 @@ pub async fn insert_key(c: &mut Conn, app: AppId, name: &str, prefix: &str, last
 }
 
 pub async fn keys(c: &mut Conn, app: AppId) -> Result<Vec<KeyRecord>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {KEY_COLS} FROM api_keys WHERE app_id = $1 ORDER BY created_at")))
-        .bind(app.to_string())
-        .fetch_all(c)
-        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {KEY_COLS} FROM api_keys WHERE app_id = $1 ORDER BY created_at"
+    )))
+    .bind(app.to_string())
+    .fetch_all(c)
+    .await?;
     rows.iter().map(decode_key).collect()
 }
 
@@ -251,16 +271,26 @@ fn decode_sub(r: &AnyRow) -> Result<Subscription> {
 pub async fn insert_subscription(c: &mut Conn, app: AppId, api: ApiId, plan: PlanId) -> Result<Subscription> {
     let id = SubscriptionId::new();
     let now = now_millis();
-    sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO subscriptions ({SUB_COLS}) VALUES ($1, $2, $3, $4, 'active', $5, NULL)")))
-        .bind(id.to_string())
-        .bind(app.to_string())
-        .bind(api.to_string())
-        .bind(plan.to_string())
-        .bind(now)
-        .execute(c)
-        .await
-        .map_err(Error::unique("an active subscription of this app to this API (cancel it or change its plan)"))?;
-    Ok(Subscription { id, app_id: app, api_id: api, plan_id: plan, status: SubscriptionStatus::Active, created_at: crate::from_millis(now), cancelled_at: None })
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO subscriptions ({SUB_COLS}) VALUES ($1, $2, $3, $4, 'active', $5, NULL)"
+    )))
+    .bind(id.to_string())
+    .bind(app.to_string())
+    .bind(api.to_string())
+    .bind(plan.to_string())
+    .bind(now)
+    .execute(c)
+    .await
+    .map_err(Error::unique("an active subscription of this app to this API (cancel it or change its plan)"))?;
+    Ok(Subscription {
+        id,
+        app_id: app,
+        api_id: api,
+        plan_id: plan,
+        status: SubscriptionStatus::Active,
+        created_at: crate::from_millis(now),
+        cancelled_at: None,
+    })
 }
 
 pub async fn set_subscription_plan(c: &mut Conn, id: SubscriptionId, plan: PlanId) -> Result<()> {
@@ -292,24 +322,29 @@ pub async fn subscription_by_id(c: &mut Conn, id: SubscriptionId) -> Result<Opti
 }
 
 pub async fn subscriptions_of_app(c: &mut Conn, app: AppId) -> Result<Vec<Subscription>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUB_COLS} FROM subscriptions WHERE app_id = $1 ORDER BY created_at")))
-        .bind(app.to_string())
-        .fetch_all(c)
-        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUB_COLS} FROM subscriptions WHERE app_id = $1 ORDER BY created_at"
+    )))
+    .bind(app.to_string())
+    .fetch_all(c)
+    .await?;
     rows.iter().map(decode_sub).collect()
 }
 
 pub async fn subscriptions_of_api(c: &mut Conn, api: ApiId) -> Result<Vec<Subscription>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUB_COLS} FROM subscriptions WHERE api_id = $1 ORDER BY created_at")))
-        .bind(api.to_string())
-        .fetch_all(c)
-        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUB_COLS} FROM subscriptions WHERE api_id = $1 ORDER BY created_at"
+    )))
+    .bind(api.to_string())
+    .fetch_all(c)
+    .await?;
     rows.iter().map(decode_sub).collect()
 }
 
 pub async fn active_subscriptions(c: &mut Conn) -> Result<Vec<Subscription>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUB_COLS} FROM subscriptions WHERE status = 'active'")))
-        .fetch_all(c)
-        .await?;
+    let rows =
+        sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUB_COLS} FROM subscriptions WHERE status = 'active'")))
+            .fetch_all(c)
+            .await?;
     rows.iter().map(decode_sub).collect()
 }

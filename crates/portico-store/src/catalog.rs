@@ -49,20 +49,29 @@ fn decode_api(r: &AnyRow) -> Result<Api> {
 pub async fn insert_api(c: &mut Conn, org: OrgId, slug: &Slug, f: &ApiFields) -> Result<Api> {
     let id = ApiId::new();
     let now = now_millis();
-    sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO apis ({API_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)")))
-        .bind(id.to_string())
-        .bind(org.to_string())
-        .bind(slug.as_str())
-        .bind(f.name.as_str())
-        .bind(&f.description)
-        .bind(f.category.clone())
-        .bind(serde_json::to_string(&f.tags).unwrap_or_else(|_| "[]".into()))
-        .bind(f.visibility.as_str())
-        .bind(now)
-        .execute(c)
-        .await
-        .map_err(Error::unique(format!("an API with slug `{slug}` (API slugs are unique across the marketplace)")))?;
-    Ok(Api { id, org_id: org, slug: slug.clone(), fields: f.clone(), created_at: crate::from_millis(now), updated_at: crate::from_millis(now) })
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO apis ({API_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
+    )))
+    .bind(id.to_string())
+    .bind(org.to_string())
+    .bind(slug.as_str())
+    .bind(f.name.as_str())
+    .bind(&f.description)
+    .bind(f.category.clone())
+    .bind(serde_json::to_string(&f.tags).unwrap_or_else(|_| "[]".into()))
+    .bind(f.visibility.as_str())
+    .bind(now)
+    .execute(c)
+    .await
+    .map_err(Error::unique(format!("an API with slug `{slug}` (API slugs are unique across the marketplace)")))?;
+    Ok(Api {
+        id,
+        org_id: org,
+        slug: slug.clone(),
+        fields: f.clone(),
+        created_at: crate::from_millis(now),
+        updated_at: crate::from_millis(now),
+    })
 }
 
 pub async fn update_api(c: &mut Conn, id: ApiId, f: &ApiFields) -> Result<()> {
@@ -120,12 +129,14 @@ pub async fn list_apis(c: &mut Conn, scope: ApiScope, page: Page) -> Result<Vec<
             o.map(|o| o.to_string()).unwrap_or_default(),
         ),
     };
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {API_COLS} FROM apis WHERE {clause} ORDER BY slug LIMIT $2 OFFSET $3")))
-        .bind(org)
-        .bind(page.limit)
-        .bind(page.offset)
-        .fetch_all(c)
-        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {API_COLS} FROM apis WHERE {clause} ORDER BY slug LIMIT $2 OFFSET $3"
+    )))
+    .bind(org)
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(c)
+    .await?;
     rows.iter().map(decode_api).collect()
 }
 
@@ -290,21 +301,23 @@ fn quota(q: Option<u64>) -> Option<i64> {
 pub async fn insert_plan(c: &mut Conn, api: ApiId, slug: &Slug, f: &PlanFields) -> Result<Plan> {
     let id = PlanId::new();
     let now = now_millis();
-    sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO plans ({PLAN_COLS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)")))
-        .bind(id.to_string())
-        .bind(api.to_string())
-        .bind(slug.as_str())
-        .bind(f.name.as_str())
-        .bind(&f.description)
-        .bind(serde_json::to_string(&f.pricing).unwrap_or_default())
-        .bind(f.rate_limit.map(|r| i64::from(r.requests())))
-        .bind(f.rate_limit.map(|r| r.per().as_str()))
-        .bind(quota(f.monthly_quota))
-        .bind(f.visibility.as_str())
-        .bind(now)
-        .execute(c)
-        .await
-        .map_err(Error::unique(format!("a plan with slug `{slug}` in this API")))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO plans ({PLAN_COLS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)"
+    )))
+    .bind(id.to_string())
+    .bind(api.to_string())
+    .bind(slug.as_str())
+    .bind(f.name.as_str())
+    .bind(&f.description)
+    .bind(serde_json::to_string(&f.pricing).unwrap_or_default())
+    .bind(f.rate_limit.map(|r| i64::from(r.requests())))
+    .bind(f.rate_limit.map(|r| r.per().as_str()))
+    .bind(quota(f.monthly_quota))
+    .bind(f.visibility.as_str())
+    .bind(now)
+    .execute(c)
+    .await
+    .map_err(Error::unique(format!("a plan with slug `{slug}` in this API")))?;
     Ok(Plan { id, api_id: api, slug: slug.clone(), fields: f.clone(), created_at: crate::from_millis(now) })
 }
 
@@ -328,10 +341,12 @@ pub async fn update_plan(c: &mut Conn, id: PlanId, f: &PlanFields) -> Result<()>
 }
 
 pub async fn plans(c: &mut Conn, api: ApiId) -> Result<Vec<Plan>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {PLAN_COLS} FROM plans WHERE api_id = $1 ORDER BY created_at, slug")))
-        .bind(api.to_string())
-        .fetch_all(c)
-        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {PLAN_COLS} FROM plans WHERE api_id = $1 ORDER BY created_at, slug"
+    )))
+    .bind(api.to_string())
+    .fetch_all(c)
+    .await?;
     rows.iter().map(decode_plan).collect()
 }
 

@@ -9,8 +9,8 @@
 pub mod apps;
 pub mod catalog;
 pub mod orgs;
-pub mod usage;
 pub mod testing;
+pub mod usage;
 pub mod users;
 
 mod row;
@@ -147,16 +147,12 @@ impl Store {
 
 /// The config generation: bumped by every change the gateway's snapshot depends on.
 pub async fn bump_generation(c: &mut Conn) -> Result<()> {
-    sqlx::query("UPDATE config_generation SET generation = generation + 1 WHERE id = 1")
-        .execute(c)
-        .await?;
+    sqlx::query("UPDATE config_generation SET generation = generation + 1 WHERE id = 1").execute(c).await?;
     Ok(())
 }
 
 pub async fn generation(c: &mut Conn) -> Result<i64> {
-    let (g,): (i64,) = sqlx::query_as("SELECT generation FROM config_generation WHERE id = 1")
-        .fetch_one(c)
-        .await?;
+    let (g,): (i64,) = sqlx::query_as("SELECT generation FROM config_generation WHERE id = 1").fetch_one(c).await?;
     Ok(g)
 }
 
@@ -180,8 +176,7 @@ pub fn now_millis() -> i64 {
 }
 
 pub fn from_millis(ms: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 /// A page request: at most `limit` rows after skipping `offset`.
@@ -194,10 +189,7 @@ pub struct Page {
 impl Page {
     pub const MAX_LIMIT: i64 = 200;
     pub fn new(limit: Option<i64>, offset: Option<i64>) -> Self {
-        Page {
-            limit: limit.unwrap_or(50).clamp(1, Self::MAX_LIMIT),
-            offset: offset.unwrap_or(0).max(0),
-        }
+        Page { limit: limit.unwrap_or(50).clamp(1, Self::MAX_LIMIT), offset: offset.unwrap_or(0).max(0) }
     }
     pub fn all() -> Self {
         Page { limit: i64::MAX / 2, offset: 0 }

@@ -30,7 +30,13 @@ fn decode(r: &AnyRow) -> Result<Org> {
 }
 
 pub async fn insert(c: &mut Conn, slug: &Slug, name: &Name, kind: OrgKind) -> Result<Org> {
-    let org = Org { id: OrgId::new(), slug: slug.clone(), name: name.clone(), kind, created_at: crate::from_millis(now_millis()) };
+    let org = Org {
+        id: OrgId::new(),
+        slug: slug.clone(),
+        name: name.clone(),
+        kind,
+        created_at: crate::from_millis(now_millis()),
+    };
     sqlx::query("INSERT INTO organizations (id, slug, name, kind, created_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(org.id.to_string())
         .bind(slug.as_str())
@@ -63,9 +69,7 @@ pub async fn by_slug(c: &mut Conn, slug: &str) -> Result<Option<Org>> {
 }
 
 pub async fn list(c: &mut Conn, kind: Option<OrgKind>, page: Page) -> Result<Vec<Org>> {
-    let q = format!(
-        "SELECT {COLS} FROM organizations WHERE ($1 = '' OR kind = $1) ORDER BY slug LIMIT $2 OFFSET $3"
-    );
+    let q = format!("SELECT {COLS} FROM organizations WHERE ($1 = '' OR kind = $1) ORDER BY slug LIMIT $2 OFFSET $3");
     let rows = sqlx::query(sqlx::AssertSqlSafe(q))
         .bind(kind.map(|k| k.as_str()).unwrap_or(""))
         .bind(page.limit)

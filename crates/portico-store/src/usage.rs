@@ -79,11 +79,13 @@ pub async fn daily(c: &mut Conn, sub: SubscriptionId, from: &str, to: &str) -> R
 
 /// Calls of a subscription since `from_day` (inclusive): what its monthly quota has used.
 pub async fn calls_since(c: &mut Conn, sub: SubscriptionId, from_day: &str) -> Result<i64> {
-    let r = sqlx::query("SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) AS n FROM usage_daily WHERE subscription_id = $1 AND day >= $2")
-        .bind(sub.to_string())
-        .bind(from_day)
-        .fetch_one(c)
-        .await?;
+    let r = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) AS n FROM usage_daily WHERE subscription_id = $1 AND day >= $2",
+    )
+    .bind(sub.to_string())
+    .bind(from_day)
+    .fetch_one(c)
+    .await?;
     // SUM is NUMERIC on PostgreSQL; the Any driver reads it through i64 only when cast.
     get(&r, t(), "n")
 }

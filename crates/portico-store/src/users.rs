@@ -43,7 +43,14 @@ pub async fn insert(c: &mut Conn, email: &Email, name: &Name, password_hash: &st
         .execute(c)
         .await
         .map_err(Error::unique(format!("an account for {email}")))?;
-    Ok(User { id, email: email.clone(), name: name.clone(), password_hash: password_hash.into(), is_platform_admin: admin, created_at: crate::from_millis(now) })
+    Ok(User {
+        id,
+        email: email.clone(),
+        name: name.clone(),
+        password_hash: password_hash.into(),
+        is_platform_admin: admin,
+        created_at: crate::from_millis(now),
+    })
 }
 
 pub async fn by_email(c: &mut Conn, email: &Email) -> Result<Option<User>> {
@@ -106,17 +113,25 @@ pub struct Session {
     pub expires_at: Option<time::OffsetDateTime>,
 }
 
-pub async fn insert_session(c: &mut Conn, user: UserId, token_hash: &str, kind: SessionKind, expires_at: Option<i64>) -> Result<SessionId> {
+pub async fn insert_session(
+    c: &mut Conn,
+    user: UserId,
+    token_hash: &str,
+    kind: SessionKind,
+    expires_at: Option<i64>,
+) -> Result<SessionId> {
     let id = SessionId::new();
-    sqlx::query("INSERT INTO sessions (id, token_hash, user_id, kind, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(id.to_string())
-        .bind(token_hash)
-        .bind(user.to_string())
-        .bind(kind.as_str())
-        .bind(now_millis())
-        .bind(expires_at)
-        .execute(c)
-        .await?;
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, user_id, kind, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id.to_string())
+    .bind(token_hash)
+    .bind(user.to_string())
+    .bind(kind.as_str())
+    .bind(now_millis())
+    .bind(expires_at)
+    .execute(c)
+    .await?;
     Ok(id)
 }
 

@@ -36,29 +36,61 @@ async fn exercise(store: &Store) {
     store.migrate().await.unwrap();
 
     let acme = orgs::insert(&mut c, &slug("acme"), &name("Acme"), OrgKind::Provider).await.unwrap();
-    assert!(matches!(orgs::insert(&mut c, &slug("acme"), &name("Again"), OrgKind::Consumer).await, Err(Error::Conflict(_))));
+    assert!(matches!(
+        orgs::insert(&mut c, &slug("acme"), &name("Again"), OrgKind::Consumer).await,
+        Err(Error::Conflict(_))
+    ));
     let user = users::insert(&mut c, &Email::parse("a@acme.io").unwrap(), &name("A"), "hash", false).await.unwrap();
     orgs::add_member(&mut c, acme.id, user.id, MemberRole::Owner).await.unwrap();
     let ms = orgs::memberships(&mut c, user.id).await.unwrap();
     assert_eq!((ms.len(), ms[0].role, ms[0].org.slug.as_str()), (1, MemberRole::Owner, "acme"));
     assert_eq!(users::by_email(&mut c, &Email::parse("A@ACME.io").unwrap()).await.unwrap().unwrap().id, user.id);
 
-    let fields = ApiFields { name: name("Weather"), description: "d".into(), category: Some("Geo".into()), tags: vec!["a".into(), "b".into()], visibility: Visibility::Public };
+    let fields = ApiFields {
+        name: name("Weather"),
+        description: "d".into(),
+        category: Some("Geo".into()),
+        tags: vec!["a".into(), "b".into()],
+        visibility: Visibility::Public,
+    };
     let api = catalog::insert_api(&mut c, acme.id, &slug("weather"), &fields).await.unwrap();
     assert_eq!(catalog::api_by_slug(&mut c, "weather").await.unwrap().unwrap().fields, fields);
     let doc = serde_json::json!({"openapi": "3.1.0"});
     let up = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
-    for (v, st) in [("1.0.0", LifecycleState::Published), ("1.1.0", LifecycleState::Draft), ("2.0.0", LifecycleState::Published)] {
+    for (v, st) in
+        [("1.0.0", LifecycleState::Published), ("1.1.0", LifecycleState::Draft), ("2.0.0", LifecycleState::Published)]
+    {
         catalog::insert_version(&mut c, api.id, VersionNumber::parse(v).unwrap(), st, &up, &doc).await.unwrap();
     }
-    assert!(matches!(catalog::insert_version(&mut c, api.id, VersionNumber::parse("1.0.0").unwrap(), LifecycleState::Draft, &up, &doc).await, Err(Error::Conflict(_))));
+    assert!(matches!(
+        catalog::insert_version(
+            &mut c,
+            api.id,
+            VersionNumber::parse("1.0.0").unwrap(),
+            LifecycleState::Draft,
+            &up,
+            &doc
+        )
+        .await,
+        Err(Error::Conflict(_))
+    ));
     let vs = catalog::versions(&mut c, api.id).await.unwrap();
     assert_eq!(vs.iter().map(|v| v.version.to_string()).collect::<Vec<_>>(), ["2.0.0", "1.1.0", "1.0.0"]);
     assert_eq!(catalog::all_serving_versions(&mut c).await.unwrap().len(), 2);
     // The public catalog shows APIs with a serving version.
-    assert_eq!(catalog::list_apis(&mut c, catalog::ApiScope::Catalog(None), Page::new(None, None)).await.unwrap().len(), 1);
+    assert_eq!(
+        catalog::list_apis(&mut c, catalog::ApiScope::Catalog(None), Page::new(None, None)).await.unwrap().len(),
+        1
+    );
 
-    let pf = PlanFields { name: name("Free"), description: String::new(), pricing: Pricing::Free, rate_limit: Some(RateLimit::new(10, Period::Minute).unwrap()), monthly_quota: Some(1000), visibility: Visibility::Public };
+    let pf = PlanFields {
+        name: name("Free"),
+        description: String::new(),
+        pricing: Pricing::Free,
+        rate_limit: Some(RateLimit::new(10, Period::Minute).unwrap()),
+        monthly_quota: Some(1000),
+        visibility: Visibility::Public,
+    };
     let plan = catalog::insert_plan(&mut c, api.id, &slug("free"), &pf).await.unwrap();
     assert_eq!(catalog::plan_by_id(&mut c, plan.id).await.unwrap().unwrap().fields, pf);
 
@@ -66,14 +98,18 @@ async fn exercise(store: &Store) {
     let app = apps::insert_app(&mut c, globex.id, &slug("dash"), &name("Dash"), "").await.unwrap();
     let key = ApiKey::generate();
     let pepper = Pepper::generate();
-    let rec = apps::insert_key(&mut c, app.id, "k", &key.display_prefix(), &key.last4(), &key.hash(&pepper)).await.unwrap();
+    let rec =
+        apps::insert_key(&mut c, app.id, "k", &key.display_prefix(), &key.last4(), &key.hash(&pepper)).await.unwrap();
     assert_eq!(apps::active_keys(&mut c).await.unwrap()[0].hash, key.hash(&pepper));
     apps::revoke_key(&mut c, app.id, rec.id).await.unwrap();
     assert!(apps::active_keys(&mut c).await.unwrap().is_empty());
     assert!(apps::keys(&mut c, app.id).await.unwrap()[0].revoked_at.is_some());
 
     let sub = apps::insert_subscription(&mut c, app.id, api.id, plan.id).await.unwrap();
-    assert!(matches!(apps::insert_subscription(&mut c, app.id, api.id, plan.id).await, Err(Error::Conflict(_))), "one active subscription per app and API");
+    assert!(
+        matches!(apps::insert_subscription(&mut c, app.id, api.id, plan.id).await, Err(Error::Conflict(_))),
+        "one active subscription per app and API"
+    );
     apps::cancel_subscription(&mut c, sub.id).await.unwrap();
     let again = apps::insert_subscription(&mut c, app.id, api.id, plan.id).await.unwrap();
     assert_eq!(apps::active_subscriptions(&mut c).await.unwrap().len(), 1);
@@ -83,7 +119,10 @@ async fn exercise(store: &Store) {
     usage::add(&mut c, &[day("2026-11-24", 2), day("2026-11-25", 3)]).await.unwrap();
     usage::add(&mut c, &[day("2026-11-25", 4)]).await.unwrap();
     let days = usage::daily(&mut c, again.id, "2026-11-01", "2026-11-30").await.unwrap();
-    assert_eq!(days.iter().map(|d| (d.day.as_str(), d.calls)).collect::<Vec<_>>(), [("2026-11-24", 2), ("2026-11-25", 7)]);
+    assert_eq!(
+        days.iter().map(|d| (d.day.as_str(), d.calls)).collect::<Vec<_>>(),
+        [("2026-11-24", 2), ("2026-11-25", 7)]
+    );
     assert_eq!(usage::calls_since(&mut c, again.id, "2026-11-25").await.unwrap(), 7);
     assert_eq!(usage::calls_since(&mut c, SubscriptionId::new(), "2026-11-25").await.unwrap(), 0);
     drop(c);

@@ -22,7 +22,12 @@ pub struct ApplyParams {
 #[utoipa::path(post, path = "/admin/apply", tag = "admin", params(ApplyParams), request_body(content = Object, description = "The document: `providers` (with `apis`, `versions`, `plans`) and `consumers` (with `apps`, `subscriptions`)"),
     security(("bearer" = [])),
     responses((status = 200, body = ApplyReport), (status = 400, body = Problem), (status = 403, body = Problem)))]
-pub async fn apply(State(state): State<AppState>, Auth(who): Auth, Query(p): Query<ApplyParams>, Json(doc): Json<Document>) -> Result<axum::Json<ApplyReport>> {
+pub async fn apply(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Query(p): Query<ApplyParams>,
+    Json(doc): Json<Document>,
+) -> Result<axum::Json<ApplyReport>> {
     Ok(axum::Json(declarative::apply(&state, &who, doc, p.dry_run).await?))
 }
 

@@ -11,7 +11,11 @@ use axum::response::Response;
 
 /// The catalog: public APIs that serve traffic, plus your own organization's.
 #[utoipa::path(get, path = "/apis", tag = "catalog", params(PageParams), responses((status = 200, body = Paged<ApiView>)))]
-pub async fn list(State(state): State<AppState>, MaybeAuth(who): MaybeAuth, Query(p): Query<PageParams>) -> Result<axum::Json<Paged<ApiView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    MaybeAuth(who): MaybeAuth,
+    Query(p): Query<PageParams>,
+) -> Result<axum::Json<Paged<ApiView>>> {
     Ok(axum::Json(Paged::new(catalog::list_apis(&state, who.as_ref(), p.page()).await?, p.page())))
 }
 
@@ -25,35 +29,57 @@ pub async fn create(State(state): State<AppState>, Auth(who): Auth, Json(req): J
 /// One API with its versions and plans.
 #[utoipa::path(get, path = "/apis/{slug}", tag = "catalog", params(("slug" = String, Path)),
     responses((status = 200, body = ApiDetail), (status = 404, body = Problem)))]
-pub async fn get(State(state): State<AppState>, MaybeAuth(who): MaybeAuth, Path(slug): Path<String>) -> Result<axum::Json<ApiDetail>> {
+pub async fn get(
+    State(state): State<AppState>,
+    MaybeAuth(who): MaybeAuth,
+    Path(slug): Path<String>,
+) -> Result<axum::Json<ApiDetail>> {
     Ok(axum::Json(catalog::get_api(&state, who.as_ref(), &slug).await?))
 }
 
 /// Change an API's description, category, tags or visibility.
 #[utoipa::path(patch, path = "/apis/{slug}", tag = "catalog", params(("slug" = String, Path)), request_body = UpdateApi, security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = ApiView), (status = 400, body = Problem), (status = 404, body = Problem)))]
-pub async fn update(State(state): State<AppState>, Auth(who): Auth, Path(slug): Path<String>, Json(req): Json<UpdateApi>) -> Result<axum::Json<ApiView>> {
+pub async fn update(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(slug): Path<String>,
+    Json(req): Json<UpdateApi>,
+) -> Result<axum::Json<ApiView>> {
     Ok(axum::Json(catalog::update_api(&state, &who, &slug, req).await?))
 }
 
 /// An API's versions, newest first.
 #[utoipa::path(get, path = "/apis/{slug}/versions", tag = "catalog", params(("slug" = String, Path)),
     responses((status = 200, body = Vec<VersionView>), (status = 404, body = Problem)))]
-pub async fn list_versions(State(state): State<AppState>, MaybeAuth(who): MaybeAuth, Path(slug): Path<String>) -> Result<axum::Json<Vec<VersionView>>> {
+pub async fn list_versions(
+    State(state): State<AppState>,
+    MaybeAuth(who): MaybeAuth,
+    Path(slug): Path<String>,
+) -> Result<axum::Json<Vec<VersionView>>> {
     Ok(axum::Json(catalog::list_versions(&state, who.as_ref(), &slug).await?))
 }
 
 /// Add a version with its upstream and OpenAPI document (validated).
 #[utoipa::path(post, path = "/apis/{slug}/versions", tag = "catalog", params(("slug" = String, Path)), request_body = CreateVersion, security(("bearer" = []), ("session" = [])),
     responses((status = 201, body = VersionView), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
-pub async fn create_version(State(state): State<AppState>, Auth(who): Auth, Path(slug): Path<String>, Json(req): Json<CreateVersion>) -> Result<Response> {
+pub async fn create_version(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(slug): Path<String>,
+    Json(req): Json<CreateVersion>,
+) -> Result<Response> {
     Ok(created(catalog::create_version(&state, &who, &slug, req).await?))
 }
 
 /// One version.
 #[utoipa::path(get, path = "/apis/{slug}/versions/{version}", tag = "catalog", params(("slug" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = VersionView), (status = 404, body = Problem)))]
-pub async fn get_version(State(state): State<AppState>, MaybeAuth(who): MaybeAuth, Path((slug, version)): Path<(String, String)>) -> Result<axum::Json<VersionView>> {
+pub async fn get_version(
+    State(state): State<AppState>,
+    MaybeAuth(who): MaybeAuth,
+    Path((slug, version)): Path<(String, String)>,
+) -> Result<axum::Json<VersionView>> {
     Ok(axum::Json(catalog::get_version(&state, who.as_ref(), &slug, &version).await?))
 }
 
@@ -61,28 +87,46 @@ pub async fn get_version(State(state): State<AppState>, MaybeAuth(who): MaybeAut
 #[utoipa::path(patch, path = "/apis/{slug}/versions/{version}", tag = "catalog", params(("slug" = String, Path), ("version" = String, Path)), request_body = UpdateVersion,
     security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = VersionView), (status = 400, body = Problem), (status = 404, body = Problem)))]
-pub async fn update_version(State(state): State<AppState>, Auth(who): Auth, Path((slug, version)): Path<(String, String)>, Json(req): Json<UpdateVersion>) -> Result<axum::Json<VersionView>> {
+pub async fn update_version(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((slug, version)): Path<(String, String)>,
+    Json(req): Json<UpdateVersion>,
+) -> Result<axum::Json<VersionView>> {
     Ok(axum::Json(catalog::update_version(&state, &who, &slug, &version, req).await?))
 }
 
 /// A version's OpenAPI document, as uploaded.
 #[utoipa::path(get, path = "/apis/{slug}/versions/{version}/openapi.json", tag = "catalog", params(("slug" = String, Path), ("version" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = Problem)))]
-pub async fn openapi_document(State(state): State<AppState>, MaybeAuth(who): MaybeAuth, Path((slug, version)): Path<(String, String)>) -> Result<axum::Json<serde_json::Value>> {
+pub async fn openapi_document(
+    State(state): State<AppState>,
+    MaybeAuth(who): MaybeAuth,
+    Path((slug, version)): Path<(String, String)>,
+) -> Result<axum::Json<serde_json::Value>> {
     Ok(axum::Json(catalog::openapi_document(&state, who.as_ref(), &slug, &version).await?))
 }
 
 /// An API's plans.
 #[utoipa::path(get, path = "/apis/{slug}/plans", tag = "catalog", params(("slug" = String, Path)),
     responses((status = 200, body = Vec<PlanView>), (status = 404, body = Problem)))]
-pub async fn list_plans(State(state): State<AppState>, MaybeAuth(who): MaybeAuth, Path(slug): Path<String>) -> Result<axum::Json<Vec<PlanView>>> {
+pub async fn list_plans(
+    State(state): State<AppState>,
+    MaybeAuth(who): MaybeAuth,
+    Path(slug): Path<String>,
+) -> Result<axum::Json<Vec<PlanView>>> {
     Ok(axum::Json(catalog::list_plans(&state, who.as_ref(), &slug).await?))
 }
 
 /// Add a plan: its price, rate limit and monthly quota.
 #[utoipa::path(post, path = "/apis/{slug}/plans", tag = "catalog", params(("slug" = String, Path)), request_body = CreatePlan, security(("bearer" = []), ("session" = [])),
     responses((status = 201, body = PlanView), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
-pub async fn create_plan(State(state): State<AppState>, Auth(who): Auth, Path(slug): Path<String>, Json(req): Json<CreatePlan>) -> Result<Response> {
+pub async fn create_plan(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(slug): Path<String>,
+    Json(req): Json<CreatePlan>,
+) -> Result<Response> {
     Ok(created(catalog::create_plan(&state, &who, &slug, req).await?))
 }
 
@@ -90,6 +134,11 @@ pub async fn create_plan(State(state): State<AppState>, Auth(who): Auth, Path(sl
 #[utoipa::path(patch, path = "/apis/{slug}/plans/{plan}", tag = "catalog", params(("slug" = String, Path), ("plan" = String, Path)), request_body = UpdatePlan,
     security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = PlanView), (status = 400, body = Problem), (status = 404, body = Problem)))]
-pub async fn update_plan(State(state): State<AppState>, Auth(who): Auth, Path((slug, plan)): Path<(String, String)>, Json(req): Json<UpdatePlan>) -> Result<axum::Json<PlanView>> {
+pub async fn update_plan(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((slug, plan)): Path<(String, String)>,
+    Json(req): Json<UpdatePlan>,
+) -> Result<axum::Json<PlanView>> {
     Ok(axum::Json(catalog::update_plan(&state, &who, &slug, &plan, req).await?))
 }

@@ -15,7 +15,11 @@ use utoipa::IntoParams;
 /// Your organizations' apps.
 #[utoipa::path(get, path = "/apps", tag = "apps", params(PageParams), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = Paged<AppView>), (status = 401, body = Problem)))]
-pub async fn list(State(state): State<AppState>, Auth(who): Auth, Query(p): Query<PageParams>) -> Result<axum::Json<Paged<AppView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Query(p): Query<PageParams>,
+) -> Result<axum::Json<Paged<AppView>>> {
     Ok(axum::Json(Paged::new(svc::list(&state, &who, p.page()).await?, p.page())))
 }
 
@@ -29,14 +33,23 @@ pub async fn create(State(state): State<AppState>, Auth(who): Auth, Json(req): J
 /// One app.
 #[utoipa::path(get, path = "/apps/{app_id}", tag = "apps", params(("app_id" = String, Path)), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = AppView), (status = 404, body = Problem)))]
-pub async fn get(State(state): State<AppState>, Auth(who): Auth, Path(app_id): Path<String>) -> Result<axum::Json<AppView>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(app_id): Path<String>,
+) -> Result<axum::Json<AppView>> {
     Ok(axum::Json(svc::get(&state, &who, &app_id).await?))
 }
 
 /// Rename an app or change its description.
 #[utoipa::path(patch, path = "/apps/{app_id}", tag = "apps", params(("app_id" = String, Path)), request_body = UpdateApp, security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = AppView), (status = 400, body = Problem), (status = 404, body = Problem)))]
-pub async fn update(State(state): State<AppState>, Auth(who): Auth, Path(app_id): Path<String>, Json(req): Json<UpdateApp>) -> Result<axum::Json<AppView>> {
+pub async fn update(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(app_id): Path<String>,
+    Json(req): Json<UpdateApp>,
+) -> Result<axum::Json<AppView>> {
     Ok(axum::Json(svc::update(&state, &who, &app_id, req).await?))
 }
 
@@ -51,14 +64,23 @@ pub async fn delete(State(state): State<AppState>, Auth(who): Auth, Path(app_id)
 /// An app's keys (prefix and last 4 characters only).
 #[utoipa::path(get, path = "/apps/{app_id}/keys", tag = "apps", params(("app_id" = String, Path)), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = Vec<KeyView>), (status = 404, body = Problem)))]
-pub async fn list_keys(State(state): State<AppState>, Auth(who): Auth, Path(app_id): Path<String>) -> Result<axum::Json<Vec<KeyView>>> {
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(app_id): Path<String>,
+) -> Result<axum::Json<Vec<KeyView>>> {
     Ok(axum::Json(svc::list_keys(&state, &who, &app_id).await?))
 }
 
 /// Issue an API key. The secret is in this answer only: store it now.
 #[utoipa::path(post, path = "/apps/{app_id}/keys", tag = "apps", params(("app_id" = String, Path)), request_body = CreateKey, security(("bearer" = []), ("session" = [])),
     responses((status = 201, body = CreatedKey), (status = 404, body = Problem)))]
-pub async fn create_key(State(state): State<AppState>, Auth(who): Auth, Path(app_id): Path<String>, body: axum::body::Bytes) -> Result<Response> {
+pub async fn create_key(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(app_id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
     // The body is optional: an empty one means a key named `default`.
     let req: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
         CreateKey::default()
@@ -71,7 +93,11 @@ pub async fn create_key(State(state): State<AppState>, Auth(who): Auth, Path(app
 /// Revoke a key: the gateway refuses it within a second.
 #[utoipa::path(delete, path = "/apps/{app_id}/keys/{key_id}", tag = "apps", params(("app_id" = String, Path), ("key_id" = String, Path)), security(("bearer" = []), ("session" = [])),
     responses((status = 204), (status = 404, body = Problem)))]
-pub async fn revoke_key(State(state): State<AppState>, Auth(who): Auth, Path((app_id, key_id)): Path<(String, String)>) -> Result<StatusCode> {
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((app_id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode> {
     svc::revoke_key(&state, &who, &app_id, &key_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -87,6 +113,11 @@ pub struct RangeParams {
 /// Calls per day of each of the app's subscriptions.
 #[utoipa::path(get, path = "/apps/{app_id}/usage", tag = "apps", params(("app_id" = String, Path), RangeParams), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = UsageReport), (status = 400, body = Problem), (status = 404, body = Problem)))]
-pub async fn usage(State(state): State<AppState>, Auth(who): Auth, Path(app_id): Path<String>, Query(r): Query<RangeParams>) -> Result<axum::Json<UsageReport>> {
+pub async fn usage(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(app_id): Path<String>,
+    Query(r): Query<RangeParams>,
+) -> Result<axum::Json<UsageReport>> {
     Ok(axum::Json(svc::app_usage(&state, &who, &app_id, r.from.as_deref(), r.to.as_deref()).await?))
 }

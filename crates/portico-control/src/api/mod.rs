@@ -99,9 +99,17 @@ impl Modify for Security {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("A token from POST /api/v1/auth/login or `portico admin create`")).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A token from POST /api/v1/auth/login or `portico admin create`"))
+                    .build(),
+            ),
         );
-        components.add_security_scheme("session", SecurityScheme::ApiKey(ApiKeyScheme::Cookie(ApiKeyValue::new(crate::auth::SESSION_COOKIE))));
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKeyScheme::Cookie(ApiKeyValue::new(crate::auth::SESSION_COOKIE))),
+        );
     }
 }
 
@@ -156,9 +164,17 @@ pub fn router() -> axum::Router<AppState> {
     doc.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
     let doc_json = std::sync::Arc::new(serde_json::to_value(&doc).unwrap_or_default());
     router
-        .route("/openapi.json", get(move || { let d = doc_json.clone(); async move { axum::Json((*d).clone()) } }))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let d = doc_json.clone();
+                async move { axum::Json((*d).clone()) }
+            }),
+        )
         .fallback(|| async { Error::NotFound("no such endpoint; the API reference is at /api/v1/docs".into()) })
-        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed("this endpoint does not accept that method; see /api/v1/docs".into()) })
+        .method_not_allowed_fallback(|| async {
+            Error::MethodNotAllowed("this endpoint does not accept that method; see /api/v1/docs".into())
+        })
 }
 
 /// A `201 Created` JSON answer.

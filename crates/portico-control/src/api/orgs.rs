@@ -12,7 +12,11 @@ use axum::response::Response;
 /// Organizations you belong to (all of them, for platform admins).
 #[utoipa::path(get, path = "/orgs", tag = "orgs", params(PageParams), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = Paged<OrgView>), (status = 401, body = Problem)))]
-pub async fn list(State(state): State<AppState>, Auth(who): Auth, Query(p): Query<PageParams>) -> Result<axum::Json<Paged<OrgView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Query(p): Query<PageParams>,
+) -> Result<axum::Json<Paged<OrgView>>> {
     Ok(axum::Json(Paged::new(orgs::list(&state, &who, p.page()).await?, p.page())))
 }
 
@@ -26,6 +30,10 @@ pub async fn create(State(state): State<AppState>, Auth(who): Auth, Json(req): J
 /// One organization you belong to.
 #[utoipa::path(get, path = "/orgs/{org_id}", tag = "orgs", params(("org_id" = String, Path)), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = OrgView), (status = 404, body = Problem)))]
-pub async fn get(State(state): State<AppState>, Auth(who): Auth, Path(org_id): Path<String>) -> Result<axum::Json<OrgView>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(org_id): Path<String>,
+) -> Result<axum::Json<OrgView>> {
     Ok(axum::Json(orgs::get(&state, &who, &org_id).await?))
 }

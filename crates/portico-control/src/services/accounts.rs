@@ -45,7 +45,8 @@ pub(crate) async fn free_org_slug(c: &mut portico_store::Conn, name: &Name) -> R
         return Ok(base);
     }
     for _ in 0..20 {
-        let candidate = format!("{}-{}", &base.as_str()[..base.as_str().len().min(50)], rand::random_range(1000..99999u32));
+        let candidate =
+            format!("{}-{}", &base.as_str()[..base.as_str().len().min(50)], rand::random_range(1000..99999u32));
         if let Ok(s) = Slug::parse(&candidate)
             && orgs::by_slug(c, s.as_str()).await?.is_none()
         {
@@ -76,10 +77,19 @@ pub async fn signup(state: &AppState, req: SignupRequest) -> Result<SessionView>
         let mut c = state.store.conn().await?;
         orgs::memberships(&mut c, user.id).await?
     };
-    Ok(SessionView { token: session.0, expires_at: session.1, user: UserView::from(&user), organizations: membership_views(&ms) })
+    Ok(SessionView {
+        token: session.0,
+        expires_at: session.1,
+        user: UserView::from(&user),
+        organizations: membership_views(&ms),
+    })
 }
 
-async fn new_session(c: &mut portico_store::Conn, user: &users::User, kind: SessionKind) -> Result<(String, Option<String>)> {
+async fn new_session(
+    c: &mut portico_store::Conn,
+    user: &users::User,
+    kind: SessionKind,
+) -> Result<(String, Option<String>)> {
     let token = auth::new_token();
     let expires = match kind {
         SessionKind::Browser => Some(now_millis() + auth::SESSION_TTL_SECS * 1000),
@@ -99,7 +109,8 @@ pub async fn login(state: &AppState, req: LoginRequest) -> Result<SessionView> {
     let user = users::by_email(&mut c, &email).await?;
     drop(c);
     // Verify against a dummy hash when the account does not exist, so timing does not tell.
-    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0YbmHt7kOonkQSvF8v2tm5mNXv5V0d6oGE/3oHBwL0Q";
+    const DUMMY: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0YbmHt7kOonkQSvF8v2tm5mNXv5V0d6oGE/3oHBwL0Q";
     let ok = auth::verify_password(&req.password, user.as_ref().map_or(DUMMY, |u| u.password_hash.as_str()));
     let user = match user {
         Some(u) if ok => u,
@@ -108,7 +119,12 @@ pub async fn login(state: &AppState, req: LoginRequest) -> Result<SessionView> {
     let mut c = state.store.conn().await?;
     let session = new_session(&mut c, &user, SessionKind::Browser).await?;
     let ms = orgs::memberships(&mut c, user.id).await?;
-    Ok(SessionView { token: session.0, expires_at: session.1, user: UserView::from(&user), organizations: membership_views(&ms) })
+    Ok(SessionView {
+        token: session.0,
+        expires_at: session.1,
+        user: UserView::from(&user),
+        organizations: membership_views(&ms),
+    })
 }
 
 pub async fn logout(state: &AppState, who: &Principal) -> Result<()> {
@@ -160,7 +176,10 @@ pub async fn create_admin(store: &Store, email: &Email, password: Option<&str>) 
             let u = users::insert(&mut tx, email, &name, &auth::hash_password(&pw)?, true).await?;
             let platform = match orgs::by_slug(&mut tx, "platform").await? {
                 Some(o) => o,
-                None => orgs::insert(&mut tx, &Slug::parse("platform")?, &Name::parse("Platform")?, OrgKind::Platform).await?,
+                None => {
+                    orgs::insert(&mut tx, &Slug::parse("platform")?, &Name::parse("Platform")?, OrgKind::Platform)
+                        .await?
+                }
             };
             orgs::add_member(&mut tx, platform.id, u.id, MemberRole::Owner).await?;
             (u, generated, true)
@@ -178,9 +197,18 @@ pub async fn admin_count(store: &Store) -> Result<i64> {
 
 /// Makes sure an account exists for `email` (created with `password` if not) and is a member
 /// of the organization `org_slug` with `role`. Used to seed users (the demo, first runs).
-pub async fn ensure_member(store: &Store, email: &Email, name: &Name, password: &Password, org_slug: &str, role: MemberRole) -> Result<users::User> {
+pub async fn ensure_member(
+    store: &Store,
+    email: &Email,
+    name: &Name,
+    password: &Password,
+    org_slug: &str,
+    role: MemberRole,
+) -> Result<users::User> {
     let mut tx = store.begin().await?;
-    let org = orgs::by_slug(&mut tx, org_slug).await?.ok_or_else(|| Error::not_found(format_args!("organization `{org_slug}`")))?;
+    let org = orgs::by_slug(&mut tx, org_slug)
+        .await?
+        .ok_or_else(|| Error::not_found(format_args!("organization `{org_slug}`")))?;
     let user = match users::by_email(&mut tx, email).await? {
         Some(u) => u,
         None => users::insert(&mut tx, email, name, &auth::hash_password(password.expose())?, false).await?,

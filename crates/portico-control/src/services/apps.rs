@@ -77,7 +77,11 @@ async fn managed_app(state: &AppState, who: &Principal, id: &str) -> Result<App>
 pub async fn list(state: &AppState, who: &Principal, page: Page) -> Result<Vec<AppView>> {
     let mut c = state.store.conn().await?;
     let orgs = who.org_ids();
-    let rows = if who.is_admin() { apps::list_apps(&mut c, None, page).await? } else { apps::list_apps(&mut c, Some(&orgs), page).await? };
+    let rows = if who.is_admin() {
+        apps::list_apps(&mut c, None, page).await?
+    } else {
+        apps::list_apps(&mut c, Some(&orgs), page).await?
+    };
     Ok(rows.iter().map(AppView::from).collect())
 }
 
@@ -112,8 +116,12 @@ pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<AppView>
 
 pub async fn update(state: &AppState, who: &Principal, id: &str, req: UpdateApp) -> Result<AppView> {
     let mut app = managed_app(state, who, id).await?;
-    if let Some(n) = req.name { app.name = n; }
-    if let Some(d) = req.description { app.description = d; }
+    if let Some(n) = req.name {
+        app.name = n;
+    }
+    if let Some(d) = req.description {
+        app.description = d;
+    }
     let mut c = state.store.conn().await?;
     apps::update_app(&mut c, app.id, &app.name, &app.description).await?;
     Ok(AppView::from(&app))
@@ -144,7 +152,9 @@ pub async fn create_key(state: &AppState, who: &Principal, app: &str, req: Creat
     }
     let key = ApiKey::generate();
     let mut tx = state.store.begin().await?;
-    let rec = apps::insert_key(&mut tx, app.id, name.trim(), &key.display_prefix(), &key.last4(), &key.hash(&state.pepper)).await?;
+    let rec =
+        apps::insert_key(&mut tx, app.id, name.trim(), &key.display_prefix(), &key.last4(), &key.hash(&state.pepper))
+            .await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
@@ -183,8 +193,17 @@ pub async fn subscribe(state: &AppState, who: &Principal, req: CreateSubscriptio
         .iter()
         .find(|p| p.slug.as_str() == req.plan && (insider || p.fields.visibility == Visibility::Public))
         .ok_or_else(|| {
-            let known: Vec<&str> = plans.iter().filter(|p| insider || p.fields.visibility == Visibility::Public).map(|p| p.slug.as_str()).collect();
-            Error::NotFound(format!("API `{}` has no plan `{}`; its plans are: {}", api.slug, req.plan, known.join(", ")))
+            let known: Vec<&str> = plans
+                .iter()
+                .filter(|p| insider || p.fields.visibility == Visibility::Public)
+                .map(|p| p.slug.as_str())
+                .collect();
+            Error::NotFound(format!(
+                "API `{}` has no plan `{}`; its plans are: {}",
+                api.slug,
+                req.plan,
+                known.join(", ")
+            ))
         })?;
     let mut tx = state.store.begin().await?;
     let sub = apps::insert_subscription(&mut tx, app.id, api.id, plan.id).await?;
@@ -195,12 +214,21 @@ pub async fn subscribe(state: &AppState, who: &Principal, req: CreateSubscriptio
 }
 
 /// Subscriptions of the caller's apps (all, for platform admins), optionally of one app.
-pub async fn list_subscriptions(state: &AppState, who: &Principal, app: Option<&str>, page: Page) -> Result<Vec<SubscriptionView>> {
+pub async fn list_subscriptions(
+    state: &AppState,
+    who: &Principal,
+    app: Option<&str>,
+    page: Page,
+) -> Result<Vec<SubscriptionView>> {
     let apps_list: Vec<App> = match app {
         Some(id) => vec![readable_app(state, who, id).await?],
         None => {
             let mut c = state.store.conn().await?;
-            if who.is_admin() { apps::list_apps(&mut c, None, Page::all()).await? } else { apps::list_apps(&mut c, Some(&who.org_ids()), Page::all()).await? }
+            if who.is_admin() {
+                apps::list_apps(&mut c, None, Page::all()).await?
+            } else {
+                apps::list_apps(&mut c, Some(&who.org_ids()), Page::all()).await?
+            }
         }
     };
     let mut out = Vec::new();
@@ -218,7 +246,9 @@ pub async fn list_subscriptions(state: &AppState, who: &Principal, app: Option<&
 async fn readable_subscription(state: &AppState, who: &Principal, id: &str) -> Result<Subscription> {
     let sid: SubscriptionId = parse_id(id, "subscription")?;
     let mut c = state.store.conn().await?;
-    let sub = apps::subscription_by_id(&mut c, sid).await?.ok_or_else(|| Error::not_found(format_args!("subscription `{sid}`")))?;
+    let sub = apps::subscription_by_id(&mut c, sid)
+        .await?
+        .ok_or_else(|| Error::not_found(format_args!("subscription `{sid}`")))?;
     let app = apps::app_by_id(&mut c, sub.app_id).await?;
     match app {
         Some(a) if who.can_read(a.org_id) => Ok(sub),
@@ -252,8 +282,14 @@ pub fn day_range(from: Option<&str>, to: Option<&str>) -> Result<(String, String
         time::Date::parse(s, &fmt).map_err(|_| Error::Invalid(format!("{field}: `{s}` is not a date like 2026-11-25")))
     };
     let today = time::OffsetDateTime::now_utc().date();
-    let to = match to { Some(s) => parse(s, "to")?, None => today };
-    let from = match from { Some(s) => parse(s, "from")?, None => to - time::Duration::days(29) };
+    let to = match to {
+        Some(s) => parse(s, "to")?,
+        None => today,
+    };
+    let from = match from {
+        Some(s) => parse(s, "from")?,
+        None => to - time::Duration::days(29),
+    };
     if from > to {
         return Err(Error::Invalid("from must not be after to".into()));
     }
@@ -271,13 +307,25 @@ async fn report(state: &AppState, subs: &[SubscriptionId], from: &str, to: &str)
     Ok(UsageReport { from: from.into(), to: to.into(), total_calls: days.iter().map(|d| d.calls).sum(), days })
 }
 
-pub async fn subscription_usage(state: &AppState, who: &Principal, id: &str, from: Option<&str>, to: Option<&str>) -> Result<UsageReport> {
+pub async fn subscription_usage(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<UsageReport> {
     let s = readable_subscription(state, who, id).await?;
     let (from, to) = day_range(from, to)?;
     report(state, &[s.id], &from, &to).await
 }
 
-pub async fn app_usage(state: &AppState, who: &Principal, app: &str, from: Option<&str>, to: Option<&str>) -> Result<UsageReport> {
+pub async fn app_usage(
+    state: &AppState,
+    who: &Principal,
+    app: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<UsageReport> {
     let app = readable_app(state, who, app).await?;
     let (from, to) = day_range(from, to)?;
     let mut c = state.store.conn().await?;

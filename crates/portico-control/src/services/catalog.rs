@@ -132,11 +132,15 @@ async fn views(state: &AppState, apis: &[Api]) -> Result<Vec<ApiView>> {
     let mut names: HashMap<OrgId, String> = HashMap::new();
     let mut out = Vec::with_capacity(apis.len());
     for a in apis {
-        if !names.contains_key(&a.org_id) {
-            let n = orgs::by_id(&mut c, a.org_id).await?.map(|o| o.name.to_string()).unwrap_or_default();
-            names.insert(a.org_id, n);
+        if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(a.org_id) {
+            slot.insert(orgs::by_id(&mut c, a.org_id).await?.map(|o| o.name.to_string()).unwrap_or_default());
         }
-        let major = catalog::versions(&mut c, a.id).await?.iter().filter(|v| v.state.serves_traffic()).map(|v| v.version.major).max();
+        let major = catalog::versions(&mut c, a.id)
+            .await?
+            .iter()
+            .filter(|v| v.state.serves_traffic())
+            .map(|v| v.version.major)
+            .max();
         out.push(ApiView::from(a, &names[&a.org_id], gateway_base(state, &a.slug, major)));
     }
     Ok(out)
@@ -164,19 +168,36 @@ pub async fn create_api(state: &AppState, who: &Principal, req: CreateApi) -> Re
         Some(id) => super::parse_id(id, "organization")?,
         None => match who.orgs_of_kind(OrgKind::Provider).as_slice() {
             [one] => *one,
-            [] => return Err(Error::Forbidden("only members of a provider organization can publish APIs; create one with POST /api/v1/orgs".into())),
+            [] => {
+                return Err(Error::Forbidden(
+                    "only members of a provider organization can publish APIs; create one with POST /api/v1/orgs"
+                        .into(),
+                ));
+            }
             _ => return Err(Error::Invalid("you belong to several provider organizations: set org_id".into())),
         },
     };
     let mut tx = state.store.begin().await?;
-    let o = orgs::by_id(&mut tx, org).await?.filter(|_| who.can_read(org)).ok_or_else(|| Error::not_found(format_args!("organization `{org}`")))?;
+    let o = orgs::by_id(&mut tx, org)
+        .await?
+        .filter(|_| who.can_read(org))
+        .ok_or_else(|| Error::not_found(format_args!("organization `{org}`")))?;
     if !who.can_manage(org) {
         return Err(Error::Forbidden("your role in this organization cannot publish APIs".into()));
     }
     if o.kind != OrgKind::Provider && !who.is_admin() {
-        return Err(Error::Invalid(format!("`{}` is a {} organization; APIs belong to provider organizations", o.slug, o.kind)));
+        return Err(Error::Invalid(format!(
+            "`{}` is a {} organization; APIs belong to provider organizations",
+            o.slug, o.kind
+        )));
     }
-    let fields = ApiFields { name: req.name, description: req.description, category: req.category, tags: req.tags, visibility: req.visibility };
+    let fields = ApiFields {
+        name: req.name,
+        description: req.description,
+        category: req.category,
+        tags: req.tags,
+        visibility: req.visibility,
+    };
     let api = catalog::insert_api(&mut tx, org, &req.slug, &fields).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
@@ -208,11 +229,22 @@ pub async fn get_api(state: &AppState, who: Option<&Principal>, slug: &str) -> R
 pub async fn update_api(state: &AppState, who: &Principal, slug: &str, req: UpdateApi) -> Result<ApiView> {
     let api = managed_api(state, who, slug).await?;
     let mut f = api.fields.clone();
-    if let Some(n) = req.name { f.name = n; }
-    if let Some(d) = req.description { f.description = d; }
-    if let Some(c) = req.category { f.category = Some(c).filter(|c| !c.is_empty()); }
-    if let Some(t) = req.tags { validate_tags(&t)?; f.tags = t; }
-    if let Some(v) = req.visibility { f.visibility = v; }
+    if let Some(n) = req.name {
+        f.name = n;
+    }
+    if let Some(d) = req.description {
+        f.description = d;
+    }
+    if let Some(c) = req.category {
+        f.category = Some(c).filter(|c| !c.is_empty());
+    }
+    if let Some(t) = req.tags {
+        validate_tags(&t)?;
+        f.tags = t;
+    }
+    if let Some(v) = req.visibility {
+        f.visibility = v;
+    }
     let mut tx = state.store.begin().await?;
     catalog::update_api(&mut tx, api.id, &f).await?;
     portico_store::bump_generation(&mut tx).await?;
@@ -262,7 +294,12 @@ pub async fn get_version(state: &AppState, who: Option<&Principal>, slug: &str, 
 }
 
 /// The version's OpenAPI document as uploaded.
-pub async fn openapi_document(state: &AppState, who: Option<&Principal>, slug: &str, version: &str) -> Result<serde_json::Value> {
+pub async fn openapi_document(
+    state: &AppState,
+    who: Option<&Principal>,
+    slug: &str,
+    version: &str,
+) -> Result<serde_json::Value> {
     let api = visible_api(state, who, slug).await?;
     let insider = who.is_some_and(|p| p.can_read(api.org_id));
     let v = find_version(state, &api, version).await?;
@@ -272,16 +309,27 @@ pub async fn openapi_document(state: &AppState, who: Option<&Principal>, slug: &
     Ok(v.openapi)
 }
 
-pub async fn update_version(state: &AppState, who: &Principal, slug: &str, version: &str, req: UpdateVersion) -> Result<VersionView> {
+pub async fn update_version(
+    state: &AppState,
+    who: &Principal,
+    slug: &str,
+    version: &str,
+    req: UpdateVersion,
+) -> Result<VersionView> {
     let api = managed_api(state, who, slug).await?;
     let mut v = find_version(state, &api, version).await?;
     if let Some(s) = req.state {
         if !v.state.can_move_to(s) {
-            return Err(Error::Invalid(format!("a {} version cannot move to {s}: versions move forward only (draft → published → deprecated → retired)", v.state)));
+            return Err(Error::Invalid(format!(
+                "a {} version cannot move to {s}: versions move forward only (draft → published → deprecated → retired)",
+                v.state
+            )));
         }
         v.state = s;
     }
-    if let Some(u) = req.upstream_url { v.upstream_url = u; }
+    if let Some(u) = req.upstream_url {
+        v.upstream_url = u;
+    }
     if let Some(doc) = req.openapi {
         OpenApiDoc::parse(doc.clone())?;
         v.openapi = doc;
@@ -301,7 +349,14 @@ pub async fn list_plans(state: &AppState, who: Option<&Principal>, slug: &str) -
 pub async fn create_plan(state: &AppState, who: &Principal, slug: &str, req: CreatePlan) -> Result<PlanView> {
     let api = managed_api(state, who, slug).await?;
     req.pricing.validate()?;
-    let f = PlanFields { name: req.name, description: req.description, pricing: req.pricing, rate_limit: req.rate_limit, monthly_quota: req.monthly_quota, visibility: req.visibility };
+    let f = PlanFields {
+        name: req.name,
+        description: req.description,
+        pricing: req.pricing,
+        rate_limit: req.rate_limit,
+        monthly_quota: req.monthly_quota,
+        visibility: req.visibility,
+    };
     let mut tx = state.store.begin().await?;
     let plan = catalog::insert_plan(&mut tx, api.id, &req.slug, &f).await?;
     portico_store::bump_generation(&mut tx).await?;
@@ -310,7 +365,13 @@ pub async fn create_plan(state: &AppState, who: &Principal, slug: &str, req: Cre
     Ok(PlanView::from(&plan))
 }
 
-pub async fn update_plan(state: &AppState, who: &Principal, slug: &str, plan: &str, req: UpdatePlan) -> Result<PlanView> {
+pub async fn update_plan(
+    state: &AppState,
+    who: &Principal,
+    slug: &str,
+    plan: &str,
+    req: UpdatePlan,
+) -> Result<PlanView> {
     let api = managed_api(state, who, slug).await?;
     let mut c = state.store.conn().await?;
     let mut p = catalog::plans(&mut c, api.id)
@@ -319,12 +380,25 @@ pub async fn update_plan(state: &AppState, who: &Principal, slug: &str, plan: &s
         .find(|p| p.slug.as_str() == plan)
         .ok_or_else(|| Error::not_found(format_args!("plan `{plan}` of API `{slug}`")))?;
     drop(c);
-    if let Some(n) = req.name { p.fields.name = n; }
-    if let Some(d) = req.description { p.fields.description = d; }
-    if let Some(pr) = req.pricing { pr.validate()?; p.fields.pricing = pr; }
-    if let Some(r) = req.rate_limit { p.fields.rate_limit = r; }
-    if let Some(q) = req.monthly_quota { p.fields.monthly_quota = q; }
-    if let Some(v) = req.visibility { p.fields.visibility = v; }
+    if let Some(n) = req.name {
+        p.fields.name = n;
+    }
+    if let Some(d) = req.description {
+        p.fields.description = d;
+    }
+    if let Some(pr) = req.pricing {
+        pr.validate()?;
+        p.fields.pricing = pr;
+    }
+    if let Some(r) = req.rate_limit {
+        p.fields.rate_limit = r;
+    }
+    if let Some(q) = req.monthly_quota {
+        p.fields.monthly_quota = q;
+    }
+    if let Some(v) = req.visibility {
+        p.fields.visibility = v;
+    }
     let mut tx = state.store.begin().await?;
     catalog::update_plan(&mut tx, p.id, &p.fields).await?;
     portico_store::bump_generation(&mut tx).await?;

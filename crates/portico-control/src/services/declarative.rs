@@ -10,11 +10,11 @@ use portico_core::declarative::*;
 use portico_core::model::{OrgKind, SubscriptionStatus};
 use portico_store::catalog::{self, ApiFields, PlanFields};
 use portico_store::{Conn, Page, apps, orgs};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// One change that apply made (or, in a dry run, would make).
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Change {
     /// `create` or `update`.
     pub action: String,
@@ -26,7 +26,7 @@ pub struct Change {
     pub fields: Vec<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ApplyReport {
     pub dry_run: bool,
     /// Empty when the marketplace already matches the document.
@@ -34,11 +34,20 @@ pub struct ApplyReport {
 }
 
 fn change(action: &str, kind: &str, name: impl Into<String>, fields: Vec<&str>) -> Change {
-    Change { action: action.into(), kind: kind.into(), name: name.into(), fields: fields.into_iter().map(String::from).collect() }
+    Change {
+        action: action.into(),
+        kind: kind.into(),
+        name: name.into(),
+        fields: fields.into_iter().map(String::from).collect(),
+    }
 }
 
 fn require_admin(who: &Principal) -> Result<()> {
-    if who.is_admin() { Ok(()) } else { Err(Error::Forbidden("apply and export need a platform admin (see `portico admin create`)".into())) }
+    if who.is_admin() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("apply and export need a platform admin (see `portico admin create`)".into()))
+    }
 }
 
 pub async fn apply(state: &AppState, who: &Principal, doc: Document, dry_run: bool) -> Result<ApplyReport> {
@@ -62,10 +71,19 @@ pub async fn apply(state: &AppState, who: &Principal, doc: Document, dry_run: bo
     Ok(ApplyReport { dry_run, changes })
 }
 
-async fn ensure_org(c: &mut Conn, slug: &portico_core::values::Slug, name: &portico_core::values::Name, kind: OrgKind, out: &mut Vec<Change>) -> Result<orgs::Org> {
+async fn ensure_org(
+    c: &mut Conn,
+    slug: &portico_core::values::Slug,
+    name: &portico_core::values::Name,
+    kind: OrgKind,
+    out: &mut Vec<Change>,
+) -> Result<orgs::Org> {
     let kind_name = kind.as_str();
     match orgs::by_slug(c, slug.as_str()).await? {
-        Some(o) if o.kind != kind => Err(Error::Conflict(format!("organization `{slug}` exists and is a {} organization, not a {kind_name}", o.kind))),
+        Some(o) if o.kind != kind => Err(Error::Conflict(format!(
+            "organization `{slug}` exists and is a {} organization, not a {kind_name}",
+            o.kind
+        ))),
         Some(o) => {
             if &o.name != name {
                 orgs::rename(c, o.id, name).await?;
@@ -83,7 +101,13 @@ async fn ensure_org(c: &mut Conn, slug: &portico_core::values::Slug, name: &port
 async fn apply_provider(c: &mut Conn, p: &ProviderSpec, out: &mut Vec<Change>) -> Result<()> {
     let org = ensure_org(c, &p.slug, &p.name, OrgKind::Provider, out).await?;
     for a in &p.apis {
-        let fields = ApiFields { name: a.name.clone(), description: a.description.clone(), category: a.category.clone(), tags: a.tags.clone(), visibility: a.visibility };
+        let fields = ApiFields {
+            name: a.name.clone(),
+            description: a.description.clone(),
+            category: a.category.clone(),
+            tags: a.tags.clone(),
+            visibility: a.visibility,
+        };
         let api = match catalog::api_by_slug(c, a.slug.as_str()).await? {
             Some(api) if api.org_id != org.id => {
                 return Err(Error::Conflict(format!("API `{}` exists and belongs to another provider", a.slug)));
@@ -91,11 +115,21 @@ async fn apply_provider(c: &mut Conn, p: &ProviderSpec, out: &mut Vec<Change>) -
             Some(api) => {
                 let f = &api.fields;
                 let mut diff = vec![];
-                if f.name != fields.name { diff.push("name") }
-                if f.description != fields.description { diff.push("description") }
-                if f.category != fields.category { diff.push("category") }
-                if f.tags != fields.tags { diff.push("tags") }
-                if f.visibility != fields.visibility { diff.push("visibility") }
+                if f.name != fields.name {
+                    diff.push("name")
+                }
+                if f.description != fields.description {
+                    diff.push("description")
+                }
+                if f.category != fields.category {
+                    diff.push("category")
+                }
+                if f.tags != fields.tags {
+                    diff.push("tags")
+                }
+                if f.visibility != fields.visibility {
+                    diff.push("visibility")
+                }
                 if !diff.is_empty() {
                     catalog::update_api(c, api.id, &fields).await?;
                     out.push(change("update", "api", a.slug.as_str(), diff));
@@ -115,12 +149,19 @@ async fn apply_provider(c: &mut Conn, p: &ProviderSpec, out: &mut Vec<Change>) -
                     let mut diff = vec![];
                     if e.state != v.state {
                         if !e.state.can_move_to(v.state) {
-                            return Err(Error::Invalid(format!("{name}: a {} version cannot move back to {}", e.state, v.state)));
+                            return Err(Error::Invalid(format!(
+                                "{name}: a {} version cannot move back to {}",
+                                e.state, v.state
+                            )));
                         }
                         diff.push("state");
                     }
-                    if e.upstream_url != v.upstream_url { diff.push("upstream_url") }
-                    if e.openapi != v.openapi { diff.push("openapi") }
+                    if e.upstream_url != v.upstream_url {
+                        diff.push("upstream_url")
+                    }
+                    if e.openapi != v.openapi {
+                        diff.push("openapi")
+                    }
                     if !diff.is_empty() {
                         catalog::update_version(c, e.id, v.state, &v.upstream_url, &v.openapi).await?;
                         out.push(change("update", "version", name, diff));
@@ -135,18 +176,37 @@ async fn apply_provider(c: &mut Conn, p: &ProviderSpec, out: &mut Vec<Change>) -
         let plans = catalog::plans(c, api.id).await?;
         for l in &a.plans {
             let name = format!("{}/{}", a.slug, l.slug);
-            let fields = PlanFields { name: l.name.clone(), description: l.description.clone(), pricing: l.pricing.clone(), rate_limit: l.rate_limit, monthly_quota: l.monthly_quota, visibility: l.visibility };
+            let fields = PlanFields {
+                name: l.name.clone(),
+                description: l.description.clone(),
+                pricing: l.pricing.clone(),
+                rate_limit: l.rate_limit,
+                monthly_quota: l.monthly_quota,
+                visibility: l.visibility,
+            };
             match plans.iter().find(|e| e.slug == l.slug) {
                 Some(e) if e.fields == fields => {}
                 Some(e) => {
                     let f = &e.fields;
                     let mut diff = vec![];
-                    if f.name != fields.name { diff.push("name") }
-                    if f.description != fields.description { diff.push("description") }
-                    if f.pricing != fields.pricing { diff.push("pricing") }
-                    if f.rate_limit != fields.rate_limit { diff.push("rate_limit") }
-                    if f.monthly_quota != fields.monthly_quota { diff.push("monthly_quota") }
-                    if f.visibility != fields.visibility { diff.push("visibility") }
+                    if f.name != fields.name {
+                        diff.push("name")
+                    }
+                    if f.description != fields.description {
+                        diff.push("description")
+                    }
+                    if f.pricing != fields.pricing {
+                        diff.push("pricing")
+                    }
+                    if f.rate_limit != fields.rate_limit {
+                        diff.push("rate_limit")
+                    }
+                    if f.monthly_quota != fields.monthly_quota {
+                        diff.push("monthly_quota")
+                    }
+                    if f.visibility != fields.visibility {
+                        diff.push("visibility")
+                    }
                     catalog::update_plan(c, e.id, &fields).await?;
                     out.push(change("update", "plan", name, diff));
                 }
@@ -179,8 +239,14 @@ async fn apply_consumer(c: &mut Conn, spec: &ConsumerSpec, out: &mut Vec<Change>
         let subs = apps::subscriptions_of_app(c, app.id).await?;
         for s in &a.subscriptions {
             let name = format!("{}/{} → {}/{}", spec.slug, a.slug, s.api, s.plan);
-            let api = catalog::api_by_slug(c, s.api.as_str()).await?.ok_or_else(|| Error::Invalid(format!("{name}: there is no API `{}`", s.api)))?;
-            let plan = catalog::plans(c, api.id).await?.into_iter().find(|p| p.slug == s.plan).ok_or_else(|| Error::Invalid(format!("{name}: API `{}` has no plan `{}`", s.api, s.plan)))?;
+            let api = catalog::api_by_slug(c, s.api.as_str())
+                .await?
+                .ok_or_else(|| Error::Invalid(format!("{name}: there is no API `{}`", s.api)))?;
+            let plan = catalog::plans(c, api.id)
+                .await?
+                .into_iter()
+                .find(|p| p.slug == s.plan)
+                .ok_or_else(|| Error::Invalid(format!("{name}: API `{}` has no plan `{}`", s.api, s.plan)))?;
             match subs.iter().find(|x| x.api_id == api.id && x.status == SubscriptionStatus::Active) {
                 Some(x) if x.plan_id == plan.id => {}
                 Some(x) => {
@@ -210,16 +276,38 @@ pub async fn export(state: &AppState, who: &Principal) -> Result<Document> {
             let mut versions: Vec<VersionSpec> = catalog::versions(c, a.id)
                 .await?
                 .into_iter()
-                .map(|v| VersionSpec { version: v.version, state: v.state, upstream_url: v.upstream_url, openapi: v.openapi })
+                .map(|v| VersionSpec {
+                    version: v.version,
+                    state: v.state,
+                    upstream_url: v.upstream_url,
+                    openapi: v.openapi,
+                })
                 .collect();
             versions.sort_by_key(|v| v.version);
             let plans = catalog::plans(c, a.id)
                 .await?
                 .into_iter()
-                .map(|p| PlanSpec { slug: p.slug, name: p.fields.name, description: p.fields.description, pricing: p.fields.pricing, rate_limit: p.fields.rate_limit, monthly_quota: p.fields.monthly_quota, visibility: p.fields.visibility })
+                .map(|p| PlanSpec {
+                    slug: p.slug,
+                    name: p.fields.name,
+                    description: p.fields.description,
+                    pricing: p.fields.pricing,
+                    rate_limit: p.fields.rate_limit,
+                    monthly_quota: p.fields.monthly_quota,
+                    visibility: p.fields.visibility,
+                })
                 .collect();
             let f = a.fields;
-            apis.push(ApiSpec { slug: a.slug, name: f.name, description: f.description, category: f.category, tags: f.tags, visibility: f.visibility, versions, plans });
+            apis.push(ApiSpec {
+                slug: a.slug,
+                name: f.name,
+                description: f.description,
+                category: f.category,
+                tags: f.tags,
+                visibility: f.visibility,
+                versions,
+                plans,
+            });
         }
         doc.providers.push(ProviderSpec { slug: o.slug, name: o.name, apis });
     }
@@ -227,7 +315,11 @@ pub async fn export(state: &AppState, who: &Principal) -> Result<Document> {
         let mut out_apps = vec![];
         for app in apps::list_apps(c, Some(&[o.id]), Page::all()).await? {
             let mut subscriptions = vec![];
-            for s in apps::subscriptions_of_app(c, app.id).await?.into_iter().filter(|s| s.status == SubscriptionStatus::Active) {
+            for s in apps::subscriptions_of_app(c, app.id)
+                .await?
+                .into_iter()
+                .filter(|s| s.status == SubscriptionStatus::Active)
+            {
                 let api = catalog::api_by_id(c, s.api_id).await?;
                 let plan = catalog::plan_by_id(c, s.plan_id).await?;
                 if let (Some(api), Some(plan)) = (api, plan) {

@@ -1,0 +1,132 @@
+//! [`App`]: the whole of Portico in one process — store, control plane + portal on one
+//! listener, gateway on another, metering between them. `serve` and the tests build it alike.
+
+use crate::settings::{Settings, load_pepper};
+use anyhow::Context;
+use portico_control::snapshot::SnapshotPublisher;
+use portico_control::{AppState, ControlConfig};
+use portico_gateway::{Gateway, GatewayConfig};
+use portico_metering::DailyCounter;
+use portico_store::Store;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub struct App {
+    pub state: AppState,
+    pub gateway_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    gateway: Gateway,
+    gateway_listener: TcpListener,
+    api_listener: TcpListener,
+    usage: Arc<DailyCounter>,
+}
+
+/// How long the metering flusher waits between writes.
+const USAGE_FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// How often the snapshot watcher checks for changes made by other processes.
+const SNAPSHOT_POLL_EVERY: Duration = Duration::from_secs(1);
+
+fn url_of(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    format!("http://{host}:{}", addr.port())
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "could not listen on {addr} for the {what}: is another program using it? Choose another with --{what}-addr"
+        )
+    })
+}
+
+impl App {
+    /// Connects and migrates the store, binds both listeners and compiles the first snapshot.
+    pub async fn build(settings: &Settings) -> anyhow::Result<App> {
+        crate::install_crypto();
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
+        let url = settings.database_url();
+        let store =
+            Store::connect(&url).await.with_context(|| format!("connecting to {}", portico_store::redact(&url)))?;
+        store.migrate().await.context("running migrations")?;
+        let pepper = load_pepper(&settings.data_dir)?;
+
+        let gateway_listener = bind(&settings.gateway_addr, "gateway").await?;
+        let api_listener = bind(&settings.api_addr, "api").await?;
+        let gateway_addr = gateway_listener.local_addr()?;
+        let api_addr = api_listener.local_addr()?;
+
+        let publisher = Arc::new(SnapshotPublisher::new());
+        publisher.refresh(&store).await.context("compiling the gateway's first config snapshot")?;
+        let config = ControlConfig {
+            gateway_url: settings.public_gateway_url.clone().unwrap_or_else(|| url_of(gateway_addr)),
+            secure_cookies: settings.public_api_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+            ..ControlConfig::default()
+        };
+        let usage = DailyCounter::new();
+        let gateway = Gateway::new(publisher.handle(), pepper.clone(), usage.clone(), GatewayConfig::default());
+        let state = AppState { store, pepper: Arc::new(pepper), snapshot: publisher, config: Arc::new(config) };
+        Ok(App { state, gateway_addr, api_addr, gateway, gateway_listener, api_listener, usage })
+    }
+
+    pub fn api_url(&self) -> String {
+        url_of(self.api_addr)
+    }
+
+    pub fn gateway_url(&self) -> String {
+        self.state.config.gateway_url.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains both listeners and flushes usage.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let App { state, gateway, gateway_listener, api_listener, usage, .. } = self;
+        let watcher = state.snapshot.clone().watch(state.store.clone(), SNAPSHOT_POLL_EVERY);
+        let flusher = usage.spawn_flusher(state.store.clone(), USAGE_FLUSH_EVERY, stopped());
+        let router = portico_control::router(state.clone()).merge(portico_portal::router(state.clone()));
+        let api = tokio::spawn({
+            let stop = stopped();
+            async move { axum::serve(api_listener, router).with_graceful_shutdown(stop).await }
+        });
+        let gw = tokio::spawn(gateway.serve(gateway_listener, stopped()));
+        shutdown.await;
+        tracing::info!("shutting down: draining connections");
+        let _ = stop_tx.send(true);
+        let (a, g) = tokio::join!(api, gw);
+        watcher.abort();
+        let _ = flusher.await;
+        state.store.close().await;
+        a.context("the API server task failed")?.context("the API server failed")?;
+        g.context("the gateway task failed")?.context("the gateway failed")?;
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

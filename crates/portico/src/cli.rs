@@ -1,0 +1,116 @@
+//! The command line. Every flag is also an environment variable `PORTICO_…` and, for `serve`,
+//! a key of the config file.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "portico", version, about = "Portico: an open-source API marketplace in one binary")]
+pub struct Cli {
+    /// `text` (default) or `json` logs.
+    #[arg(long, global = true, env = "PORTICO_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway, the REST API and the portal in one process.
+    Serve(ServeArgs),
+    /// Make a running Portico match a declarative YAML file (like decK for Kong).
+    Apply(ApplyArgs),
+    /// Print a running Portico's providers, APIs, plans and consumers as YAML.
+    Export(ExportArgs),
+    /// Platform administrators.
+    Admin(AdminArgs),
+    /// Run the database migrations and exit (serve runs them too).
+    Migrate(StoreArgs),
+}
+
+/// Where the data lives (shared by serve, admin and migrate).
+#[derive(Debug, Args, Clone, Default)]
+pub struct StoreArgs {
+    /// A TOML config file; its keys are the long flag names with `_` (e.g. `gateway_addr`).
+    #[arg(long, env = "PORTICO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the SQLite database, the key pepper and demo files [default: ./portico-data]
+    #[arg(long, env = "PORTICO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB` [default: SQLite in the data dir]
+    #[arg(long, env = "PORTICO_DATABASE")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Gateway listener [default: 0.0.0.0:8080]
+    #[arg(long, env = "PORTICO_GATEWAY_ADDR")]
+    pub gateway_addr: Option<String>,
+    /// REST API and portal listener [default: 0.0.0.0:8081]
+    #[arg(long, env = "PORTICO_API_ADDR")]
+    pub api_addr: Option<String>,
+    /// The gateway's URL as consumers reach it, shown in the portal [default: from gateway_addr]
+    #[arg(long, env = "PORTICO_PUBLIC_GATEWAY_URL")]
+    pub public_gateway_url: Option<String>,
+    /// The portal's URL as people reach it [default: from api_addr]
+    #[arg(long, env = "PORTICO_PUBLIC_API_URL")]
+    pub public_api_url: Option<String>,
+    /// Load the demo marketplace (two providers, three APIs, a consumer with a key) and run
+    /// its upstream in this process.
+    #[arg(long, env = "PORTICO_DEMO")]
+    pub demo: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// The running Portico's REST API.
+    #[arg(long, env = "PORTICO_SERVER", default_value = "http://127.0.0.1:8081")]
+    pub server: String,
+    /// A platform admin's token (from `portico admin create`).
+    #[arg(long, env = "PORTICO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ApplyArgs {
+    /// The YAML file. `${NAME}` in it is replaced by the environment variable NAME.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExportArgs {
+    /// Write here instead of standard output.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a platform admin (or promote an account) and print an API token.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Leave out to have one generated and printed.
+        #[arg(long, env = "PORTICO_ADMIN_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}

@@ -1,0 +1,188 @@
+//! Settings, layered: defaults → config file (TOML) → `PORTICO_*` environment → flags (clap
+//! reads the environment and the flags; figment layers them over the file). Validated after
+//! load, with messages that say what to fix. Secrets are never printed.
+
+use crate::cli::{ServeArgs, StoreArgs};
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// `None`: SQLite in the data dir.
+    pub database: Option<String>,
+    pub gateway_addr: String,
+    pub api_addr: String,
+    pub public_gateway_url: Option<String>,
+    pub public_api_url: Option<String>,
+    pub demo: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("portico-data"),
+            database: None,
+            gateway_addr: "0.0.0.0:8080".into(),
+            api_addr: "0.0.0.0:8081".into(),
+            public_gateway_url: None,
+            public_api_url: None,
+            demo: false,
+        }
+    }
+}
+
+/// The flags that were given, as a layer over the file (absent flags do not override it).
+#[derive(Serialize)]
+struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_gateway_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_api_url: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    demo: bool,
+}
+
+impl Settings {
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Self> {
+        // Destructured so that a new flag cannot be forgotten here.
+        let ServeArgs {
+            store: StoreArgs { config, data_dir, database },
+            gateway_addr,
+            api_addr,
+            public_gateway_url,
+            public_api_url,
+            demo,
+        } = args.clone();
+        let overrides =
+            Overrides { data_dir, database, gateway_addr, api_addr, public_gateway_url, public_api_url, demo };
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = &config {
+            if !path.exists() {
+                bail!("config file {} does not exist (set by --config / PORTICO_CONFIG)", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let settings: Settings =
+            fig.merge(Serialized::defaults(overrides)).extract().map_err(|e| anyhow::anyhow!("{e}")).with_context(
+                || match &config {
+                    Some(p) => format!("reading settings from {}", p.display()),
+                    None => "reading settings".into(),
+                },
+            )?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Settings for commands that only need the store.
+    pub fn for_store(args: &StoreArgs) -> anyhow::Result<Self> {
+        Self::load(&ServeArgs { store: args.clone(), ..Default::default() })
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, v) in [("gateway_addr", &self.gateway_addr), ("api_addr", &self.api_addr)] {
+            v.parse::<SocketAddr>().map_err(|_| anyhow::anyhow!("{name} `{v}` is not an address like 0.0.0.0:8080"))?;
+        }
+        for (name, v) in [("public_gateway_url", &self.public_gateway_url), ("public_api_url", &self.public_api_url)] {
+            if let Some(u) = v
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                bail!("{name} `{u}` must start with http:// or https://");
+            }
+        }
+        if let Some(db) = &self.database
+            && !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://"))
+        {
+            bail!("database `{}` must be sqlite://PATH or postgres://USER@HOST/DB", portico_store::redact(db));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("portico.db").display()),
+        }
+    }
+}
+
+/// The pepper that API keys are hashed under: `PORTICO_KEY_PEPPER` (64 hex characters; every
+/// process of a cluster must share it) or `<data-dir>/key-pepper`, created on first start.
+pub fn load_pepper(data_dir: &Path) -> anyhow::Result<portico_core::api_key::Pepper> {
+    use portico_core::api_key::Pepper;
+    if let Ok(hex) = std::env::var("PORTICO_KEY_PEPPER") {
+        return Pepper::from_hex(&hex).map_err(|e| anyhow::anyhow!("PORTICO_KEY_PEPPER: {e}"));
+    }
+    let path = data_dir.join("key-pepper");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        return Pepper::from_hex(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    let pepper = Pepper::generate();
+    write_private(&path, &pepper.to_hex())?;
+    Ok(pepper)
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portico.toml");
+        std::fs::write(&file, "gateway_addr = \"127.0.0.1:9000\"\napi_addr = \"127.0.0.1:9001\"\n").unwrap();
+        let mut args =
+            ServeArgs { store: StoreArgs { config: Some(file.clone()), ..Default::default() }, ..Default::default() };
+        let s = Settings::load(&args).unwrap();
+        assert_eq!(s.gateway_addr, "127.0.0.1:9000");
+        args.gateway_addr = Some("127.0.0.1:9100".into());
+        assert_eq!(Settings::load(&args).unwrap().gateway_addr, "127.0.0.1:9100", "a flag beats the file");
+        assert_eq!(Settings::load(&args).unwrap().api_addr, "127.0.0.1:9001");
+    }
+
+    #[test]
+    fn bad_settings_say_what_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portico.toml");
+        std::fs::write(&file, "gateway_adr = \"x\"\n").unwrap();
+        let args = ServeArgs { store: StoreArgs { config: Some(file), ..Default::default() }, ..Default::default() };
+        let e = format!("{:#}", Settings::load(&args).unwrap_err());
+        assert!(e.contains("gateway_adr"), "{e}");
+        let args = ServeArgs { gateway_addr: Some("nowhere".into()), ..Default::default() };
+        assert!(format!("{:#}", Settings::load(&args).unwrap_err()).contains("not an address"));
+        let args = ServeArgs {
+            store: StoreArgs { database: Some("mysql://x".into()), ..Default::default() },
+            ..Default::default()
+        };
+        assert!(format!("{:#}", Settings::load(&args).unwrap_err()).contains("sqlite://"));
+    }
+}

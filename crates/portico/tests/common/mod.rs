@@ -1,0 +1,161 @@
+//! Black-box helpers: the real `App` on port 0 with a fresh database, and a real upstream.
+#![allow(dead_code)]
+
+use axum::extract::Request;
+use axum::routing::any;
+use portico::app::App;
+use portico::settings::Settings;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub api: String,
+    pub gateway: String,
+    pub http: reqwest::Client,
+    pub app_state: portico_control::AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let database = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            Some(portico_store::testing::fresh_postgres_database().await.unwrap_or_else(|e| panic!("{e}")))
+        }
+    };
+    let settings = Settings {
+        data_dir: dir.path().to_path_buf(),
+        database,
+        gateway_addr: "127.0.0.1:0".into(),
+        api_addr: "127.0.0.1:0".into(),
+        ..Settings::default()
+    };
+    let app = App::build(&settings).await.unwrap();
+    let (api, gateway, app_state) = (app.api_url(), app.gateway_url(), app.state.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    TestApp { api, gateway, http: reqwest::Client::new(), app_state, stop: Some(tx), task: Some(task), dir }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.api)
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.unwrap();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, v, headers)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let (s, v, _) = self.call(reqwest::Method::GET, path, token, None).await;
+        (s, v)
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let (s, v, _) = self.call(reqwest::Method::POST, path, token, Some(body)).await;
+        (s, v)
+    }
+
+    /// Signs up and returns the bearer token.
+    pub async fn signup(&self, email: &str, kind: &str) -> String {
+        let (s, v) = self.post("/auth/signup", None, json!({"email": email, "password": "long enough password", "name": email.split('@').next().unwrap(), "account_type": kind})).await;
+        assert_eq!(s, 201, "signup {email}: {v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        let email = portico_core::values::Email::parse("root@example.com").unwrap();
+        portico_control::services::accounts::create_admin(&self.app_state.store, &email, Some("root password 123"))
+            .await
+            .unwrap()
+            .token
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// An upstream that answers every request with what it received, and counts them.
+pub struct Upstream {
+    pub url: String,
+    pub hits: Arc<AtomicU64>,
+}
+
+pub async fn spawn_upstream() -> Upstream {
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(any(move |req: Request| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+            let headers: serde_json::Map<String, Value> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), Value::String(v.to_str().unwrap_or("").to_owned())))
+                .collect();
+            axum::Json(json!({
+                "method": parts.method.as_str(),
+                "path": parts.uri.path(),
+                "query": parts.uri.query(),
+                "headers": headers,
+                "body_len": body.len(),
+            }))
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Upstream { url, hits }
+}
+
+pub fn echo_openapi() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Echo", "version": "1.0.0"},
+        "paths": {"/things/{id}": {"get": {"operationId": "getThing", "summary": "A thing",
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the thing"}}}}}
+    })
+}

@@ -1,0 +1,302 @@
+//! The walking skeleton's journey, on SQLite and on PostgreSQL: a provider publishes an API
+//! with a plan, a consumer signs up, creates an app, subscribes, gets a key and calls the API
+//! through the gateway; and everything that must be refused on the way is.
+
+mod common;
+
+use common::{Backend, TestApp, echo_openapi, spawn_app, spawn_upstream};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+async fn gw(app: &TestApp, path: &str, key: Option<&str>) -> reqwest::Response {
+    let mut req = app.http.get(format!("{}{path}", app.gateway));
+    if let Some(k) = key {
+        req = req.header("X-Api-Key", k);
+    }
+    req.send().await.unwrap()
+}
+
+fn is_problem(h: &reqwest::header::HeaderMap) -> bool {
+    h.get("content-type").and_then(|v| v.to_str().ok()) == Some("application/problem+json")
+}
+
+async fn journey(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let upstream = spawn_upstream().await;
+
+    // Both listeners answer health checks.
+    for base in [&app.api, &app.gateway] {
+        for p in ["/healthz", "/readyz"] {
+            let r = app.http.get(format!("{base}{p}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{base}{p}");
+        }
+    }
+
+    // A provider publishes an API with a plan.
+    let provider = app.signup("pat@provider.example", "provider").await;
+    let (s, v) = app
+        .post(
+            "/apis",
+            Some(&provider),
+            json!({"slug": "echo", "name": "Echo", "description": "Echoes", "category": "Tools", "tags": ["test"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = app.post("/apis/echo/versions", Some(&provider), json!({"version": "1.0.0", "upstream_url": format!("{}/base", upstream.url), "openapi": echo_openapi(), "state": "published"})).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = app.post("/apis/echo/plans", Some(&provider), json!({"slug": "free", "name": "Free", "pricing": {"type": "free"}, "rate_limit": {"requests": 5, "per": "minute"}, "monthly_quota": 1000})).await;
+    assert_eq!(s, 201, "{v}");
+    // A second API the consumer will not subscribe to.
+    assert_eq!(app.post("/apis", Some(&provider), json!({"slug": "other", "name": "Other"})).await.0, 201);
+    assert_eq!(
+        app.post(
+            "/apis/other/versions",
+            Some(&provider),
+            json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": echo_openapi(), "state": "published"})
+        )
+        .await
+        .0,
+        201
+    );
+
+    // The catalog shows it to anyone.
+    let (s, v) = app.get("/apis", None).await;
+    assert_eq!(s, 200);
+    assert!(v["items"].as_array().unwrap().iter().any(|a| a["slug"] == "echo"), "{v}");
+
+    // A consumer signs up, creates an app, subscribes and gets a key.
+    let consumer = app.signup("cleo@consumer.example", "consumer").await;
+    let (s, created) = app.post("/apps", Some(&consumer), json!({"name": "My dashboard"})).await;
+    assert_eq!(s, 201, "{created}");
+    let app_id = created["id"].as_str().unwrap().to_owned();
+    let (s, sub) =
+        app.post("/subscriptions", Some(&consumer), json!({"app_id": app_id, "api": "echo", "plan": "free"})).await;
+    assert_eq!(s, 201, "{sub}");
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    let (s, k) = app.post(&format!("/apps/{app_id}/keys"), Some(&consumer), json!({"name": "prod"})).await;
+    assert_eq!(s, 201, "{k}");
+    let key = k["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("ptc_") && key.len() == 32, "{key}");
+    let (_, list) = app.get(&format!("/apps/{app_id}/keys"), Some(&consumer)).await;
+    assert!(!list.to_string().contains(&key), "a listed key never shows its secret");
+    assert_eq!(list[0]["last4"], key[28..]);
+
+    // It calls the API through the gateway: the upstream's answer comes back.
+    let r = app
+        .http
+        .get(format!("{}/echo/v1/things/42?colour=red", app.gateway))
+        .header("X-Api-Key", &key)
+        .header("X-Portico-Consumer", "forged")
+        .header("X-Request-Id", "trace-me-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "trace-me-1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["path"], "/base/things/42");
+    assert_eq!(body["query"], "colour=red");
+    let h = &body["headers"];
+    assert!(h.get("x-api-key").is_none(), "the consumer's key is not forwarded: {h}");
+    assert_ne!(h["x-portico-consumer"], "forged");
+    assert_eq!(h["x-portico-plan"], "free");
+    assert_eq!(h["x-request-id"], "trace-me-1");
+    assert!(h["traceparent"].as_str().unwrap().starts_with("00-"));
+    // Bearer works too.
+    let r = app.http.get(format!("{}/echo/v1/things/1", app.gateway)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // No key, a wrong key, a mistyped key: 401.
+    let r = gw(&app, "/echo/v1/things/1", None).await;
+    assert_eq!(r.status(), 401);
+    assert!(is_problem(r.headers()));
+    let wrong = portico_core::api_key::ApiKey::generate();
+    assert_eq!(gw(&app, "/echo/v1/things/1", Some(wrong.expose_secret())).await.status(), 401);
+    let mut typo = key.clone();
+    typo.replace_range(10..11, if &key[10..11] == "a" { "b" } else { "a" });
+    assert_eq!(gw(&app, "/echo/v1/things/1", Some(&typo)).await.status(), 401);
+    // A key in the query string is refused.
+    assert_eq!(
+        app.http.get(format!("{}/echo/v1/things/1?api_key={key}", app.gateway)).send().await.unwrap().status(),
+        400
+    );
+    // An API the app has no subscription to: 403.
+    let r = gw(&app, "/other/v1/things/1", Some(&key)).await;
+    assert_eq!(r.status(), 403);
+    assert!(is_problem(r.headers()));
+    // Unknown API: 404.
+    assert_eq!(gw(&app, "/nope/v1/x", Some(&key)).await.status(), 404);
+
+    // Over the rate limit (5 a minute; 2 used): 429 with Retry-After.
+    let mut limited = None;
+    for _ in 0..6 {
+        let r = gw(&app, "/echo/v1/things/1", Some(&key)).await;
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    let r = limited.expect("the 6th call within a minute is limited");
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    assert!(is_problem(r.headers()));
+
+    // Usage is counted per subscription per day and readable through the API.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let (s, u) = app.get(&format!("/subscriptions/{sub_id}/usage"), Some(&consumer)).await;
+        assert_eq!(s, 200, "{u}");
+        if u["total_calls"].as_i64().unwrap() >= 6 || Instant::now() > deadline {
+            break u;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(usage["total_calls"], 6, "5 served + 1 limited: {usage}");
+    assert_eq!(usage["days"][0]["client_errors"], 1, "{usage}");
+    let (s, u) = app.get(&format!("/apps/{app_id}/usage"), Some(&consumer)).await;
+    assert_eq!((s, &u["total_calls"]), (200, &json!(6)));
+
+    // Consumer B sees nothing of consumer A's: 404 everywhere.
+    let other = app.signup("bo@elsewhere.example", "consumer").await;
+    let key_id = list[0]["id"].as_str().unwrap();
+    for path in [
+        format!("/apps/{app_id}"),
+        format!("/apps/{app_id}/keys"),
+        format!("/apps/{app_id}/usage"),
+        format!("/subscriptions/{sub_id}"),
+        format!("/subscriptions/{sub_id}/usage"),
+    ] {
+        let (s, v) = app.get(&path, Some(&other)).await;
+        assert_eq!(s, 404, "{path}: {v}");
+    }
+    let (s, _, _) = app.call(Method::DELETE, &format!("/apps/{app_id}/keys/{key_id}"), Some(&other), None).await;
+    assert_eq!(s, 404);
+    let (s, v) = app.post(&format!("/apps/{app_id}/keys"), Some(&other), json!({})).await;
+    assert_eq!(s, 404, "{v}");
+    let (_, mine) = app.get("/apps", Some(&other)).await;
+    assert_eq!(mine["items"], json!([]));
+    // Nor can the provider change the consumer's app, nor the consumer the provider's API.
+    assert_eq!(app.get(&format!("/apps/{app_id}"), Some(&provider)).await.0, 404);
+    let (s, _, _) =
+        app.call(Method::PATCH, "/apis/echo", Some(&consumer), Some(json!({"description": "mine now"}))).await;
+    assert_eq!(s, 404);
+
+    // A revoked key fails within a second.
+    let (s, _, _) = app.call(Method::DELETE, &format!("/apps/{app_id}/keys/{key_id}"), Some(&consumer), None).await;
+    assert_eq!(s, 204);
+    let t = Instant::now();
+    loop {
+        let st = gw(&app, "/echo/v1/things/1", Some(&key)).await.status();
+        if st == 401 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(1), "revoked key still accepted after 1 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And a new key works within a second.
+    let (_, k2) = app.post(&format!("/apps/{app_id}/keys"), Some(&consumer), json!({})).await;
+    let t = Instant::now();
+    loop {
+        let st = gw(&app, "/other/v1/x", Some(k2["key"].as_str().unwrap())).await.status();
+        if st == 403 {
+            break; // known key, no subscription to `other`: identified, so the key works
+        }
+        assert!(t.elapsed() < Duration::from_secs(1), "new key not accepted within 1 s (last status {st})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    bad_input(&app, &provider, &consumer, &app_id).await;
+    app.stop().await;
+}
+
+async fn bad_input(app: &TestApp, provider: &str, consumer: &str, app_id: &str) {
+    let problem = |s: u16, v: &Value, want: u16, needle: &str| {
+        assert_eq!(s, want, "{v}");
+        let detail = v["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(needle), "detail `{detail}` should mention `{needle}`");
+    };
+    // Malformed JSON.
+    let r = app
+        .http
+        .post(app.url("/apis"))
+        .bearer_auth(provider)
+        .header("content-type", "application/json")
+        .body("{\"slug\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(is_problem(r.headers()));
+    // Unknown field.
+    let (s, v) = app.post("/apis", Some(provider), json!({"slug": "x-api", "name": "X", "colour": "red"})).await;
+    problem(s, &v, 400, "colour");
+    // Invalid slug.
+    let (s, v) = app.post("/apis", Some(provider), json!({"slug": "Not A Slug", "name": "X"})).await;
+    problem(s, &v, 400, "slug");
+    // Duplicate slug.
+    let (s, v) = app.post("/apis", Some(provider), json!({"slug": "echo", "name": "Echo again"})).await;
+    problem(s, &v, 409, "echo");
+    // Invalid OpenAPI document: nothing is written.
+    let (s, v) = app
+        .post(
+            "/apis/echo/versions",
+            Some(provider),
+            json!({"version": "2.0.0", "upstream_url": "http://127.0.0.1:1", "openapi": {"swagger": "2.0"}}),
+        )
+        .await;
+    problem(s, &v, 400, "OpenAPI");
+    let (_, versions) = app.get("/apis/echo/versions", Some(provider)).await;
+    assert_eq!(versions.as_array().unwrap().len(), 1, "the invalid version was not stored");
+    // Unknown plan.
+    let (s, v) =
+        app.post("/subscriptions", Some(consumer), json!({"app_id": app_id, "api": "other", "plan": "gold"})).await;
+    problem(s, &v, 404, "gold");
+    // Oversized body.
+    let big = "x".repeat(6 * 1024 * 1024);
+    let r = app
+        .http
+        .post(app.url("/apis"))
+        .bearer_auth(provider)
+        .header("content-type", "application/json")
+        .body(format!("{{\"slug\":\"big\",\"name\":\"{big}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(is_problem(r.headers()));
+    // Not signed in; unknown endpoint; wrong method.
+    let (s, _) = app.get("/apps", None).await;
+    assert_eq!(s, 401);
+    let (s, v) = app.get("/nothing-here", None).await;
+    problem(s, &v, 404, "docs");
+    let (s, _, _) = app.call(Method::PUT, "/apis", Some(provider), Some(json!({}))).await;
+    assert_eq!(s, 405);
+}
+
+#[tokio::test]
+async fn journey_on_sqlite() {
+    journey(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn journey_on_postgres() {
+    journey(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_api_describes_itself_in_openapi_31() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (s, doc) = app.get("/openapi.json", None).await;
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    for p in ["/auth/signup", "/apis", "/apps/{app_id}/keys", "/subscriptions/{subscription_id}/usage", "/admin/apply"]
+    {
+        assert!(doc["paths"].get(p).is_some(), "{p} is documented");
+    }
+    let page = app.http.get(format!("{}/api/v1/docs", app.api)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("swagger"));
+    app.stop().await;
+}
