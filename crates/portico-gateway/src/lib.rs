@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 /// Every body the gateway sends: streamed from the upstream or made by the gateway.
 pub type GwBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// A consumer's request body on its way upstream (limited, so its error is boxed).
+pub type UpBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -68,7 +70,7 @@ struct Inner {
     pepper: Pepper,
     sink: Arc<dyn UsageSink>,
     config: GatewayConfig,
-    client: Client<HttpConnector, GwBody>,
+    client: Client<HttpConnector, UpBody>,
     limiter: limit::Limiter,
 }
 
@@ -88,6 +90,33 @@ fn key_in_query(query: Option<&str>) -> bool {
             KEY_PARAMS.iter().any(|k| name.eq_ignore_ascii_case(k))
         })
     })
+}
+
+/// Framing that front and back ends may read differently (request smuggling) is refused.
+fn smuggling(h: &http::HeaderMap) -> Option<&'static str> {
+    let lengths = h.get_all(http::header::CONTENT_LENGTH);
+    let mut values = lengths.iter();
+    if let Some(first) = values.next()
+        && values.any(|v| v != first)
+    {
+        return Some("the request has two different Content-Length values");
+    }
+    if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH) {
+        return Some("the request has both Content-Length and Transfer-Encoding; send one");
+    }
+    None
+}
+
+/// Whether an upstream error was our own body limit tripping.
+fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 impl Gateway {
@@ -168,6 +197,9 @@ impl Gateway {
         }
 
         // Screen: the cheap checks, before any lookup.
+        if let Some(why) = smuggling(req.headers()) {
+            return errors::bad_request(why);
+        }
         let declared_len = req
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -299,7 +331,11 @@ impl Gateway {
         );
         drop(snapshot);
         parts.uri = uri;
-        let body = CountingBody::new(body.boxed_unsync(), bytes_in).boxed_unsync();
+        let body = CountingBody::new(
+            http_body_util::Limited::new(body, inner.config.max_body_bytes as usize).boxed_unsync(),
+            bytes_in,
+        )
+        .boxed_unsync();
         let sent =
             tokio::time::timeout(inner.config.upstream_timeout, inner.client.request(Request::from_parts(parts, body)))
                 .await;
@@ -309,6 +345,10 @@ impl Gateway {
                 proxy::downstream_headers(&mut parts.headers, request_id);
                 meter.respond(parts.status.as_u16());
                 Response::from_parts(parts, MeteredBody::new(body.boxed_unsync(), meter).boxed_unsync())
+            }
+            Ok(Err(e)) if body_too_large(&e) => {
+                meter.respond(413);
+                errors::payload_too_large(inner.config.max_body_bytes)
             }
             Ok(Err(e)) => {
                 tracing::warn!(api = %api_slug, error = %e, "upstream request failed");

@@ -1,7 +1,7 @@
 //! Metering on the request path: bodies that count their bytes as they stream, and a [`Meter`]
 //! that hands exactly one usage event to the sink when the response is done (or dropped).
 
-use crate::GwBody;
+use crate::{GwBody, UpBody};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use portico_core::usage::{UsageEvent, UsageSink};
@@ -102,21 +102,21 @@ impl Drop for MeteredBody {
 
 /// The request body on its way to the upstream, counting its bytes.
 pub struct CountingBody {
-    inner: GwBody,
+    inner: UpBody,
     count: Arc<AtomicU64>,
 }
 
 impl CountingBody {
-    pub fn new(inner: GwBody, count: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: UpBody, count: Arc<AtomicU64>) -> Self {
         CountingBody { inner, count }
     }
 }
 
 impl Body for CountingBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled

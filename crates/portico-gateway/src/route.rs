@@ -15,11 +15,31 @@ pub struct Target<'a> {
 pub enum RouteError {
     /// Not of the form `/{slug}/v{major}/…`.
     NoMatch,
-    /// A path trick: dot segments, encoded NUL, slash or backslash.
+    /// A path trick: dot segments, encoded NUL, slash or backslash, or a broken `%` escape.
     Unsafe,
 }
 
+/// Every `%` starts a valid escape of two hex digits.
+fn valid_escapes(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if !b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) || !b.get(i + 2).is_some_and(u8::is_ascii_hexdigit) {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
 pub fn parse(path: &str) -> Result<Target<'_>, RouteError> {
+    if !valid_escapes(path) {
+        return Err(RouteError::Unsafe);
+    }
     let p = path.strip_prefix('/').ok_or(RouteError::NoMatch)?;
     let (slug, after) = p.split_once('/').ok_or(RouteError::NoMatch)?;
     let (ver, rest) = match after.find('/') {

@@ -1,0 +1,239 @@
+//! Hostile and malformed requests, sent as raw bytes: each is refused with the right status,
+//! none reaches the upstream at an unintended path, and the gateway keeps serving.
+
+use arc_swap::ArcSwap;
+use portico_core::api_key::{ApiKey, Pepper};
+use portico_core::ids::*;
+use portico_core::model::LifecycleState;
+use portico_core::snapshot::*;
+use portico_core::usage::DiscardUsage;
+use portico_core::values::{Slug, UpstreamUrl, VersionNumber};
+use portico_gateway::{Gateway, GatewayConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Env {
+    addr: std::net::SocketAddr,
+    key: String,
+    upstream_hits: Arc<AtomicU64>,
+}
+
+/// An upstream that counts requests and answers 200 with a fixed body.
+async fn counting_upstream() -> (String, Arc<AtomicU64>) {
+    let hits = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let h = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let h = h.clone();
+            tokio::spawn(async move {
+                // Reads each whole request (headers, then a Content-Length or chunked body) and
+                // answers it, like an upstream that reads bodies before it responds.
+                let mut pending: Vec<u8> = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                        let body_start = end + 4;
+                        let total = if head.contains("transfer-encoding: chunked") {
+                            match pending[body_start..].windows(5).position(|w| w == b"0\r\n\r\n") {
+                                Some(p) => body_start + p + 5,
+                                None => break,
+                            }
+                        } else {
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.strip_prefix("content-length: ").and_then(|v| v.trim().parse::<usize>().ok())
+                                })
+                                .unwrap_or(0);
+                            if pending.len() < body_start + len {
+                                break;
+                            }
+                            body_start + len
+                        };
+                        pending.drain(..total);
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    }
+                }
+            });
+        }
+    });
+    (url, hits)
+}
+
+async fn env(config: GatewayConfig) -> Env {
+    let (upstream, upstream_hits) = counting_upstream().await;
+    let pepper = Pepper::generate();
+    let key = ApiKey::generate();
+    let (api_id, app) = (ApiId::new(), AppId::new());
+    let version = VersionRoute {
+        version_id: VersionId::new(),
+        version: VersionNumber::parse("1.0.0").unwrap(),
+        state: LifecycleState::Published,
+        upstream: UpstreamUrl::parse(&upstream).unwrap(),
+    };
+    let slug = Slug::parse("echo").unwrap();
+    let snapshot = Snapshot {
+        generation: 1,
+        apis: HashMap::from([(slug.clone(), ApiRoute { api_id, slug, majors: BTreeMap::from([(1, version)]) })]),
+        keys: HashMap::from([(
+            key.hash(&pepper),
+            KeyGrant {
+                key_id: KeyId::new(),
+                hash: key.hash(&pepper),
+                app_id: app,
+                consumer_org_id: OrgId::new(),
+                consumer_slug: Slug::parse("c1").unwrap(),
+            },
+        )]),
+        subscriptions: HashMap::from([(
+            (app, api_id),
+            SubscriptionGrant {
+                subscription_id: SubscriptionId::new(),
+                plan_id: PlanId::new(),
+                plan_slug: Slug::parse("p1").unwrap(),
+                rate_limit: None,
+                monthly_quota: None,
+            },
+        )]),
+    };
+    let gw = Gateway::new(Arc::new(ArcSwap::from_pointee(snapshot)), pepper, Arc::new(DiscardUsage), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(gw.serve(listener, std::future::pending()));
+    Env { addr, key: key.expose_secret().to_owned(), upstream_hits }
+}
+
+/// Sends raw bytes; returns the status code of the first response line (0 if none).
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn malformed_and_hostile_requests_are_refused() {
+    let e = env(GatewayConfig::default()).await;
+    let k = &e.key;
+    let ok = format!("GET /echo/v1/a HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\n\r\n");
+    assert_eq!(raw(e.addr, ok.as_bytes()).await, 200);
+    let before = e.upstream_hits.load(Ordering::SeqCst);
+
+    // Request smuggling. Two different Content-Length values: refused.
+    let two_cl = format!(
+        "POST /echo/v1/a HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcde"
+    );
+    assert_eq!(raw(e.addr, two_cl.as_bytes()).await, 400, "two Content-Length values");
+    // More than 100 headers.
+    let mut many = format!("GET /echo/v1/a HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\n");
+    for i in 0..120 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(raw(e.addr, many.as_bytes()).await, 431, "too many headers");
+    // A malformed request line, invalid percent-encoding, dot segments, NUL.
+    assert_eq!(raw(e.addr, b"GET\r\n\r\n").await, 400);
+    assert_eq!(raw(e.addr, b"BLAH /echo/v1/a HTTP/9.9\r\nhost: x\r\n\r\n").await, 400);
+    for path in
+        ["/echo/v1/a%zz", "/echo/v1/../../etc/passwd", "/echo/v1/a/%2E%2E/b", "/echo/v1/a%00b", "/echo/v1/a%2fb"]
+    {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\n\r\n");
+        assert_eq!(raw(e.addr, req.as_bytes()).await, 400, "{path}");
+    }
+    // An oversized declared body is refused before it is read.
+    let big = format!("POST /echo/v1/a HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\ncontent-length: 999999999\r\n\r\n");
+    assert_eq!(raw(e.addr, big.as_bytes()).await, 413);
+    assert_eq!(e.upstream_hits.load(Ordering::SeqCst), before, "none of these reached the upstream");
+    // Content-Length with Transfer-Encoding: hyper frames by Transfer-Encoding, drops the
+    // Content-Length and closes the connection after answering (RFC 9112 §6.3), so a request
+    // hidden after the chunked body is never read, let alone forwarded.
+    let cl_te = format!(
+        "POST /echo/v1/a HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\ncontent-length: 60\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /echo/v1/smuggled HTTP/1.1\r\nhost: x\r\n\r\n"
+    );
+    let mut s = TcpStream::connect(e.addr).await.unwrap();
+    s.write_all(cl_te.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&got).matches("HTTP/1.1 ").count() >= 2 {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("connection: close"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "the hidden request got no answer: {text}");
+    assert_eq!(e.upstream_hits.load(Ordering::SeqCst), before + 1, "only the framed request reached the upstream");
+
+    // And the gateway still serves.
+    assert_eq!(raw(e.addr, ok.as_bytes()).await, 200);
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_body_is_cut_off_with_413() {
+    let e = env(GatewayConfig { max_body_bytes: 1024, ..Default::default() }).await;
+    let mut req =
+        format!("POST /echo/v1/a HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ntransfer-encoding: chunked\r\n\r\n", e.key)
+            .into_bytes();
+    for _ in 0..4 {
+        req.extend_from_slice(b"400\r\n");
+        req.extend_from_slice(&[b'a'; 1024]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(raw(e.addr, &req).await, 413);
+}
+
+#[tokio::test]
+async fn a_slow_client_is_cut_off_by_the_header_timeout() {
+    let e = env(GatewayConfig { header_read_timeout: Duration::from_millis(300), ..Default::default() }).await;
+    let mut s = TcpStream::connect(e.addr).await.unwrap();
+    s.write_all(b"GET /echo/v1/a HTTP/1.1\r\nho").await.unwrap();
+    let mut buf = [0u8; 1024];
+    // The gateway closes the connection (answering 408 or nothing) instead of waiting forever.
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the gateway gave up on the slow client");
+    match read {
+        Ok(0) | Err(_) => {}
+        Ok(n) => assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+    }
+}
