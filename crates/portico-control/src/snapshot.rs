@@ -5,6 +5,7 @@
 
 use arc_swap::ArcSwap;
 use portico_core::ids::ApiId;
+use portico_core::operations::OperationRouter;
 use portico_core::snapshot::{ApiRoute, KeyGrant, Snapshot, SubscriptionGrant, VersionRoute};
 use portico_store::{Store, apps, catalog};
 use std::collections::HashMap;
@@ -94,11 +95,24 @@ pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
 
     let mut by_api: HashMap<ApiId, Vec<VersionRoute>> = HashMap::new();
     for v in versions {
+        let operations = match portico_core::openapi::OpenApiDoc::parse(v.openapi)
+            .map_err(|e| e.to_string())
+            .and_then(|doc| OperationRouter::compile(&doc.operations))
+        {
+            Ok(router) => Some(Arc::new(router)),
+            Err(e) => {
+                // Stored documents were validated on upload; if one still cannot be compiled,
+                // the version forwards every path under its prefix rather than none.
+                tracing::warn!(version = %v.id, error = %e, "operations not matched for this version");
+                None
+            }
+        };
         by_api.entry(v.api_id).or_default().push(VersionRoute {
             version_id: v.id,
             version: v.version,
             state: v.state,
             upstream: v.upstream_url,
+            operations,
         });
     }
     let apis = all_apis

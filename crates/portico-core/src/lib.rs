@@ -11,6 +11,7 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod openapi;
+pub mod operations;
 pub mod snapshot;
 pub mod usage;
 pub mod values;

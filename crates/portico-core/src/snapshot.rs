@@ -4,8 +4,10 @@
 use crate::api_key::KeyHash;
 use crate::ids::{ApiId, AppId, KeyId, OrgId, PlanId, SubscriptionId, VersionId};
 use crate::model::LifecycleState;
+use crate::operations::OperationRouter;
 use crate::values::{RateLimit, Slug, UpstreamUrl, VersionNumber};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// One immutable view of the marketplace's routing and access rules.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +36,8 @@ pub struct VersionRoute {
     pub version: VersionNumber,
     pub state: LifecycleState,
     pub upstream: UpstreamUrl,
+    /// The document's operations. `None`: any path under the prefix is forwarded.
+    pub operations: Option<Arc<OperationRouter>>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +84,7 @@ mod tests {
             version: VersionNumber::parse(s).unwrap(),
             state,
             upstream: UpstreamUrl::parse("http://127.0.0.1:1").unwrap(),
+            operations: None,
         }
     }
 

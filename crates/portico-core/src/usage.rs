@@ -3,6 +3,7 @@
 //! trait.
 
 use crate::ids::{ApiId, AppId, OrgId, PlanId, SubscriptionId, VersionId};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -16,6 +17,9 @@ pub struct UsageEvent {
     pub subscription_id: SubscriptionId,
     pub consumer_org_id: OrgId,
     pub plan_id: PlanId,
+    /// The operation of the API's document that the call matched (`operationId` or
+    /// `METHOD /template`), when the version's operations are known.
+    pub operation: Option<Arc<str>>,
     pub status: u16,
     pub latency_micros: u64,
     pub bytes_in: u64,

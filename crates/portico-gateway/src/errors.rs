@@ -37,6 +37,14 @@ pub fn unauthenticated(detail: &str) -> Response<GwBody> {
     r
 }
 
+pub fn method_not_allowed(allow: &str, detail: &str) -> Response<GwBody> {
+    let mut r = problem(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", detail);
+    if let Ok(v) = http::HeaderValue::from_str(allow) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
+}
+
 pub fn forbidden(detail: &str) -> Response<GwBody> {
     problem(StatusCode::FORBIDDEN, "forbidden", "Not subscribed", detail)
 }

@@ -27,6 +27,7 @@ use hyper_util::server::conn::auto;
 use identify::{Credential, KeyError};
 use meter::{CountingBody, Meter, MeteredBody};
 use portico_core::api_key::Pepper;
+use portico_core::operations::OperationMatch;
 use portico_core::snapshot::Snapshot;
 use portico_core::usage::{UsageEvent, UsageSink};
 use portico_core::values::Slug;
@@ -231,6 +232,19 @@ impl Gateway {
         let Some(version) = api.majors.get(&target.major) else {
             return errors::not_found(&format!("API `{}` has no published version {}", api.slug, target.major));
         };
+        let operation = match version.operations.as_deref().map(|ops| ops.lookup(req.method().as_str(), target.rest)) {
+            None => None,
+            Some(OperationMatch::Found(name)) => Some(name),
+            Some(OperationMatch::NotFound) => {
+                return errors::not_found(&format!(
+                    "API `{}` v{} has no operation at this path; see its reference in the portal",
+                    api.slug, target.major
+                ));
+            }
+            Some(OperationMatch::MethodNotAllowed(allow)) => {
+                return errors::method_not_allowed(&allow, &format!("this path of API `{}` accepts {allow}", api.slug));
+            }
+        };
         let (key_value, key_in_authorization) = match identify::credential(req.headers()) {
             Credential::Key { value, from_authorization } => (value, from_authorization),
             Credential::Token => {
@@ -263,6 +277,7 @@ impl Gateway {
             subscription_id: sub.subscription_id,
             consumer_org_id: grant.consumer_org_id,
             plan_id: sub.plan_id,
+            operation,
             status: 0,
             latency_micros: 0,
             bytes_in: 0,

@@ -84,6 +84,7 @@ async fn env(config: GatewayConfig) -> Env {
         version: VersionNumber::parse("1.0.0").unwrap(),
         state: LifecycleState::Published,
         upstream: UpstreamUrl::parse(&upstream).unwrap(),
+        operations: None,
     };
     let slug = Slug::parse("echo").unwrap();
     let snapshot = Snapshot {

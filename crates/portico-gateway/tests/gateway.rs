@@ -69,6 +69,7 @@ async fn fixture(upstream: &str) -> Fixture {
         version: VersionNumber::parse("1.0.0").unwrap(),
         state: LifecycleState::Published,
         upstream: UpstreamUrl::parse(&format!("{upstream}/base")).unwrap(),
+        operations: None,
     };
     let mut apis = HashMap::new();
     apis.insert(

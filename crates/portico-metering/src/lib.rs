@@ -141,6 +141,7 @@ mod tests {
             subscription_id: sub,
             consumer_org_id: OrgId::new(),
             plan_id: PlanId::new(),
+            operation: None,
             status,
             latency_micros: 10,
             bytes_in: 1,

@@ -125,8 +125,15 @@ async fn journey(backend: Backend) {
     let r = gw(&app, "/other/v1/things/1", Some(&key)).await;
     assert_eq!(r.status(), 403);
     assert!(is_problem(r.headers()));
-    // Unknown API: 404.
+    // Unknown API: 404. A path or method that the API's OpenAPI document does not have: 404 / 405.
     assert_eq!(gw(&app, "/nope/v1/x", Some(&key)).await.status(), 404);
+    let r = gw(&app, "/echo/v1/not-an-operation", Some(&key)).await;
+    assert_eq!(r.status(), 404);
+    assert!(is_problem(r.headers()));
+    let r =
+        app.http.delete(format!("{}/echo/v1/things/1", app.gateway)).header("X-Api-Key", &key).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
 
     // Over the rate limit (5 a minute; 2 used): 429 with Retry-After.
     let mut limited = None;
@@ -199,7 +206,7 @@ async fn journey(backend: Backend) {
     let (_, k2) = app.post(&format!("/apps/{app_id}/keys"), Some(&consumer), json!({})).await;
     let t = Instant::now();
     loop {
-        let st = gw(&app, "/other/v1/x", Some(k2["key"].as_str().unwrap())).await.status();
+        let st = gw(&app, "/other/v1/things/1", Some(k2["key"].as_str().unwrap())).await.status();
         if st == 403 {
             break; // known key, no subscription to `other`: identified, so the key works
         }
