@@ -108,6 +108,18 @@ fn smuggling(h: &http::HeaderMap) -> Option<&'static str> {
     None
 }
 
+/// The `RateLimit` state to report on a refusal: the exhausted policy, nothing left.
+fn refused_policy(r: &limit::Refusal) -> limit::Admitted {
+    match r {
+        limit::Refusal::RateLimited { retry_after, limit } => {
+            limit::Admitted { rate: Some((*limit, 0, limit::retry_after_secs(*retry_after))), quota: None }
+        }
+        limit::Refusal::QuotaExhausted { retry_after, quota } => {
+            limit::Admitted { rate: None, quota: Some((*quota, 0, limit::retry_after_secs(*retry_after))) }
+        }
+    }
+}
+
 /// Whether an upstream error was our own body limit tripping.
 fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -285,28 +297,29 @@ impl Gateway {
         };
         let mut meter = Meter::new(inner.sink.clone(), event, started, bytes_in.clone());
 
-        if let Err(refusal) = inner.limiter.check(sub) {
-            let resp = match refusal {
-                limit::Refusal::RateLimited { retry_after, limit } => errors::rate_limited(
-                    limit::retry_after_secs(retry_after),
-                    &format!(
+        let admitted = match inner.limiter.check(sub) {
+            Ok(a) => a,
+            Err(refusal) => {
+                let detail = match &refusal {
+                    limit::Refusal::RateLimited { limit, .. } => format!(
                         "rate limit of plan `{}` reached ({} per {}); retry later",
                         sub.plan_slug,
                         limit.requests(),
                         limit.per().as_str()
                     ),
-                ),
-                limit::Refusal::QuotaExhausted { retry_after, quota } => errors::rate_limited(
-                    limit::retry_after_secs(retry_after),
-                    &format!(
+                    limit::Refusal::QuotaExhausted { quota, .. } => format!(
                         "the monthly quota of plan `{}` ({quota} calls) is used up; it resets at the start of next month",
                         sub.plan_slug
                     ),
-                ),
-            };
-            meter.respond(resp.status().as_u16());
-            return resp;
-        }
+                };
+                let state = refused_policy(&refusal);
+                let wait = state.rate.map(|r| r.2).or(state.quota.map(|q| q.2)).unwrap_or(1);
+                let mut resp = errors::rate_limited(wait, &detail);
+                proxy::rate_limit_headers(resp.headers_mut(), &state);
+                meter.respond(resp.status().as_u16());
+                return resp;
+            }
+        };
 
         if version.upstream.is_https() {
             meter.respond(502);
@@ -358,6 +371,7 @@ impl Gateway {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 proxy::downstream_headers(&mut parts.headers, request_id);
+                proxy::rate_limit_headers(&mut parts.headers, &admitted);
                 meter.respond(parts.status.as_u16());
                 Response::from_parts(parts, MeteredBody::new(body.boxed_unsync(), meter).boxed_unsync())
             }

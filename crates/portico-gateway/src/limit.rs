@@ -2,8 +2,10 @@
 //! process, exact and lock-light: the maps are read-locked on the common path and never held
 //! across an await. The scale-out issue puts a Redis implementation behind the same type.
 
-use governor::clock::Clock;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use portico_core::ids::SubscriptionId;
 use portico_core::snapshot::SubscriptionGrant;
 use portico_core::values::RateLimit;
@@ -11,6 +13,17 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// What is left after an admitted call, for the `RateLimit` headers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Admitted {
+    /// (limit, calls left now, seconds until the budget is full again)
+    pub rate: Option<(RateLimit, u32, u64)>,
+    /// (quota, calls left this month, seconds until the month ends)
+    pub quota: Option<(u64, u64, u64)>,
+}
 
 /// Why a call was refused, with how long to wait.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,7 +34,7 @@ pub enum Refusal {
 
 #[derive(Default)]
 pub struct Limiter {
-    rates: RwLock<HashMap<SubscriptionId, (RateLimit, Arc<DefaultDirectRateLimiter>)>>,
+    rates: RwLock<HashMap<SubscriptionId, (RateLimit, Arc<Gcra>)>>,
     /// subscription → (month index, calls counted in it)
     quotas: Mutex<HashMap<SubscriptionId, (i32, u64)>>,
 }
@@ -51,7 +64,7 @@ impl Limiter {
         Self::default()
     }
 
-    fn rate_limiter(&self, sub: SubscriptionId, limit: RateLimit) -> Arc<DefaultDirectRateLimiter> {
+    fn rate_limiter(&self, sub: SubscriptionId, limit: RateLimit) -> Arc<Gcra> {
         if let Some((l, rl)) = self.rates.read().unwrap_or_else(|p| p.into_inner()).get(&sub)
             && *l == limit
         {
@@ -62,7 +75,7 @@ impl Limiter {
             Some((l, rl)) if *l == limit => rl.clone(),
             _ => {
                 // New subscription, or its plan's limit changed: start afresh with the new limit.
-                let rl = Arc::new(RateLimiter::direct(quota_of(limit)));
+                let rl = Arc::new(RateLimiter::direct(quota_of(limit)).with_middleware::<StateInformationMiddleware>());
                 w.insert(sub, (limit, rl.clone()));
                 rl
             }
@@ -70,12 +83,21 @@ impl Limiter {
     }
 
     /// Admits one call for `grant`, or says why not.
-    pub fn check(&self, grant: &SubscriptionGrant) -> Result<(), Refusal> {
+    pub fn check(&self, grant: &SubscriptionGrant) -> Result<Admitted, Refusal> {
+        let mut admitted = Admitted::default();
         if let Some(limit) = grant.rate_limit {
             let rl = self.rate_limiter(grant.subscription_id, limit);
-            if let Err(not_until) = rl.check() {
-                let wait = not_until.wait_time_from(rl.clock().now());
-                return Err(Refusal::RateLimited { retry_after: wait, limit });
+            match rl.check() {
+                Ok(state) => {
+                    let left = state.remaining_burst_capacity();
+                    let per_call = Duration::from_secs(limit.per().seconds()) / limit.requests().max(1);
+                    let refill = per_call * limit.requests().saturating_sub(left);
+                    admitted.rate = Some((limit, left, refill.as_millis().div_ceil(1000) as u64));
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(rl.clock().now());
+                    return Err(Refusal::RateLimited { retry_after: wait, limit });
+                }
             }
         }
         if let Some(quota) = grant.monthly_quota {
@@ -89,8 +111,9 @@ impl Limiter {
                 return Err(Refusal::QuotaExhausted { retry_after: Duration::from_secs(until_next), quota });
             }
             entry.1 += 1;
+            admitted.quota = Some((quota, quota - entry.1, until_next));
         }
-        Ok(())
+        Ok(admitted)
     }
 }
 
@@ -119,9 +142,8 @@ mod tests {
     fn gcra_allows_the_burst_then_refuses_with_a_wait() {
         let l = Limiter::new();
         let g = grant(Some(RateLimit::new(3, Period::Minute).unwrap()), None);
-        for _ in 0..3 {
-            assert_eq!(l.check(&g), Ok(()));
-        }
+        let lefts: Vec<u32> = (0..3).map(|_| l.check(&g).unwrap().rate.unwrap().1).collect();
+        assert_eq!(lefts, [2, 1, 0]);
         match l.check(&g) {
             Err(Refusal::RateLimited { retry_after, .. }) => {
                 assert!(
@@ -134,25 +156,25 @@ mod tests {
         }
         // Another subscription has its own budget.
         let g2 = grant(g.rate_limit, None);
-        assert_eq!(l.check(&g2), Ok(()));
+        assert!(l.check(&g2).is_ok());
     }
 
     #[test]
     fn a_changed_limit_takes_effect() {
         let l = Limiter::new();
         let mut g = grant(Some(RateLimit::new(1, Period::Hour).unwrap()), None);
-        assert_eq!(l.check(&g), Ok(()));
+        assert!(l.check(&g).is_ok());
         assert!(l.check(&g).is_err());
         g.rate_limit = Some(RateLimit::new(5, Period::Hour).unwrap());
-        assert_eq!(l.check(&g), Ok(()));
+        assert!(l.check(&g).is_ok());
     }
 
     #[test]
     fn the_monthly_quota_counts_admitted_calls() {
         let l = Limiter::new();
         let g = grant(None, Some(2));
-        assert_eq!(l.check(&g), Ok(()));
-        assert_eq!(l.check(&g), Ok(()));
+        assert_eq!(l.check(&g).unwrap().quota.map(|q| (q.0, q.1)), Some((2, 1)));
+        assert_eq!(l.check(&g).unwrap().quota.map(|q| (q.0, q.1)), Some((2, 0)));
         assert!(matches!(l.check(&g), Err(Refusal::QuotaExhausted { quota: 2, .. })));
         assert!(grant(None, None).monthly_quota.is_none());
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);

@@ -113,6 +113,29 @@ pub fn upstream_headers(h: &mut HeaderMap, f: Forwarded<'_>) {
     }
 }
 
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured
+/// fields): e.g. `"minute";q=100;w=60` and `"minute";r=42;t=17`.
+pub fn rate_limit_headers(h: &mut HeaderMap, a: &crate::limit::Admitted) {
+    let mut policy = Vec::with_capacity(2);
+    let mut state = Vec::with_capacity(2);
+    if let Some((limit, left, reset)) = a.rate {
+        let name = limit.per().as_str();
+        policy.push(format!("\"{name}\";q={};w={}", limit.requests(), limit.per().seconds()));
+        state.push(format!("\"{name}\";r={left};t={reset}"));
+    }
+    if let Some((quota, left, reset)) = a.quota {
+        policy.push(format!("\"month\";q={quota};w=2592000"));
+        state.push(format!("\"month\";r={left};t={reset}"));
+    }
+    if policy.is_empty() {
+        return;
+    }
+    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy.join(", ")), HeaderValue::from_str(&state.join(", "))) {
+        h.insert("ratelimit-policy", p);
+        h.insert("ratelimit", s);
+    }
+}
+
 /// Rewrites the upstream's response headers for the consumer.
 pub fn downstream_headers(h: &mut HeaderMap, request_id: HeaderValue) {
     strip_hop_by_hop(h);

@@ -157,6 +157,8 @@ async fn the_request_path() {
         f.get("/echo/v1/a/b?x=1", &[("x-api-key", key), ("x-portico-plan", "forged"), ("x-request-id", "rid-1")]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(h["x-request-id"], "rid-1");
+    assert_eq!(h["ratelimit-policy"], "\"minute\";q=4;w=60");
+    assert_eq!(h["ratelimit"], "\"minute\";r=3;t=15");
     assert_eq!(v["path"], "/base/a/b");
     assert_eq!(v["query"], "x=1");
     let uh = &v["headers"];
@@ -205,7 +207,9 @@ async fn the_request_path() {
     assert_eq!(f.get("/echo/v1/a", &[("x-api-key", key)]).await.0, StatusCode::OK);
     let (s, h, v) = f.get("/echo/v1/a", &[("x-api-key", key)]).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
-    assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    let retry = h["retry-after"].to_str().unwrap().parse::<u64>().unwrap();
+    assert!(retry >= 1);
+    assert_eq!(h["ratelimit"], format!("\"minute\";r=0;t={retry}").as_str());
     assert!(problem(&h));
 
     // Every call that reached the subscription was metered once, with its status and bytes.

@@ -94,6 +94,8 @@ async fn journey(backend: Backend) {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "trace-me-1");
+    assert_eq!(r.headers()["ratelimit-policy"], "\"minute\";q=5;w=60, \"month\";q=1000;w=2592000");
+    assert!(r.headers()["ratelimit"].to_str().unwrap().starts_with("\"minute\";r=4;t=12, \"month\";r=999;t="));
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["path"], "/base/things/42");
     assert_eq!(body["query"], "colour=red");
