@@ -53,6 +53,8 @@ pub struct GatewayConfig {
     pub header_read_timeout: Duration,
     /// On shutdown, how long in-flight connections get to finish.
     pub drain_timeout: Duration,
+    /// Worker threads, each with its own runtime and upstream pool [default: one per core].
+    pub workers: usize,
 }
 
 impl Default for GatewayConfig {
@@ -62,6 +64,7 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         }
     }
 }
@@ -71,7 +74,6 @@ struct Inner {
     pepper: Pepper,
     sink: Arc<dyn UsageSink>,
     config: GatewayConfig,
-    client: Client<HttpConnector, UpBody>,
     limiter: limit::Limiter,
 }
 
@@ -79,6 +81,16 @@ struct Inner {
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
+}
+
+type UpstreamClient = Client<HttpConnector, UpBody>;
+
+/// A pooled keep-alive client to upstreams; one per worker thread.
+fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector)
 }
 
 /// Query parameters that carry credentials in other gateways; Portico refuses them.
@@ -139,20 +151,57 @@ impl Gateway {
         sink: Arc<dyn UsageSink>,
         config: GatewayConfig,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector);
-        Gateway { inner: Arc::new(Inner { snapshot, pepper, sink, config, client, limiter: limit::Limiter::new() }) }
+        Gateway { inner: Arc::new(Inner { snapshot, pepper, sink, config, limiter: limit::Limiter::new() }) }
     }
 
     /// Serves connections until `shutdown` resolves; then stops accepting and lets in-flight
     /// connections finish (up to the drain timeout).
+    ///
+    /// Like nginx's workers, each of `config.workers` threads runs its own single-threaded
+    /// runtime, accepts from the shared socket and keeps its own upstream connection pool, so a
+    /// call is served start to end on one thread without cross-thread wake-ups.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let listener = listener.into_std()?;
+        listener.set_nonblocking(true)?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut finished = Vec::new();
+        for i in 0..self.inner.config.workers.max(1) {
+            let socket = listener.try_clone()?;
+            let gw = self.clone();
+            let mut stop = stop_rx.clone();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            finished.push(done_rx);
+            std::thread::Builder::new().name(format!("portico-gw-{i}")).spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt.block_on(async move {
+                        let stopped = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        if let Err(e) = gw.worker(socket, stopped).await {
+                            tracing::error!(error = %e, "gateway worker failed");
+                        }
+                    }),
+                    Err(e) => tracing::error!(error = %e, "could not start a gateway worker"),
+                }
+                let _ = done_tx.send(());
+            })?;
+        }
+        drop(listener);
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for done in finished {
+            let _ = done.await;
+        }
+        Ok(())
+    }
+
+    async fn worker(self, socket: std::net::TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::from_std(socket)?;
+        let client = upstream_client();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -173,10 +222,10 @@ impl Gateway {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let gw = self.clone();
+                    let (gw, client) = (self.clone(), client.clone());
                     let svc = service_fn(move |req| {
-                        let gw = gw.clone();
-                        async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
+                        let (gw, client) = (gw.clone(), client.clone());
+                        async move { Ok::<_, Infallible>(gw.handle(&client, req, remote).await) }
                     });
                     let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
                     tokio::spawn(async move {
@@ -197,7 +246,7 @@ impl Gateway {
     }
 
     /// The whole request path for one call.
-    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<GwBody> {
+    async fn handle(&self, client: &UpstreamClient, req: Request<Incoming>, remote: SocketAddr) -> Response<GwBody> {
         let started = Instant::now();
         let inner = &self.inner;
         let path = req.uri().path();
@@ -365,8 +414,7 @@ impl Gateway {
         )
         .boxed_unsync();
         let sent =
-            tokio::time::timeout(inner.config.upstream_timeout, inner.client.request(Request::from_parts(parts, body)))
-                .await;
+            tokio::time::timeout(inner.config.upstream_timeout, client.request(Request::from_parts(parts, body))).await;
         match sent {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();

@@ -198,9 +198,8 @@ async fn the_request_path() {
     let (s, h, _) = f.get("/echo/v1/a", &[("x-api-key", f.other_key.expose_secret())]).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(problem(&h));
-    let (s, h, _) = f.send("POST", "/echo/v1/a", &[("x-api-key", key)], Bytes::from(vec![0u8; 5 << 20])).await;
-    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(problem(&h));
+    // (An oversized body's 413 is in bad_input.rs: sent over raw TCP, since a client that keeps
+    // writing after the early answer may see the connection closed instead.)
 
     // 4 a minute: 2 used, 2 left, then 429 with Retry-After.
     assert_eq!(f.get("/echo/v1/a", &[("x-api-key", key)]).await.0, StatusCode::OK);
@@ -215,7 +214,7 @@ async fn the_request_path() {
     // Every call that reached the subscription was metered once, with its status and bytes.
     let events = f.events.0.lock().unwrap().clone();
     let statuses: Vec<u16> = events.iter().map(|e| e.status).collect();
-    assert_eq!(statuses, [200, 200, 200, 200, 429], "the 413 came before the key was known: not metered");
+    assert_eq!(statuses, [200, 200, 200, 200, 429], "refusals before the subscription is known are not metered");
     assert_eq!(events[1].bytes_in, 1 << 20);
     assert!(events[0].bytes_out > 0);
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 /// Sums usage per (subscription, day) until the next flush.
 #[derive(Debug, Default)]
 pub struct DailyCounter {
-    pending: Mutex<HashMap<(SubscriptionId, String), DailyUsage>>,
+    pending: Mutex<HashMap<(SubscriptionId, time::Date), DailyUsage>>,
 }
 
 impl DailyCounter {
@@ -24,11 +24,11 @@ impl DailyCounter {
         Arc::new(Self::default())
     }
 
-    fn take(&self) -> HashMap<(SubscriptionId, String), DailyUsage> {
+    fn take(&self) -> HashMap<(SubscriptionId, time::Date), DailyUsage> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn put_back(&self, batch: HashMap<(SubscriptionId, String), DailyUsage>) {
+    fn put_back(&self, batch: HashMap<(SubscriptionId, time::Date), DailyUsage>) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         for (k, u) in batch {
             merge(pending.entry(k).or_default(), &u);
@@ -41,7 +41,8 @@ impl DailyCounter {
         if batch.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<(SubscriptionId, DailyUsage)> = batch.iter().map(|((s, _), u)| (*s, u.clone())).collect();
+        let rows: Vec<(SubscriptionId, DailyUsage)> =
+            batch.iter().map(|((s, d), u)| (*s, DailyUsage { day: day_string(*d), ..u.clone() })).collect();
         let result = async {
             let mut tx = store.begin().await?;
             portico_store::usage::add(&mut tx, &rows).await?;
@@ -87,10 +88,7 @@ impl DailyCounter {
 }
 
 fn merge(into: &mut DailyUsage, u: &DailyUsage) {
-    if into.day.is_empty() {
-        into.day = u.day.clone();
-        into.subscription_id = u.subscription_id;
-    }
+    into.subscription_id = u.subscription_id;
     into.calls += u.calls;
     into.success += u.success;
     into.client_errors += u.client_errors;
@@ -100,19 +98,18 @@ fn merge(into: &mut DailyUsage, u: &DailyUsage) {
     into.latency_micros_sum += u.latency_micros_sum;
 }
 
-/// `YYYY-MM-DD` of a time, in UTC.
-pub fn day_of(at: time::OffsetDateTime) -> String {
-    let d = at.to_offset(time::UtcOffset::UTC).date();
+/// `YYYY-MM-DD`, as the store keys days.
+pub fn day_string(d: time::Date) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
 impl UsageSink for DailyCounter {
     fn record(&self, e: UsageEvent) {
-        let day = day_of(e.at);
+        let day = e.at.to_offset(time::UtcOffset::UTC).date();
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let one = DailyUsage {
             subscription_id: Some(e.subscription_id),
-            day: day.clone(),
+            day: String::new(),
             calls: 1,
             success: i64::from(e.status_class() == StatusClass::Success),
             client_errors: i64::from(e.status_class() == StatusClass::ClientError),
@@ -158,12 +155,14 @@ mod tests {
         }
         c.record(event(b, 429));
         let batch = c.take();
-        let ua = &batch[&(a, "2026-11-25".to_string())];
+        let day = time::macros::date!(2026 - 11 - 25);
+        let ua = &batch[&(a, day)];
         assert_eq!((ua.calls, ua.success, ua.client_errors, ua.server_errors), (4, 2, 1, 1));
         assert_eq!((ua.bytes_in, ua.bytes_out, ua.latency_micros_sum), (4, 8, 40));
-        assert_eq!(batch[&(b, "2026-11-25".to_string())].client_errors, 1);
+        assert_eq!(batch[&(b, day)].client_errors, 1);
         c.put_back(batch);
         c.record(event(a, 200));
-        assert_eq!(c.take()[&(a, "2026-11-25".to_string())].calls, 5, "a failed flush keeps its counts");
+        assert_eq!(c.take()[&(a, day)].calls, 5, "a failed flush keeps its counts");
+        assert_eq!(day_string(day), "2026-11-25");
     }
 }
