@@ -330,7 +330,7 @@ impl Gateway {
         let request_id = proxy::request_id(req.headers());
         let bytes_in = Arc::new(AtomicU64::new(0));
         let event = UsageEvent {
-            request_id: uuid::Uuid::new_v4(),
+            request_id: proxy::fast_uuid(),
             at: time::OffsetDateTime::now_utc(),
             api_id: api.api_id,
             version_id: version.version_id,

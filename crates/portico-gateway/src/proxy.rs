@@ -34,6 +34,12 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// A random (v4) UUID from the thread-local CSPRNG: `Uuid::new_v4` asks the kernel each time,
+/// which shows up in the gateway's profile.
+pub fn fast_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
 /// A request id the client sent, if sane; otherwise a new one.
 pub fn request_id(h: &HeaderMap) -> HeaderValue {
     h.get(&X_REQUEST_ID)
@@ -42,9 +48,7 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
             !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
         })
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or(HeaderValue::from_static("-"))
-        })
+        .unwrap_or_else(|| HeaderValue::from_str(&fast_uuid().to_string()).unwrap_or(HeaderValue::from_static("-")))
 }
 
 /// The W3C `traceparent` the client sent, if valid; otherwise a new trace.

@@ -3,6 +3,10 @@
 use clap::Parser;
 use portico::cli::{Cli, Command};
 
+/// mimalloc: the gateway allocates per call (headers, bodies); measured in `bench/`.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
