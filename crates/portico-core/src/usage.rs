@@ -50,9 +50,16 @@ impl StatusClass {
     }
 }
 
-/// Where the gateway hands usage events. `record` must not block: the request path calls it.
+/// Where the gateway hands usage events. Neither method may block on I/O beyond a local
+/// `write(2)`: the request path calls them.
 pub trait UsageSink: Send + Sync + 'static {
-    fn record(&self, event: UsageEvent);
+    /// Just before a call is forwarded upstream: a durable sink notes that the call started,
+    /// so a call cut off by the process's death is found later (orphaned). Returns a token for
+    /// [`UsageSink::end`].
+    fn begin(&self, event: &UsageEvent) -> u64;
+    /// Once per metered call, when it is done. `token` is what `begin` returned, or 0 for a
+    /// call refused before it was forwarded.
+    fn end(&self, token: u64, event: UsageEvent);
 }
 
 /// A sink that drops events, for a gateway run without metering.
@@ -60,5 +67,8 @@ pub trait UsageSink: Send + Sync + 'static {
 pub struct DiscardUsage;
 
 impl UsageSink for DiscardUsage {
-    fn record(&self, _event: UsageEvent) {}
+    fn begin(&self, _event: &UsageEvent) -> u64 {
+        0
+    }
+    fn end(&self, _token: u64, _event: UsageEvent) {}
 }

@@ -328,9 +328,13 @@ impl Gateway {
         };
 
         let request_id = proxy::request_id(req.headers());
+        // Portico's own id of the call: the metering key, never taken from the client.
+        let call_id = proxy::fast_uuid();
+        let call_id_header =
+            http::HeaderValue::from_str(&call_id.to_string()).unwrap_or(http::HeaderValue::from_static("-"));
         let bytes_in = Arc::new(AtomicU64::new(0));
         let event = UsageEvent {
-            request_id: proxy::fast_uuid(),
+            request_id: call_id,
             at: time::OffsetDateTime::now_utc(),
             api_id: api.api_id,
             version_id: version.version_id,
@@ -393,6 +397,7 @@ impl Gateway {
             return errors::bad_request("the request path cannot be forwarded as given");
         };
         let api_slug = api.slug.clone();
+        meter.begin();
         let (mut parts, body) = req.into_parts();
         let traceparent = proxy::traceparent(&parts.headers);
         proxy::upstream_headers(
@@ -402,6 +407,7 @@ impl Gateway {
                 consumer: grant.consumer_slug.as_str(),
                 plan: sub.plan_slug.as_str(),
                 request_id: request_id.clone(),
+                call_id: call_id_header.clone(),
                 traceparent,
                 key_in_authorization,
             },
@@ -418,7 +424,7 @@ impl Gateway {
         match sent {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
-                proxy::downstream_headers(&mut parts.headers, request_id);
+                proxy::downstream_headers(&mut parts.headers, request_id, call_id_header);
                 proxy::rate_limit_headers(&mut parts.headers, &admitted);
                 meter.respond(parts.status.as_u16());
                 Response::from_parts(parts, MeteredBody::new(body.boxed_unsync(), meter).boxed_unsync())

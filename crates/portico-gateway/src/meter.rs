@@ -15,13 +15,22 @@ use std::time::Instant;
 pub struct Meter {
     sink: Arc<dyn UsageSink>,
     event: Option<UsageEvent>,
+    /// From `UsageSink::begin`, once the call is about to be forwarded.
+    token: u64,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
 }
 
 impl Meter {
     pub fn new(sink: Arc<dyn UsageSink>, event: UsageEvent, started: Instant, bytes_in: Arc<AtomicU64>) -> Self {
-        Meter { sink, event: Some(event), started, bytes_in }
+        Meter { sink, event: Some(event), token: 0, started, bytes_in }
+    }
+
+    /// Notes durably that the call is about to be forwarded.
+    pub fn begin(&mut self) {
+        if let Some(e) = self.event.as_ref() {
+            self.token = self.sink.begin(e);
+        }
     }
 
     /// The status and latency are fixed when the response head is ready.
@@ -36,7 +45,7 @@ impl Meter {
         if let Some(mut e) = self.event.take() {
             e.bytes_in = self.bytes_in.load(Ordering::Relaxed);
             e.bytes_out = bytes_out;
-            self.sink.record(e);
+            self.sink.end(self.token, e);
         }
     }
 }

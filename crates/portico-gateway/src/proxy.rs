@@ -18,6 +18,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_PORTICO_REQUEST_ID: HeaderName = HeaderName::from_static("x-portico-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -80,6 +81,9 @@ pub struct Forwarded<'a> {
     pub consumer: &'a str,
     pub plan: &'a str,
     pub request_id: HeaderValue,
+    /// Portico's own id of the call (`X-Portico-Request-Id`): what usage and the request log
+    /// are keyed by.
+    pub call_id: HeaderValue,
     pub traceparent: HeaderValue,
     pub key_in_authorization: bool,
 }
@@ -103,6 +107,7 @@ pub fn upstream_headers(h: &mut HeaderMap, f: Forwarded<'_>) {
         h.insert("x-portico-plan", v);
     }
     h.insert(X_REQUEST_ID.clone(), f.request_id);
+    h.insert(X_PORTICO_REQUEST_ID.clone(), f.call_id);
     h.insert(TRACEPARENT.clone(), f.traceparent);
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {}", f.client_ip),
@@ -141,9 +146,10 @@ pub fn rate_limit_headers(h: &mut HeaderMap, a: &crate::limit::Admitted) {
 }
 
 /// Rewrites the upstream's response headers for the consumer.
-pub fn downstream_headers(h: &mut HeaderMap, request_id: HeaderValue) {
+pub fn downstream_headers(h: &mut HeaderMap, request_id: HeaderValue, call_id: HeaderValue) {
     strip_hop_by_hop(h);
     h.insert(X_REQUEST_ID.clone(), request_id);
+    h.insert(X_PORTICO_REQUEST_ID.clone(), call_id);
 }
 
 #[cfg(test)]
@@ -169,6 +175,7 @@ mod tests {
                 consumer: "globex",
                 plan: "free",
                 request_id: HeaderValue::from_static("r1"),
+                call_id: HeaderValue::from_static("c1"),
                 traceparent: traceparent(&HeaderMap::new()),
                 key_in_authorization: true,
             },

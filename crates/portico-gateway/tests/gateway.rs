@@ -24,7 +24,10 @@ use std::sync::{Arc, Mutex};
 #[derive(Default)]
 struct Collect(Mutex<Vec<UsageEvent>>);
 impl UsageSink for Collect {
-    fn record(&self, e: UsageEvent) {
+    fn begin(&self, _e: &UsageEvent) -> u64 {
+        1
+    }
+    fn end(&self, _token: u64, e: UsageEvent) {
         self.0.lock().unwrap().push(e);
     }
 }

@@ -17,6 +17,8 @@ pub struct DailyUsage {
     pub bytes_in: i64,
     pub bytes_out: i64,
     pub latency_micros_sum: i64,
+    /// Calls cut off by a gateway's death: reported, never billed (not in `calls`).
+    pub orphaned: i64,
 }
 
 /// Adds each row's counts to what is stored (an upsert per row), all in the caller's
@@ -24,14 +26,15 @@ pub struct DailyUsage {
 pub async fn add(c: &mut Conn, rows: &[(SubscriptionId, DailyUsage)]) -> Result<()> {
     for (sub, u) in rows {
         sqlx::query(
-            "INSERT INTO usage_daily (subscription_id, day, calls, success, client_errors, server_errors, bytes_in, bytes_out, latency_micros_sum) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+            "INSERT INTO usage_daily (subscription_id, day, calls, success, client_errors, server_errors, bytes_in, bytes_out, latency_micros_sum, orphaned) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (subscription_id, day) DO UPDATE SET \
              calls = usage_daily.calls + excluded.calls, success = usage_daily.success + excluded.success, \
              client_errors = usage_daily.client_errors + excluded.client_errors, \
              server_errors = usage_daily.server_errors + excluded.server_errors, \
              bytes_in = usage_daily.bytes_in + excluded.bytes_in, bytes_out = usage_daily.bytes_out + excluded.bytes_out, \
-             latency_micros_sum = usage_daily.latency_micros_sum + excluded.latency_micros_sum",
+             latency_micros_sum = usage_daily.latency_micros_sum + excluded.latency_micros_sum, \
+             orphaned = usage_daily.orphaned + excluded.orphaned",
         )
         .bind(sub.to_string())
         .bind(&u.day)
@@ -42,6 +45,7 @@ pub async fn add(c: &mut Conn, rows: &[(SubscriptionId, DailyUsage)]) -> Result<
         .bind(u.bytes_in)
         .bind(u.bytes_out)
         .bind(u.latency_micros_sum)
+        .bind(u.orphaned)
         .execute(&mut *c)
         .await?;
     }
@@ -51,7 +55,7 @@ pub async fn add(c: &mut Conn, rows: &[(SubscriptionId, DailyUsage)]) -> Result<
 /// Days of one subscription between `from` and `to` inclusive (`YYYY-MM-DD`), oldest first.
 pub async fn daily(c: &mut Conn, sub: SubscriptionId, from: &str, to: &str) -> Result<Vec<DailyUsage>> {
     let rows = sqlx::query(
-        "SELECT subscription_id, day, calls, success, client_errors, server_errors, bytes_in, bytes_out, latency_micros_sum \
+        "SELECT subscription_id, day, calls, success, client_errors, server_errors, bytes_in, bytes_out, latency_micros_sum, orphaned \
          FROM usage_daily WHERE subscription_id = $1 AND day >= $2 AND day <= $3 ORDER BY day",
     )
     .bind(sub.to_string())
@@ -72,6 +76,7 @@ pub async fn daily(c: &mut Conn, sub: SubscriptionId, from: &str, to: &str) -> R
                 bytes_in: get(r, t, "bytes_in")?,
                 bytes_out: get(r, t, "bytes_out")?,
                 latency_micros_sum: get(r, t, "latency_micros_sum")?,
+                orphaned: get(r, t, "orphaned")?,
             })
         })
         .collect()
@@ -92,4 +97,61 @@ pub async fn calls_since(c: &mut Conn, sub: SubscriptionId, from_day: &str) -> R
 
 fn t() -> &'static str {
     "usage_daily"
+}
+
+/// One call as the gateway journaled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub request_id: uuid::Uuid,
+    pub at_millis: i64,
+    pub subscription_id: SubscriptionId,
+    pub api_id: portico_core::ids::ApiId,
+    pub version_id: portico_core::ids::VersionId,
+    pub app_id: portico_core::ids::AppId,
+    pub consumer_org_id: portico_core::ids::OrgId,
+    pub plan_id: portico_core::ids::PlanId,
+    pub operation: Option<String>,
+    pub status: i64,
+    pub latency_micros: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub orphaned: bool,
+}
+
+/// Inserts the call unless its request id is already stored; returns whether it was new.
+/// Callers add a call to the aggregates only when it was new, in the same transaction: that is
+/// what makes shipping idempotent.
+pub async fn insert_call(c: &mut Conn, r: &CallRecord) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO usage_events (request_id, at, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, operation, \
+         status, latency_micros, bytes_in, bytes_out, orphaned) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(r.request_id.to_string())
+    .bind(r.at_millis)
+    .bind(r.subscription_id.to_string())
+    .bind(r.api_id.to_string())
+    .bind(r.version_id.to_string())
+    .bind(r.app_id.to_string())
+    .bind(r.consumer_org_id.to_string())
+    .bind(r.plan_id.to_string())
+    .bind(r.operation.clone())
+    .bind(r.status)
+    .bind(r.latency_micros)
+    .bind(r.bytes_in)
+    .bind(r.bytes_out)
+    .bind(i64::from(r.orphaned))
+    .execute(c)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The stored calls of a subscription: (request id, orphaned), oldest first.
+pub async fn calls_of_subscription(c: &mut Conn, sub: SubscriptionId) -> Result<Vec<(uuid::Uuid, bool)>> {
+    let rows = sqlx::query("SELECT request_id, orphaned FROM usage_events WHERE subscription_id = $1 ORDER BY at")
+        .bind(sub.to_string())
+        .fetch_all(c)
+        .await?;
+    let t = "usage_events";
+    rows.iter().map(|r| Ok((parse(r, t, "request_id")?, get::<i64>(r, t, "orphaned")? != 0))).collect()
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use portico_control::snapshot::SnapshotPublisher;
 use portico_control::{AppState, ControlConfig};
 use portico_gateway::{Gateway, GatewayConfig};
-use portico_metering::DailyCounter;
+use portico_metering::{Journal, Shipper};
 use portico_store::Store;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,11 +22,13 @@ pub struct App {
     gateway: Gateway,
     gateway_listener: TcpListener,
     api_listener: TcpListener,
-    usage: Arc<DailyCounter>,
+    journal: Arc<Journal>,
 }
 
-/// How long the metering flusher waits between writes.
-const USAGE_FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// How often the shipper moves the usage journal into the store.
+const USAGE_SHIP_EVERY: Duration = Duration::from_millis(250);
+/// Journal segments are rotated past this size.
+const JOURNAL_SEGMENT_BYTES: u64 = 64 << 20;
 /// How often the snapshot watcher checks for changes made by other processes.
 const SNAPSHOT_POLL_EVERY: Duration = Duration::from_secs(1);
 
@@ -67,10 +69,11 @@ impl App {
             secure_cookies: settings.public_api_url.as_deref().is_some_and(|u| u.starts_with("https://")),
             ..ControlConfig::default()
         };
-        let usage = DailyCounter::new();
-        let gateway = Gateway::new(publisher.handle(), pepper.clone(), usage.clone(), GatewayConfig::default());
+        let journal = Journal::open(&settings.data_dir.join("journal"), JOURNAL_SEGMENT_BYTES)
+            .with_context(|| format!("opening the usage journal in {}", settings.data_dir.display()))?;
+        let gateway = Gateway::new(publisher.handle(), pepper.clone(), journal.clone(), GatewayConfig::default());
         let state = AppState { store, pepper: Arc::new(pepper), snapshot: publisher, config: Arc::new(config) };
-        Ok(App { state, gateway_addr, api_addr, gateway, gateway_listener, api_listener, usage })
+        Ok(App { state, gateway_addr, api_addr, gateway, gateway_listener, api_listener, journal })
     }
 
     pub fn api_url(&self) -> String {
@@ -90,9 +93,13 @@ impl App {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let App { state, gateway, gateway_listener, api_listener, usage, .. } = self;
+        let App { state, gateway, gateway_listener, api_listener, journal, .. } = self;
         let watcher = state.snapshot.clone().watch(state.store.clone(), SNAPSHOT_POLL_EVERY);
-        let flusher = usage.spawn_flusher(state.store.clone(), USAGE_FLUSH_EVERY, stopped());
+        let (ship_stop, ship_stopped) = tokio::sync::oneshot::channel::<()>();
+        let shipper =
+            Shipper::new(journal.dir(), journal.instance(), state.store.clone()).spawn(USAGE_SHIP_EVERY, async move {
+                let _ = ship_stopped.await;
+            });
         let router = portico_control::router(state.clone()).merge(portico_portal::router(state.clone()));
         let api = tokio::spawn({
             let stop = stopped();
@@ -104,7 +111,10 @@ impl App {
         let _ = stop_tx.send(true);
         let (a, g) = tokio::join!(api, gw);
         watcher.abort();
-        let _ = flusher.await;
+        // Every call has ended: seal the journal, and ship what is left before exiting.
+        journal.close();
+        let _ = ship_stop.send(());
+        let _ = shipper.await;
         state.store.close().await;
         a.context("the API server task failed")?.context("the API server failed")?;
         g.context("the gateway task failed")?.context("the gateway failed")?;

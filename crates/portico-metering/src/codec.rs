@@ -1,0 +1,195 @@
+//! The journal's record format: `[len: u32 LE][crc32(body): u32 LE][body]`, body =
+//! `kind: u8` + a fixed call layout. A torn or corrupt frame stops decoding there.
+
+use portico_core::usage::UsageEvent;
+use portico_store::usage::CallRecord;
+use uuid::Uuid;
+
+pub const BEGIN: u8 = 1;
+pub const END: u8 = 2;
+pub const SEAL: u8 = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// The call is about to be forwarded.
+    Begin(CallRecord),
+    /// The call is done (or was refused without being forwarded).
+    End(CallRecord),
+    /// The segment will get no more records.
+    Seal,
+}
+
+fn put_id(buf: &mut Vec<u8>, id: Uuid) {
+    buf.extend_from_slice(id.as_bytes());
+}
+
+/// Appends one framed record to `buf`.
+pub fn encode(kind: u8, event: Option<&UsageEvent>, buf: &mut Vec<u8>) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; 8]);
+    buf.push(kind);
+    if let Some(e) = event {
+        put_id(buf, e.request_id);
+        buf.extend_from_slice(&((e.at.unix_timestamp_nanos() / 1_000_000) as i64).to_le_bytes());
+        for id in [
+            e.api_id.as_uuid(),
+            e.version_id.as_uuid(),
+            e.app_id.as_uuid(),
+            e.subscription_id.as_uuid(),
+            e.consumer_org_id.as_uuid(),
+            e.plan_id.as_uuid(),
+        ] {
+            put_id(buf, id);
+        }
+        buf.extend_from_slice(&e.status.to_le_bytes());
+        for n in [e.latency_micros, e.bytes_in, e.bytes_out] {
+            buf.extend_from_slice(&n.to_le_bytes());
+        }
+        let op = e.operation.as_deref().unwrap_or("").as_bytes();
+        let op = &op[..op.len().min(u16::MAX as usize)];
+        buf.extend_from_slice(&(op.len() as u16).to_le_bytes());
+        buf.extend_from_slice(op);
+    }
+    let body_len = (buf.len() - start - 8) as u32;
+    let crc = crc32fast::hash(&buf[start + 8..]);
+    buf[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let s = self.b.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(s)
+    }
+    fn id(&mut self) -> Option<Uuid> {
+        Uuid::from_slice(self.take(16)?).ok()
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+fn decode_call(body: &[u8]) -> Option<CallRecord> {
+    use portico_core::ids::*;
+    let mut r = Reader { b: body, at: 0 };
+    let request_id = r.id()?;
+    let at_millis = r.u64()? as i64;
+    let (api, version, app, sub, org, plan) = (r.id()?, r.id()?, r.id()?, r.id()?, r.id()?, r.id()?);
+    let status = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+    let (latency, bytes_in, bytes_out) = (r.u64()?, r.u64()?, r.u64()?);
+    let op_len = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
+    let op = std::str::from_utf8(r.take(op_len)?).ok()?;
+    let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    Some(CallRecord {
+        request_id,
+        at_millis,
+        subscription_id: SubscriptionId::from_uuid(sub),
+        api_id: ApiId::from_uuid(api),
+        version_id: VersionId::from_uuid(version),
+        app_id: AppId::from_uuid(app),
+        consumer_org_id: OrgId::from_uuid(org),
+        plan_id: PlanId::from_uuid(plan),
+        operation: (!op.is_empty()).then(|| op.to_owned()),
+        status: i64::from(status),
+        latency_micros: big(latency),
+        bytes_in: big(bytes_in),
+        bytes_out: big(bytes_out),
+        orphaned: false,
+    })
+}
+
+/// Decodes whole frames from the start of `buf`. Returns the records and how many bytes they
+/// took; it stops at a partial frame (still being written) or a corrupt one.
+pub fn decode(buf: &[u8]) -> (Vec<Record>, usize, bool) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(head) = buf.get(at..at + 8) else { return (out, at, false) };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let Some(body) = buf.get(at + 8..at + 8 + len) else { return (out, at, false) };
+        if len == 0 || crc32fast::hash(body) != crc {
+            return (out, at, true);
+        }
+        let rec = match body[0] {
+            BEGIN => decode_call(&body[1..]).map(Record::Begin),
+            END => decode_call(&body[1..]).map(Record::End),
+            SEAL => Some(Record::Seal),
+            _ => None,
+        };
+        match rec {
+            Some(r) => out.push(r),
+            None => return (out, at, true),
+        }
+        at += 8 + len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_core::ids::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn event(status: u16) -> UsageEvent {
+        UsageEvent {
+            request_id: Uuid::new_v4(),
+            at: time::OffsetDateTime::from_unix_timestamp(1_764_000_000).unwrap(),
+            api_id: ApiId::new(),
+            version_id: VersionId::new(),
+            app_id: AppId::new(),
+            subscription_id: SubscriptionId::new(),
+            consumer_org_id: OrgId::new(),
+            plan_id: PlanId::new(),
+            operation: Some("getThing".into()),
+            status,
+            latency_micros: 1234,
+            bytes_in: 10,
+            bytes_out: 20,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_stops_at_a_torn_frame() {
+        let (a, b) = (event(200), event(429));
+        let mut buf = Vec::new();
+        encode(BEGIN, Some(&a), &mut buf);
+        encode(END, Some(&a), &mut buf);
+        encode(END, Some(&b), &mut buf);
+        encode(SEAL, None, &mut buf);
+        let (recs, used, corrupt) = decode(&buf);
+        assert_eq!((recs.len(), used, corrupt), (4, buf.len(), false));
+        match &recs[2] {
+            Record::End(c) => {
+                assert_eq!(
+                    (c.request_id, c.status, c.operation.as_deref(), c.bytes_out),
+                    (b.request_id, 429, Some("getThing"), 20)
+                );
+                assert_eq!(c.subscription_id, b.subscription_id);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(recs[3], Record::Seal);
+        // A frame cut short is left for later; a flipped bit stops decoding there.
+        let (recs, used, corrupt) = decode(&buf[..buf.len() - 3]);
+        assert_eq!((recs.len(), corrupt), (3, false));
+        assert!(used < buf.len());
+        let mut bad = buf.clone();
+        bad[20] ^= 1;
+        let (recs, used, corrupt) = decode(&bad);
+        assert_eq!((recs.len(), used, corrupt), (0, 0, true));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The durable local journal: a [`UsageSink`] that appends a *begin* record before a call is
+//! forwarded and an *end* record after it, each with one `write(2)` to an append-only segment
+//! file. A write that returned has reached the kernel, so it survives the process being
+//! killed; nothing here waits on fsync or on the database.
+//!
+//! Segments are `<instance>-<n>.seg`. A segment is retired when it grows past its size limit
+//! and sealed (a `Seal` record) once its last in-flight call has ended; the end of a call is
+//! always written to the segment that holds its begin. One journal per directory: it holds
+//! an exclusive lock on `LOCK`.
+
+use crate::codec::{self, BEGIN, END, SEAL};
+use portico_core::usage::{UsageEvent, UsageSink};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+pub(crate) struct Segment {
+    no: u64,
+    file: File,
+    bytes: AtomicU64,
+    /// Calls begun here and not yet ended, plus writes under way.
+    inflight: AtomicU64,
+    retired: AtomicBool,
+    sealed: AtomicBool,
+}
+
+struct State {
+    current: Arc<Segment>,
+    open: HashMap<u64, Arc<Segment>>,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    instance: String,
+    state: RwLock<State>,
+    max_segment_bytes: u64,
+    write_errors: AtomicU64,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.dir).field("instance", &self.instance).finish()
+    }
+}
+
+pub(crate) fn segment_name(instance: &str, no: u64) -> String {
+    format!("{instance}-{no:08}.seg")
+}
+
+/// The instance a segment file belongs to, from its name.
+pub(crate) fn instance_of(file_name: &str) -> Option<&str> {
+    file_name.strip_suffix(".seg").and_then(|s| s.rsplit_once('-')).map(|(inst, _)| inst)
+}
+
+fn open_segment(dir: &Path, instance: &str, no: u64) -> std::io::Result<Arc<Segment>> {
+    let file = OpenOptions::new().create_new(true).append(true).open(dir.join(segment_name(instance, no)))?;
+    Ok(Arc::new(Segment {
+        no,
+        file,
+        bytes: AtomicU64::new(0),
+        inflight: AtomicU64::new(0),
+        retired: AtomicBool::new(false),
+        sealed: AtomicBool::new(false),
+    }))
+}
+
+impl Journal {
+    /// Opens the journal in `dir` (created if missing) for a new process instance.
+    pub fn open(dir: &Path, max_segment_bytes: u64) -> std::io::Result<Arc<Journal>> {
+        std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
+        lock.try_lock().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "another Portico process uses the journal in {}; give each process its own --data-dir",
+                    dir.display()
+                ),
+            )
+        })?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let instance = format!("{now:013}{:04x}", rand_u16());
+        let current = open_segment(dir, &instance, 1)?;
+        let open = HashMap::from([(1, current.clone())]);
+        Ok(Arc::new(Journal {
+            dir: dir.to_path_buf(),
+            instance,
+            state: RwLock::new(State { current, open }),
+            max_segment_bytes: max_segment_bytes.max(4096),
+            write_errors: AtomicU64::new(0),
+            _lock: lock,
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// This process's instance id: the prefix of its segment files.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Writes that failed (disk full, …): each one is an event lost.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
+    }
+
+    fn append(&self, seg: &Segment, kind: u8, event: Option<&UsageEvent>) {
+        let mut buf = Vec::with_capacity(192);
+        codec::encode(kind, event, &mut buf);
+        // `&File` writes with one write(2) on an O_APPEND file: records never interleave.
+        match (&seg.file).write_all(&buf) {
+            Ok(()) => {
+                seg.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if self.write_errors.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
+                    tracing::error!(error = %e, dir = %self.dir.display(), "cannot write the usage journal; events are being lost");
+                }
+            }
+        }
+    }
+
+    /// Takes a reference on the current segment (or on segment `no`), so it cannot be sealed
+    /// under the caller.
+    fn enter(&self, no: Option<u64>) -> Option<Arc<Segment>> {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let seg = match no {
+            None => st.current.clone(),
+            Some(n) => st.open.get(&n)?.clone(),
+        };
+        seg.inflight.fetch_add(1, Ordering::AcqRel);
+        Some(seg)
+    }
+
+    fn leave(&self, seg: &Arc<Segment>) {
+        if seg.inflight.fetch_sub(1, Ordering::AcqRel) == 1 && seg.retired.load(Ordering::Acquire) {
+            self.seal(seg);
+        }
+    }
+
+    fn seal(&self, seg: &Arc<Segment>) {
+        if !seg.sealed.swap(true, Ordering::AcqRel) {
+            self.append(seg, SEAL, None);
+            self.state.write().unwrap_or_else(|p| p.into_inner()).open.remove(&seg.no);
+        }
+    }
+
+    fn maybe_rotate(&self, seg: &Arc<Segment>) {
+        if seg.bytes.load(Ordering::Relaxed) < self.max_segment_bytes {
+            return;
+        }
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if st.current.no != seg.no {
+            return;
+        }
+        match open_segment(&self.dir, &self.instance, seg.no + 1) {
+            Ok(next) => {
+                st.open.insert(next.no, next.clone());
+                st.current = next;
+                seg.retired.store(true, Ordering::Release);
+                let idle = seg.inflight.load(Ordering::Acquire) == 0;
+                drop(st);
+                if idle {
+                    self.seal(seg);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot open a new journal segment; the current one keeps growing"),
+        }
+    }
+
+    /// Seals the current segment (on shutdown: every call has ended).
+    pub fn close(&self) {
+        let seg = self.state.read().unwrap_or_else(|p| p.into_inner()).current.clone();
+        seg.retired.store(true, Ordering::Release);
+        if seg.inflight.load(Ordering::Acquire) == 0 {
+            self.seal(&seg);
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    (uuid::Uuid::new_v4().as_u128() & 0xffff) as u16
+}
+
+impl UsageSink for Journal {
+    fn begin(&self, event: &UsageEvent) -> u64 {
+        let Some(seg) = self.enter(None) else { return 0 };
+        self.append(&seg, BEGIN, Some(event));
+        self.maybe_rotate(&seg);
+        // The reference taken here is released by `end`.
+        seg.no
+    }
+
+    fn end(&self, token: u64, event: UsageEvent) {
+        if token == 0 {
+            // Refused before forwarding: a lone end record, in the current segment.
+            if let Some(seg) = self.enter(None) {
+                self.append(&seg, END, Some(&event));
+                self.leave(&seg);
+                self.maybe_rotate(&seg);
+            }
+            return;
+        }
+        let seg = self.state.read().unwrap_or_else(|p| p.into_inner()).open.get(&token).cloned();
+        match seg {
+            Some(seg) => {
+                self.append(&seg, END, Some(&event));
+                self.leave(&seg);
+            }
+            None => tracing::error!(segment = token, "usage end for a segment that is already sealed"),
+        }
+    }
+}

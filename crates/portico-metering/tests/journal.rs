@@ -1,0 +1,140 @@
+//! The journal and the shipper against a real SQLite store: calls are counted once, a dead
+//! writer's unfinished calls are orphaned, shipping twice changes nothing.
+
+use portico_core::ids::*;
+use portico_core::usage::{UsageEvent, UsageSink};
+use portico_metering::{Journal, Shipper};
+use portico_store::Store;
+
+async fn store(dir: &std::path::Path) -> Store {
+    let s = Store::connect(&format!("sqlite://{}", dir.join("t.db").display())).await.unwrap();
+    s.migrate().await.unwrap();
+    s
+}
+
+fn event(sub: SubscriptionId, status: u16) -> UsageEvent {
+    UsageEvent {
+        request_id: uuid::Uuid::new_v4(),
+        at: time::OffsetDateTime::now_utc(),
+        api_id: ApiId::new(),
+        version_id: VersionId::new(),
+        app_id: AppId::new(),
+        subscription_id: sub,
+        consumer_org_id: OrgId::new(),
+        plan_id: PlanId::new(),
+        operation: None,
+        status,
+        latency_micros: 100,
+        bytes_in: 1,
+        bytes_out: 2,
+    }
+}
+
+async fn totals(store: &Store, sub: SubscriptionId) -> (i64, i64) {
+    let mut c = store.conn().await.unwrap();
+    let days = portico_store::usage::daily(&mut c, sub, "2000-01-01", "2999-12-31").await.unwrap();
+    (days.iter().map(|d| d.calls).sum(), days.iter().map(|d| d.orphaned).sum())
+}
+
+fn segments(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+        .count()
+}
+
+#[tokio::test]
+async fn calls_are_shipped_once_and_a_dead_writers_open_calls_are_orphaned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jdir = tmp.path().join("journal");
+    let store = store(tmp.path()).await;
+    let sub = SubscriptionId::new();
+
+    // A first process: 3 calls end, 1 is cut off mid-call, 1 refused (no begin).
+    let first = Journal::open(&jdir, 1 << 20).unwrap();
+    for _ in 0..3 {
+        let e = event(sub, 200);
+        let t = first.begin(&e);
+        first.end(t, e);
+    }
+    let cut = event(sub, 0);
+    first.begin(&cut);
+    first.end(0, event(sub, 429));
+    assert!(Journal::open(&jdir, 1 << 20).is_err(), "one live journal per directory");
+    drop(first); // the process dies: no close, no seal
+
+    // The next process ships everything the dead one wrote, and reports the orphan.
+    let second = Journal::open(&jdir, 1 << 20).unwrap();
+    let mut shipper = Shipper::new(&jdir, second.instance(), store.clone());
+    let shipped = shipper.ship_once().await.unwrap();
+    assert_eq!((shipped.calls, shipped.orphaned, shipped.segments_done), (4, 1, 1));
+    assert_eq!(totals(&store, sub).await, (4, 1));
+    let mut c = store.conn().await.unwrap();
+    let calls = portico_store::usage::calls_of_subscription(&mut c, sub).await.unwrap();
+    assert!(calls.contains(&(cut.request_id, true)));
+    drop(c);
+
+    // The live journal's calls ship as they end; a begin waits for its end.
+    let e = event(sub, 503);
+    let t = second.begin(&e);
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 0);
+    second.end(t, e);
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 1);
+    assert_eq!(totals(&store, sub).await, (5, 1));
+
+    // A shipper that lost its progress (a restart before it noted it) re-reads: nothing doubles.
+    let mut again = Shipper::new(&jdir, second.instance(), store.clone());
+    let s = again.ship_once().await.unwrap();
+    assert_eq!((s.calls, s.duplicates), (0, 1));
+    assert_eq!(totals(&store, sub).await, (5, 1));
+
+    // On close the segment is sealed, shipped to the end and removed.
+    second.close();
+    shipper.ship_once().await.unwrap();
+    assert_eq!(segments(&jdir), 0);
+}
+
+#[tokio::test]
+async fn segments_rotate_and_every_one_is_shipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jdir = tmp.path().join("journal");
+    let store = store(tmp.path()).await;
+    let sub = SubscriptionId::new();
+    let j = Journal::open(&jdir, 4096).unwrap();
+    // A long call spans several rotations: its end still goes to its begin's segment.
+    let long = event(sub, 200);
+    let long_token = j.begin(&long);
+    for _ in 0..200 {
+        let e = event(sub, 200);
+        let t = j.begin(&e);
+        j.end(t, e);
+    }
+    assert!(segments(&jdir) > 3);
+    j.end(long_token, long);
+    let mut shipper = Shipper::new(&jdir, j.instance(), store.clone());
+    shipper.ship_once().await.unwrap();
+    j.close();
+    shipper.ship_once().await.unwrap();
+    assert_eq!(totals(&store, sub).await, (201, 0));
+    assert_eq!(segments(&jdir), 0);
+}
+
+#[tokio::test]
+async fn while_the_store_is_down_the_journal_keeps_the_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jdir = tmp.path().join("journal");
+    let store = store(tmp.path()).await;
+    let sub = SubscriptionId::new();
+    let j = Journal::open(&jdir, 1 << 20).unwrap();
+    let e = event(sub, 200);
+    let t = j.begin(&e);
+    j.end(t, e);
+    store.close().await;
+    let mut shipper = Shipper::new(&jdir, j.instance(), store.clone());
+    assert!(shipper.ship_once().await.is_err());
+    // Back up (a new pool on the same database): the same calls ship, once.
+    let store = Store::connect(&format!("sqlite://{}", tmp.path().join("t.db").display())).await.unwrap();
+    let mut shipper = Shipper::new(&jdir, j.instance(), store.clone());
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 1);
+    assert_eq!(totals(&store, sub).await, (1, 0));
+}
