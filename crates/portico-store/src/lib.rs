@@ -135,9 +135,10 @@ impl Store {
         Ok(self.pool.begin().await?)
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers within two seconds.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(_)))
     }
 
     pub async fn close(&self) {

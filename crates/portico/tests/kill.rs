@@ -65,7 +65,21 @@ async fn upstream(seen: Arc<Mutex<Vec<String>>>) -> String {
     url
 }
 
-async fn kill_test(database: Option<String>) {
+struct Harness {
+    p: Portico,
+    http: reqwest::Client,
+    key: String,
+    sub_id: portico_core::ids::SubscriptionId,
+    seen: Arc<Mutex<Vec<String>>>,
+    child: Child,
+    dir: tempfile::TempDir,
+    /// Where the test reads the store from (not through any proxy).
+    store_url: String,
+}
+
+/// Starts Portico on `database` (SQLite in the data dir when `None`), seeds a provider's API
+/// over the counting upstream, a consumer's app subscribed to it and a key.
+async fn setup(database: Option<String>, store_url: Option<String>) -> Harness {
     portico::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let (api_port, gw_port) = (free_port(), free_port());
@@ -91,7 +105,7 @@ async fn kill_test(database: Option<String>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let up = upstream(seen.clone()).await;
 
-    let mut child = p.start();
+    let child = p.start();
     p.wait_ready(&http).await;
     let out = Command::new(env!("CARGO_BIN_EXE_portico"))
         .args(["admin", "create", "--email", "ops@example.com", "--password", "ops password 123"])
@@ -124,7 +138,7 @@ async fn kill_test(database: Option<String>) {
         .json()
         .await
         .unwrap();
-    let sub_id: portico_core::ids::SubscriptionId = subs["items"][0]["id"].as_str().unwrap().parse().unwrap();
+    let sub_id = subs["items"][0]["id"].as_str().unwrap().parse().unwrap();
     let key: serde_json::Value = http
         .post(format!("{}/api/v1/apps/{app_id}/keys", p.api))
         .bearer_auth(&token)
@@ -135,55 +149,50 @@ async fn kill_test(database: Option<String>) {
         .await
         .unwrap();
     let key = key["key"].as_str().unwrap().to_owned();
+    let store_url =
+        store_url.or(database).unwrap_or_else(|| format!("sqlite://{}", dir.path().join("portico.db").display()));
+    Harness { p, http, key, sub_id, seen, child, dir, store_url }
+}
 
-    // Load: 8 clients calling as fast as they can, through kills and restarts.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..8 {
-        let (http, url, key, stop) = (http.clone(), format!("{}/hits/v1/hit", p.gateway), key.clone(), stop.clone());
-        load.push(tokio::spawn(async move {
-            let mut ok = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                match http.get(&url).header("X-Api-Key", &key).send().await {
-                    Ok(r) if r.status().is_success() => ok += 1,
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+/// 8 clients calling as fast as they can until `stop`; returns their 2xx count.
+fn start_load(h: &Harness, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..8)
+        .map(|_| {
+            let (http, url, key, stop) =
+                (h.http.clone(), format!("{}/hits/v1/hit", h.p.gateway), h.key.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut ok = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match http.get(&url).header("X-Api-Key", &key).send().await {
+                        Ok(r) if r.status().is_success() => ok += 1,
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
                 }
-            }
-            ok
-        }));
-    }
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        child = p.start();
-        p.wait_ready(&http).await;
-    }
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut ok_responses = 0;
-    for l in load {
-        ok_responses += l.await.unwrap();
-    }
-    // A clean stop drains, seals and ships the rest.
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    assert!(child.wait().unwrap().success(), "log: {}", std::fs::read_to_string(&p.log).unwrap_or_default());
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("journal"))
+                ok
+            })
+        })
+        .collect()
+}
+
+/// Stops Portico cleanly and checks the store against what the upstream served.
+async fn finish_and_check(mut h: Harness, ok_responses: u64, label: &str) {
+    Command::new("kill").arg("-TERM").arg(h.child.id().to_string()).status().unwrap();
+    assert!(h.child.wait().unwrap().success(), "log: {}", std::fs::read_to_string(&h.p.log).unwrap_or_default());
+    let left: Vec<_> = std::fs::read_dir(h.dir.path().join("journal"))
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
         .collect();
     assert!(left.is_empty(), "every journal segment was shipped and removed: {left:?}");
 
-    let url = database.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("portico.db").display()));
-    let store = portico_store::Store::connect(&url).await.unwrap();
+    let store = portico_store::Store::connect(&h.store_url).await.unwrap();
     let mut c = store.conn().await.unwrap();
-    let calls = portico_store::usage::calls_of_subscription(&mut c, sub_id).await.unwrap();
-    let days = portico_store::usage::daily(&mut c, sub_id, "2000-01-01", "2999-12-31").await.unwrap();
+    let calls = portico_store::usage::calls_of_subscription(&mut c, h.sub_id).await.unwrap();
+    let days = portico_store::usage::daily(&mut c, h.sub_id, "2000-01-01", "2999-12-31").await.unwrap();
     let metered: HashSet<String> = calls.iter().filter(|(_, o)| !o).map(|(id, _)| id.to_string()).collect();
     let orphaned: HashSet<String> = calls.iter().filter(|(_, o)| *o).map(|(id, _)| id.to_string()).collect();
-    let served: Vec<String> = seen.lock().unwrap().clone();
+    let served: Vec<String> = h.seen.lock().unwrap().clone();
     let served_set: HashSet<String> = served.iter().cloned().collect();
 
     assert_eq!(served.len(), served_set.len(), "the upstream saw no call twice");
@@ -202,13 +211,75 @@ async fn kill_test(database: Option<String>) {
     assert!(metered.len() as u64 >= ok_responses, "every 2xx a client got is metered");
     assert!(metered.len() > 100, "the load was real: {} metered", metered.len());
     eprintln!(
-        "kill test: served {}, metered {}, orphaned {} ({} of them served), client 2xx {}",
+        "{label}: served {}, metered {}, orphaned {} ({} of them served), client 2xx {}",
         served_set.len(),
         metered.len(),
         orphaned.len(),
         orphaned_served,
         ok_responses
     );
+}
+
+async fn kill_test(database: Option<String>) {
+    let mut h = setup(database, None).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&h, stop.clone());
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        h.child.kill().unwrap(); // SIGKILL
+        h.child.wait().unwrap();
+        h.child = h.p.start();
+        h.p.wait_ready(&h.http).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    for l in load {
+        ok += l.await.unwrap();
+    }
+    finish_and_check(h, ok, "kill test").await;
+}
+
+/// A TCP proxy the test owns in front of PostgreSQL, that it can cut and restore (the
+/// machine's shared server is never stopped).
+struct CutProxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CutProxy {
+    async fn start(target: String) -> CutProxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (u, cs) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = l.accept().await else { continue };
+                if !u.load(Ordering::SeqCst) {
+                    continue; // refused: dropped at once
+                }
+                let target = target.clone();
+                cs.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        CutProxy { port, up, conns }
+    }
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,4 +291,34 @@ async fn sigkill_loses_no_call_and_counts_none_twice_on_sqlite() {
 async fn sigkill_loses_no_call_and_counts_none_twice_on_postgres() {
     let db = portico_store::testing::fresh_postgres_database().await.unwrap_or_else(|e| panic!("{e}"));
     kill_test(Some(db)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_unreachable_the_gateway_serves_and_nothing_is_lost() {
+    let direct = portico_store::testing::fresh_postgres_database().await.unwrap_or_else(|e| panic!("{e}"));
+    let (hostport, db) = direct
+        .strip_prefix("postgres://postgres@")
+        .and_then(|r| r.split_once('/'))
+        .expect("a postgres://postgres@HOST:PORT/DB url");
+    let proxy = CutProxy::start(hostport.to_owned()).await;
+    let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{db}", proxy.port);
+    let h = setup(Some(via_proxy), Some(direct.clone())).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&h, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    let served_before = h.seen.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let served_during = h.seen.lock().unwrap().len() - served_before;
+    assert!(served_during > 100, "the gateway kept serving while the database was unreachable ({served_during} calls)");
+    let api_ready = h.http.get(format!("{}/readyz", h.p.api)).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+    assert_ne!(api_ready, 200, "the API reports that its database is unreachable");
+    proxy.restore();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    for l in load {
+        ok += l.await.unwrap();
+    }
+    finish_and_check(h, ok, "store outage").await;
 }
