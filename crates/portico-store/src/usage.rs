@@ -155,3 +155,100 @@ pub async fn calls_of_subscription(c: &mut Conn, sub: SubscriptionId) -> Result<
     let t = "usage_events";
     rows.iter().map(|r| Ok((parse(r, t, "request_id")?, get::<i64>(r, t, "orphaned")? != 0))).collect()
 }
+
+/// Filters of the request log.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub request_id: Option<uuid::Uuid>,
+    pub api_id: Option<portico_core::ids::ApiId>,
+    pub app_id: Option<portico_core::ids::AppId>,
+    pub status: Option<i64>,
+    pub from_millis: Option<i64>,
+    pub to_millis: Option<i64>,
+}
+
+/// A call in the request log, with its API's slug.
+#[derive(Debug, Clone)]
+pub struct LoggedCall {
+    pub call: CallRecord,
+    pub api_slug: String,
+}
+
+/// The request log, newest first. `visible_to`: only calls of apps of these organizations or
+/// to APIs of these organizations (`None`: all, for platform admins).
+pub async fn list_calls(
+    c: &mut Conn,
+    f: &CallFilter,
+    visible_to: Option<&[portico_core::ids::OrgId]>,
+    page: crate::Page,
+) -> Result<Vec<LoggedCall>> {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut binds: Vec<String> = Vec::new();
+    let mut ints: Vec<i64> = Vec::new();
+    let next = |v: String, binds: &mut Vec<String>| {
+        binds.push(v);
+        format!("${}", binds.len() + 2)
+    };
+    if let Some(id) = f.request_id {
+        clauses.push(format!("e.request_id = {}", next(id.to_string(), &mut binds)));
+    }
+    if let Some(a) = f.api_id {
+        clauses.push(format!("e.api_id = {}", next(a.to_string(), &mut binds)));
+    }
+    if let Some(a) = f.app_id {
+        clauses.push(format!("e.app_id = {}", next(a.to_string(), &mut binds)));
+    }
+    if let Some(orgs) = visible_to {
+        if orgs.is_empty() {
+            return Ok(vec![]);
+        }
+        let marks: Vec<String> = orgs.iter().map(|o| next(o.to_string(), &mut binds)).collect();
+        let list = marks.join(", ");
+        clauses.push(format!("(e.consumer_org_id IN ({list}) OR a.org_id IN ({list}))"));
+    }
+    // Integer filters are bound after the text ones.
+    for (col, op, v) in [("e.status", "=", f.status), ("e.at", ">=", f.from_millis), ("e.at", "<=", f.to_millis)] {
+        if let Some(v) = v {
+            ints.push(v);
+            clauses.push(format!("{col} {op} ${}", binds.len() + ints.len() + 2));
+        }
+    }
+    let filter = if clauses.is_empty() { "1 = 1".to_owned() } else { clauses.join(" AND ") };
+    let q = format!(
+        "SELECT e.request_id, e.at, e.subscription_id, e.api_id, e.version_id, e.app_id, e.consumer_org_id, e.plan_id, e.operation, \
+         e.status, e.latency_micros, e.bytes_in, e.bytes_out, e.orphaned, a.slug AS api_slug \
+         FROM usage_events e LEFT JOIN apis a ON a.id = e.api_id WHERE {filter} ORDER BY e.at DESC LIMIT $1 OFFSET $2"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(page.limit).bind(page.offset);
+    for b in &binds {
+        query = query.bind(b.clone());
+    }
+    for v in &ints {
+        query = query.bind(*v);
+    }
+    let rows = query.fetch_all(c).await?;
+    let t = "usage_events";
+    rows.iter()
+        .map(|r| {
+            Ok(LoggedCall {
+                call: CallRecord {
+                    request_id: parse(r, t, "request_id")?,
+                    at_millis: get(r, t, "at")?,
+                    subscription_id: parse(r, t, "subscription_id")?,
+                    api_id: parse(r, t, "api_id")?,
+                    version_id: parse(r, t, "version_id")?,
+                    app_id: parse(r, t, "app_id")?,
+                    consumer_org_id: parse(r, t, "consumer_org_id")?,
+                    plan_id: parse(r, t, "plan_id")?,
+                    operation: get(r, t, "operation")?,
+                    status: get(r, t, "status")?,
+                    latency_micros: get(r, t, "latency_micros")?,
+                    bytes_in: get(r, t, "bytes_in")?,
+                    bytes_out: get(r, t, "bytes_out")?,
+                    orphaned: get::<i64>(r, t, "orphaned")? != 0,
+                },
+                api_slug: get::<Option<String>>(r, t, "api_slug")?.unwrap_or_default(),
+            })
+        })
+        .collect()
+}

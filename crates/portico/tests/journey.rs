@@ -94,6 +94,7 @@ async fn journey(backend: Backend) {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "trace-me-1");
+    let call_id = r.headers()["x-portico-request-id"].to_str().unwrap().to_owned();
     assert_eq!(r.headers()["ratelimit-policy"], "\"minute\";q=5;w=60, \"month\";q=1000;w=2592000");
     assert!(r.headers()["ratelimit"].to_str().unwrap().starts_with("\"minute\";r=4;t=12, \"month\";r=999;t="));
     let body: Value = r.json().await.unwrap();
@@ -104,6 +105,7 @@ async fn journey(backend: Backend) {
     assert_ne!(h["x-portico-consumer"], "forged");
     assert_eq!(h["x-portico-plan"], "free");
     assert_eq!(h["x-request-id"], "trace-me-1");
+    assert_eq!(h["x-portico-request-id"], call_id.as_str(), "the upstream gets Portico's id of the call");
     assert!(h["traceparent"].as_str().unwrap().starts_with("00-"));
     // Bearer works too.
     let r = app.http.get(format!("{}/echo/v1/things/1", app.gateway)).bearer_auth(&key).send().await.unwrap();
@@ -167,8 +169,24 @@ async fn journey(backend: Backend) {
     let (s, u) = app.get(&format!("/apps/{app_id}/usage"), Some(&consumer)).await;
     assert_eq!((s, &u["total_calls"]), (200, &json!(6)));
 
-    // Consumer B sees nothing of consumer A's: 404 everywhere.
+    // The request log finds the call by Portico's id, for its consumer and its provider.
+    for who in [&consumer, &provider] {
+        let (s, log) = app.get(&format!("/requests?request_id={call_id}"), Some(who)).await;
+        assert_eq!(s, 200, "{log}");
+        assert_eq!(log["items"][0]["operation"], "getThing", "{log}");
+        assert_eq!((log["items"][0]["status"].as_i64(), log["items"][0]["api"].as_str()), (Some(200), Some("echo")));
+    }
+    let (_, log) = app.get("/requests?status=429", Some(&consumer)).await;
+    assert_eq!(log["items"].as_array().unwrap().len(), 1);
+    let (s, v) = app.get("/requests?from=yesterday", Some(&consumer)).await;
+    assert_eq!(s, 400, "{v}");
+
+    // Consumer B sees nothing of consumer A's: 404 everywhere, and an empty request log.
     let other = app.signup("bo@elsewhere.example", "consumer").await;
+    let (_, log) = app.get(&format!("/requests?request_id={call_id}"), Some(&other)).await;
+    assert_eq!(log["items"], json!([]));
+    let (_, log) = app.get("/requests", Some(&other)).await;
+    assert_eq!(log["items"], json!([]));
     let key_id = list[0]["id"].as_str().unwrap();
     for path in [
         format!("/apps/{app_id}"),

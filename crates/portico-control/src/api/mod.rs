@@ -6,6 +6,7 @@ pub mod apis;
 pub mod apps;
 pub mod auth;
 pub mod orgs;
+pub mod requests;
 pub mod subscriptions;
 
 use crate::error::{Error, Problem};
@@ -157,6 +158,7 @@ pub fn router() -> axum::Router<AppState> {
         .routes(routes!(subscriptions::list, subscriptions::create))
         .routes(routes!(subscriptions::get, subscriptions::cancel))
         .routes(routes!(subscriptions::usage))
+        .routes(routes!(requests::list))
         .routes(routes!(admin::apply))
         .routes(routes!(admin::export))
         .split_for_parts();

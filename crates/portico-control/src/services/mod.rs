@@ -8,6 +8,7 @@ pub mod apps;
 pub mod catalog;
 pub mod declarative;
 pub mod orgs;
+pub mod requests;
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
