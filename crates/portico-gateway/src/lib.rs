@@ -10,6 +10,7 @@ pub mod errors;
 pub mod identify;
 pub mod limit;
 pub mod meter;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 
@@ -75,6 +76,7 @@ struct Inner {
     sink: Arc<dyn UsageSink>,
     config: GatewayConfig,
     limiter: limit::Limiter,
+    metrics: metrics::GatewayMetrics,
 }
 
 /// The gateway; cheap to clone.
@@ -151,7 +153,16 @@ impl Gateway {
         sink: Arc<dyn UsageSink>,
         config: GatewayConfig,
     ) -> Self {
-        Gateway { inner: Arc::new(Inner { snapshot, pepper, sink, config, limiter: limit::Limiter::new() }) }
+        Gateway {
+            inner: Arc::new(Inner {
+                snapshot,
+                pepper,
+                sink,
+                config,
+                limiter: limit::Limiter::new(),
+                metrics: metrics::GatewayMetrics::default(),
+            }),
+        }
     }
 
     /// Serves connections until `shutdown` resolves; then stops accepting and lets in-flight
@@ -225,7 +236,7 @@ impl Gateway {
                     let (gw, client) = (self.clone(), client.clone());
                     let svc = service_fn(move |req| {
                         let (gw, client) = (gw.clone(), client.clone());
-                        async move { Ok::<_, Infallible>(gw.handle(&client, req, remote).await) }
+                        async move { Ok::<_, Infallible>(gw.handle_measured(&client, req, remote).await) }
                     });
                     let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
                     tokio::spawn(async move {
@@ -243,6 +254,24 @@ impl Gateway {
             _ = tokio::time::sleep(self.inner.config.drain_timeout) => tracing::warn!("drain timeout: closing the remaining gateway connections"),
         }
         Ok(())
+    }
+
+    /// [`Gateway::handle`], counted in the metrics by API and status class.
+    async fn handle_measured(
+        &self,
+        client: &UpstreamClient,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<GwBody> {
+        let started = Instant::now();
+        let slug = route::parse(req.uri().path()).ok().map(|t| t.slug);
+        let m = self
+            .inner
+            .metrics
+            .for_api(slug, |s| Slug::parse(s).is_ok_and(|s| self.inner.snapshot.load().apis.contains_key(&s)));
+        let resp = self.handle(client, req, remote).await;
+        m.record(resp.status().as_u16(), started.elapsed());
+        resp
     }
 
     /// The whole request path for one call.
@@ -353,6 +382,10 @@ impl Gateway {
         let admitted = match inner.limiter.check(sub) {
             Ok(a) => a,
             Err(refusal) => {
+                match &refusal {
+                    limit::Refusal::RateLimited { .. } => inner.metrics.rate_limited.increment(1),
+                    limit::Refusal::QuotaExhausted { .. } => inner.metrics.quota_exhausted.increment(1),
+                }
                 let detail = match &refusal {
                     limit::Refusal::RateLimited { limit, .. } => format!(
                         "rate limit of plan `{}` reached ({} per {}); retry later",
@@ -434,6 +467,7 @@ impl Gateway {
                 errors::payload_too_large(inner.config.max_body_bytes)
             }
             Ok(Err(e)) => {
+                inner.metrics.upstream_errors.increment(1);
                 tracing::warn!(api = %api_slug, error = %e, "upstream request failed");
                 meter.respond(502);
                 let mut r = errors::bad_gateway(&format!(
@@ -443,6 +477,7 @@ impl Gateway {
                 r
             }
             Err(_) => {
+                inner.metrics.upstream_errors.increment(1);
                 tracing::warn!(api = %api_slug, "upstream timed out");
                 meter.respond(504);
                 let mut r =

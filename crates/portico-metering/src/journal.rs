@@ -119,6 +119,7 @@ impl Journal {
                 seg.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
+                metrics::counter!("portico_journal_write_errors_total").increment(1);
                 if self.write_errors.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
                     tracing::error!(error = %e, dir = %self.dir.display(), "cannot write the usage journal; events are being lost");
                 }

@@ -133,8 +133,16 @@ impl Shipper {
             }
             advance.push((path, Progress { offset, open, sealed }, done));
         }
-        let shipped = self.store_calls(&calls).await?;
-        let mut out = shipped;
+        let shipped = self.store_calls(&calls).await;
+        // Journal lag: what is written and not yet in the store.
+        let pending: u64 = advance
+            .iter()
+            .map(|(p, prog, _)| std::fs::metadata(p).map(|m| m.len().saturating_sub(prog.offset)).unwrap_or(0))
+            .sum();
+        metrics::gauge!("portico_journal_pending_bytes").set(pending as f64);
+        let mut out = shipped.inspect_err(|_| metrics::counter!("portico_usage_ship_failures_total").increment(1))?;
+        metrics::counter!("portico_usage_calls_shipped_total").increment(out.calls);
+        metrics::counter!("portico_usage_calls_orphaned_total").increment(out.orphaned);
         for (path, progress, done) in advance {
             if done {
                 if let Err(e) = std::fs::remove_file(&path) {

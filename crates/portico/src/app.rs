@@ -22,6 +22,8 @@ pub struct App {
     gateway: Gateway,
     gateway_listener: TcpListener,
     api_listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    pub metrics_addr: Option<SocketAddr>,
     journal: Arc<Journal>,
 }
 
@@ -49,6 +51,8 @@ impl App {
     /// Connects and migrates the store, binds both listeners and compiles the first snapshot.
     pub async fn build(settings: &Settings) -> anyhow::Result<App> {
         crate::install_crypto();
+        // Install the recorder before any metric is registered.
+        crate::telemetry::prometheus();
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
         let url = settings.database_url();
@@ -59,8 +63,13 @@ impl App {
 
         let gateway_listener = bind(&settings.gateway_addr, "gateway").await?;
         let api_listener = bind(&settings.api_addr, "api").await?;
+        let metrics_listener = match settings.metrics_addr.as_str() {
+            "off" => None,
+            addr => Some(bind(addr, "metrics").await?),
+        };
         let gateway_addr = gateway_listener.local_addr()?;
         let api_addr = api_listener.local_addr()?;
+        let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
         let publisher = Arc::new(SnapshotPublisher::new());
         publisher.refresh(&store).await.context("compiling the gateway's first config snapshot")?;
@@ -73,7 +82,17 @@ impl App {
             .with_context(|| format!("opening the usage journal in {}", settings.data_dir.display()))?;
         let gateway = Gateway::new(publisher.handle(), pepper.clone(), journal.clone(), GatewayConfig::default());
         let state = AppState { store, pepper: Arc::new(pepper), snapshot: publisher, config: Arc::new(config) };
-        Ok(App { state, gateway_addr, api_addr, gateway, gateway_listener, api_listener, journal })
+        Ok(App {
+            state,
+            gateway_addr,
+            api_addr,
+            gateway,
+            gateway_listener,
+            api_listener,
+            metrics_listener,
+            metrics_addr,
+            journal,
+        })
     }
 
     pub fn api_url(&self) -> String {
@@ -93,7 +112,8 @@ impl App {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let App { state, gateway, gateway_listener, api_listener, journal, .. } = self;
+        let App { state, gateway, gateway_listener, api_listener, metrics_listener, journal, .. } = self;
+        let metrics = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.store.clone(), stopped())));
         let watcher = state.snapshot.clone().watch(state.store.clone(), SNAPSHOT_POLL_EVERY);
         let (ship_stop, ship_stopped) = tokio::sync::oneshot::channel::<()>();
         let shipper =
@@ -111,6 +131,9 @@ impl App {
         let _ = stop_tx.send(true);
         let (a, g) = tokio::join!(api, gw);
         watcher.abort();
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
         // Every call has ended: seal the journal, and ship what is left before exiting.
         journal.close();
         let _ = ship_stop.send(());
@@ -120,6 +143,42 @@ impl App {
         g.context("the gateway task failed")?.context("the gateway failed")?;
         Ok(())
     }
+}
+
+/// `GET /metrics` in the Prometheus text format, with the store's pool gauges refreshed every
+/// scrape and the recorder's upkeep run in the background.
+async fn serve_metrics(
+    listener: TcpListener,
+    store: portico_store::Store,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let handle = crate::telemetry::prometheus();
+    let upkeep = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    };
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (handle, store) = (handle.clone(), store.clone());
+            async move {
+                let pool = store.pool();
+                metrics::gauge!("portico_store_pool_connections").set(pool.size() as f64);
+                metrics::gauge!("portico_store_pool_idle_connections").set(pool.num_idle() as f64);
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        tracing::error!(error = %e, "the metrics listener failed");
+    }
+    upkeep.abort();
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// The portal's URL as people reach it [default: from api_addr]
     #[arg(long, env = "PORTICO_PUBLIC_API_URL")]
     pub public_api_url: Option<String>,
+    /// Prometheus `/metrics` listener, or `off` [default: 0.0.0.0:9464]
+    #[arg(long, env = "PORTICO_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// Load the demo marketplace (two providers, three APIs, a consumer with a key) and run
     /// its upstream in this process.
     #[arg(long, env = "PORTICO_DEMO")]

@@ -20,6 +20,8 @@ pub struct Settings {
     pub api_addr: String,
     pub public_gateway_url: Option<String>,
     pub public_api_url: Option<String>,
+    /// Prometheus `/metrics` listener; `off` disables it.
+    pub metrics_addr: String,
     pub demo: bool,
 }
 
@@ -32,6 +34,7 @@ impl Default for Settings {
             api_addr: "0.0.0.0:8081".into(),
             public_gateway_url: None,
             public_api_url: None,
+            metrics_addr: "0.0.0.0:9464".into(),
             demo: false,
         }
     }
@@ -52,6 +55,8 @@ struct Overrides {
     public_gateway_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     public_api_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_addr: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     demo: bool,
 }
@@ -65,10 +70,19 @@ impl Settings {
             api_addr,
             public_gateway_url,
             public_api_url,
+            metrics_addr,
             demo,
         } = args.clone();
-        let overrides =
-            Overrides { data_dir, database, gateway_addr, api_addr, public_gateway_url, public_api_url, demo };
+        let overrides = Overrides {
+            data_dir,
+            database,
+            gateway_addr,
+            api_addr,
+            public_gateway_url,
+            public_api_url,
+            metrics_addr,
+            demo,
+        };
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = &config {
             if !path.exists() {
@@ -93,7 +107,11 @@ impl Settings {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        for (name, v) in [("gateway_addr", &self.gateway_addr), ("api_addr", &self.api_addr)] {
+        let mut addrs = vec![("gateway_addr", &self.gateway_addr), ("api_addr", &self.api_addr)];
+        if self.metrics_addr != "off" {
+            addrs.push(("metrics_addr", &self.metrics_addr));
+        }
+        for (name, v) in addrs {
             v.parse::<SocketAddr>().map_err(|_| anyhow::anyhow!("{name} `{v}` is not an address like 0.0.0.0:8080"))?;
         }
         for (name, v) in [("public_gateway_url", &self.public_gateway_url), ("public_api_url", &self.public_api_url)] {

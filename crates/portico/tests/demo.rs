@@ -9,7 +9,17 @@ async fn serve_demo_answers_the_printed_call() {
     portico::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["serve", "--demo", "--gateway-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--demo",
+            "--gateway-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

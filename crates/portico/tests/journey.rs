@@ -234,8 +234,36 @@ async fn journey(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    metrics_are_scrapable(&app).await;
     bad_input(&app, &provider, &consumer, &app_id).await;
     app.stop().await;
+}
+
+/// `/metrics` parses as Prometheus text and counts what this journey did.
+async fn metrics_are_scrapable(app: &TestApp) {
+    let text = app.http.get(&app.metrics).send().await.unwrap().text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("the Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    // Other tests in this process share the recorder: at least what this journey did.
+    assert!(value("portico_gateway_requests_total", &[("api", "echo"), ("status_class", "2xx")]) >= 5.0, "{text}");
+    assert!(value("portico_gateway_rejections_total", &[("reason", "rate_limit")]) >= 1.0);
+    assert!(value("portico_gateway_requests_total", &[("api", "_unknown")]) >= 1.0, "unknown APIs share one label");
+    assert!(!text.contains("api=\"nope\""), "no label per unknown slug");
+    assert!(scrape.samples.iter().any(|s| s.metric.starts_with("portico_gateway_request_duration_seconds")));
+    assert!(value("portico_store_pool_connections", &[]) >= 1.0);
 }
 
 async fn bad_input(app: &TestApp, provider: &str, consumer: &str, app_id: &str) {

@@ -18,6 +18,7 @@ pub enum Backend {
 pub struct TestApp {
     pub api: String,
     pub gateway: String,
+    pub metrics: String,
     pub http: reqwest::Client,
     pub app_state: portico_control::AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -38,15 +39,17 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         database,
         gateway_addr: "127.0.0.1:0".into(),
         api_addr: "127.0.0.1:0".into(),
+        metrics_addr: "127.0.0.1:0".into(),
         ..Settings::default()
     };
     let app = App::build(&settings).await.unwrap();
     let (api, gateway, app_state) = (app.api_url(), app.gateway_url(), app.state.clone());
+    let metrics = format!("http://{}/metrics", app.metrics_addr.unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async move {
         let _ = rx.await;
     }));
-    TestApp { api, gateway, http: reqwest::Client::new(), app_state, stop: Some(tx), task: Some(task), dir }
+    TestApp { api, gateway, metrics, http: reqwest::Client::new(), app_state, stop: Some(tx), task: Some(task), dir }
 }
 
 impl TestApp {

@@ -1,0 +1,70 @@
+//! The gateway's Prometheus metrics, through the `metrics` facade (the binary installs the
+//! exporter). Labels are bounded: the API's slug (only slugs of the current snapshot; anything
+//! else is `_unknown`) and the status class. Handles are registered once per API and cached,
+//! so a call costs a read-locked map lookup and a few atomic adds.
+
+use metrics::{Counter, Histogram};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub struct ApiMetrics {
+    /// By status class: 1xx-3xx, 4xx, 5xx.
+    requests: [Counter; 3],
+    latency: Histogram,
+}
+
+impl ApiMetrics {
+    fn new(api: &str) -> Self {
+        let req = |class: &'static str| metrics::counter!("portico_gateway_requests_total", "api" => api.to_owned(), "status_class" => class);
+        ApiMetrics {
+            requests: [req("2xx"), req("4xx"), req("5xx")],
+            latency: metrics::histogram!("portico_gateway_request_duration_seconds", "api" => api.to_owned()),
+        }
+    }
+
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let i = match status {
+            500.. => 2,
+            400..=499 => 1,
+            _ => 0,
+        };
+        self.requests[i].increment(1);
+        self.latency.record(elapsed.as_secs_f64());
+    }
+}
+
+pub struct GatewayMetrics {
+    per_api: RwLock<HashMap<String, Arc<ApiMetrics>>>,
+    unknown: Arc<ApiMetrics>,
+    pub rate_limited: Counter,
+    pub quota_exhausted: Counter,
+    pub upstream_errors: Counter,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        GatewayMetrics {
+            per_api: RwLock::default(),
+            unknown: Arc::new(ApiMetrics::new("_unknown")),
+            rate_limited: metrics::counter!("portico_gateway_rejections_total", "reason" => "rate_limit"),
+            quota_exhausted: metrics::counter!("portico_gateway_rejections_total", "reason" => "quota"),
+            upstream_errors: metrics::counter!("portico_gateway_upstream_errors_total"),
+        }
+    }
+}
+
+impl GatewayMetrics {
+    /// The handles for the API a path names, if the snapshot knows it.
+    pub fn for_api(&self, slug: Option<&str>, known: impl FnOnce(&str) -> bool) -> Arc<ApiMetrics> {
+        let Some(slug) = slug else { return self.unknown.clone() };
+        if let Some(m) = self.per_api.read().unwrap_or_else(|p| p.into_inner()).get(slug) {
+            return m.clone();
+        }
+        if !known(slug) {
+            return self.unknown.clone();
+        }
+        let mut w = self.per_api.write().unwrap_or_else(|p| p.into_inner());
+        w.entry(slug.to_owned()).or_insert_with(|| Arc::new(ApiMetrics::new(slug))).clone()
+    }
+}
