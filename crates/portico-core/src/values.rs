@@ -364,6 +364,10 @@ impl UpstreamUrl {
     pub fn is_https(&self) -> bool {
         self.0.starts_with("https://")
     }
+    /// Whether the URL has a path after its authority (`http://h/base`), not just `http://h`.
+    pub fn has_path(&self) -> bool {
+        self.0.split_once("://").is_some_and(|(_, rest)| rest.contains('/'))
+    }
 }
 
 #[cfg(test)]

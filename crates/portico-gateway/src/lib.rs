@@ -56,6 +56,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Worker threads, each with its own runtime and upstream pool [default: one per core].
     pub workers: usize,
+    /// CA certificates trusted for HTTPS upstreams besides the webpki roots.
+    pub upstream_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Default for GatewayConfig {
@@ -66,6 +68,7 @@ impl Default for GatewayConfig {
             header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            upstream_roots: Vec::new(),
         }
     }
 }
@@ -77,6 +80,7 @@ struct Inner {
     config: GatewayConfig,
     limiter: limit::Limiter,
     metrics: metrics::GatewayMetrics,
+    tls: rustls::ClientConfig,
 }
 
 /// The gateway; cheap to clone.
@@ -85,14 +89,36 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
-type UpstreamClient = Client<HttpConnector, UpBody>;
+type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>;
 
-/// A pooled keep-alive client to upstreams; one per worker thread.
-fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector)
+/// A pooled keep-alive client to upstreams, HTTP or HTTPS (rustls, SNI, HTTP/2 by ALPN); one
+/// per worker thread.
+fn upstream_client(tls: &rustls::ClientConfig) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https)
+}
+
+/// Upstream TLS: the webpki roots plus the configured extra CAs, ring as the crypto provider.
+fn tls_config(extra: &[rustls::pki_types::CertificateDer<'static>]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for ca in extra {
+        if let Err(e) = roots.add(ca.clone()) {
+            tracing::error!(error = %e, "an upstream CA certificate was refused");
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// Query parameters that carry credentials in other gateways; Portico refuses them.
@@ -155,6 +181,7 @@ impl Gateway {
     ) -> Self {
         Gateway {
             inner: Arc::new(Inner {
+                tls: tls_config(&config.upstream_roots),
                 snapshot,
                 pepper,
                 sink,
@@ -212,7 +239,7 @@ impl Gateway {
 
     async fn worker(self, socket: std::net::TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::from_std(socket)?;
-        let client = upstream_client();
+        let client = upstream_client(&self.inner.tls);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -407,20 +434,9 @@ impl Gateway {
             }
         };
 
-        if version.upstream.is_https() {
-            meter.respond(502);
-            return errors::bad_gateway(&format!(
-                "the upstream of API `{}` uses HTTPS, which this gateway cannot reach yet",
-                api.slug
-            ));
-        }
         let mut upstream = String::with_capacity(version.upstream.as_str().len() + target.rest.len() + 64);
         upstream.push_str(version.upstream.as_str());
-        upstream.push_str(if target.rest.is_empty() && !version.upstream.as_str()[8..].contains('/') {
-            "/"
-        } else {
-            target.rest
-        });
+        upstream.push_str(if target.rest.is_empty() && !version.upstream.has_path() { "/" } else { target.rest });
         if let Some(q) = req.uri().query() {
             upstream.push('?');
             upstream.push_str(q);

@@ -80,7 +80,12 @@ impl App {
         };
         let journal = Journal::open(&settings.data_dir.join("journal"), JOURNAL_SEGMENT_BYTES)
             .with_context(|| format!("opening the usage journal in {}", settings.data_dir.display()))?;
-        let gateway = Gateway::new(publisher.handle(), pepper.clone(), journal.clone(), GatewayConfig::default());
+        let upstream_roots = match &settings.upstream_ca_file {
+            None => Vec::new(),
+            Some(path) => read_ca_file(path)?,
+        };
+        let gateway_config = GatewayConfig { upstream_roots, ..GatewayConfig::default() };
+        let gateway = Gateway::new(publisher.handle(), pepper.clone(), journal.clone(), gateway_config);
         let state = AppState { store, pepper: Arc::new(pepper), snapshot: publisher, config: Arc::new(config) };
         Ok(App {
             state,
@@ -181,6 +186,22 @@ async fn serve_metrics(
     upkeep.abort();
 }
 
+/// The CA certificates of a PEM file; at least one, or an error that says what is wrong.
+fn read_ca_file(path: &std::path::Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading upstream_ca_file {}", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("upstream_ca_file {} is not a PEM file of certificates", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "upstream_ca_file {} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -198,4 +219,18 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bad_ca_file_says_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = format!("{:#}", super::read_ca_file(&empty).unwrap_err());
+        assert!(e.contains("holds no certificate"), "{e}");
+        let e = format!("{:#}", super::read_ca_file(&dir.path().join("missing.pem")).unwrap_err());
+        assert!(e.contains("reading upstream_ca_file"), "{e}");
+    }
 }

@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Prometheus `/metrics` listener, or `off` [default: 0.0.0.0:9464]
     #[arg(long, env = "PORTICO_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// PEM file of extra CA certificates to trust for HTTPS upstreams
+    #[arg(long, env = "PORTICO_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// Load the demo marketplace (two providers, three APIs, a consumer with a key) and run
     /// its upstream in this process.
     #[arg(long, env = "PORTICO_DEMO")]

@@ -22,6 +22,8 @@ pub struct Settings {
     pub public_api_url: Option<String>,
     /// Prometheus `/metrics` listener; `off` disables it.
     pub metrics_addr: String,
+    /// PEM file of CA certificates trusted for HTTPS upstreams, besides the webpki roots.
+    pub upstream_ca_file: Option<PathBuf>,
     pub demo: bool,
 }
 
@@ -35,6 +37,7 @@ impl Default for Settings {
             public_gateway_url: None,
             public_api_url: None,
             metrics_addr: "0.0.0.0:9464".into(),
+            upstream_ca_file: None,
             demo: false,
         }
     }
@@ -57,6 +60,8 @@ struct Overrides {
     public_api_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_ca_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     demo: bool,
 }
@@ -71,6 +76,7 @@ impl Settings {
             public_gateway_url,
             public_api_url,
             metrics_addr,
+            upstream_ca_file,
             demo,
         } = args.clone();
         let overrides = Overrides {
@@ -81,6 +87,7 @@ impl Settings {
             public_gateway_url,
             public_api_url,
             metrics_addr,
+            upstream_ca_file,
             demo,
         };
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
