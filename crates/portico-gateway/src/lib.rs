@@ -6,6 +6,7 @@
 //! Not here yet (the gateway issue): operation matching from OpenAPI, upstream pools and health
 //! checks, retries and circuit breaking, TLS, caching, CORS, request validation.
 
+pub mod cors;
 pub mod errors;
 pub mod identify;
 pub mod limit;
@@ -296,7 +297,11 @@ impl Gateway {
             .inner
             .metrics
             .for_api(slug, |s| Slug::parse(s).is_ok_and(|s| self.inner.snapshot.load().apis.contains_key(&s)));
-        let resp = self.handle(client, req, remote).await;
+        let cross_origin = req.headers().contains_key(http::header::ORIGIN);
+        let mut resp = self.handle(client, req, remote).await;
+        if cross_origin {
+            cors::allow(resp.headers_mut());
+        }
         m.record(resp.status().as_u16(), started.elapsed());
         resp
     }
@@ -349,6 +354,9 @@ impl Gateway {
         let Some(version) = api.majors.get(&target.major) else {
             return errors::not_found(&format!("API `{}` has no published version {}", api.slug, target.major));
         };
+        if let Some(resp) = cors::preflight(&req, version, target.rest) {
+            return resp;
+        }
         let operation = match version.operations.as_deref().map(|ops| ops.lookup(req.method().as_str(), target.rest)) {
             None => None,
             Some(OperationMatch::Found(name)) => Some(name),

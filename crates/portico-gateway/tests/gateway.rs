@@ -185,6 +185,31 @@ async fn the_request_path() {
     assert_eq!(v["body_len"], 1 << 20);
     assert!(v["headers"].get("authorization").is_none(), "the key in Authorization is not forwarded");
 
+    // Browsers: the preflight is answered without a key; answers carry CORS headers.
+    let (s, h, _) = f
+        .send(
+            "OPTIONS",
+            "/echo/v1/a",
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "x-api-key, content-type"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        (h["access-control-allow-origin"].to_str().unwrap(), h["access-control-allow-methods"].to_str().unwrap()),
+        ("*", "POST")
+    );
+    assert_eq!(h["access-control-allow-headers"], "x-api-key, content-type");
+    assert!(h.get("access-control-allow-credentials").is_none());
+    let (s, h, _) = f.get("/echo/v1/a", &[("x-api-key", key), ("origin", "https://app.example")]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert!(h["access-control-expose-headers"].to_str().unwrap().contains("RateLimit"));
+
     let (s, h, _) = f.get("/echo/v1/a", &[]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(problem(&h) && h.contains_key("www-authenticate"));
@@ -204,8 +229,7 @@ async fn the_request_path() {
     // (An oversized body's 413 is in bad_input.rs: sent over raw TCP, since a client that keeps
     // writing after the early answer may see the connection closed instead.)
 
-    // 4 a minute: 2 used, 2 left, then 429 with Retry-After.
-    assert_eq!(f.get("/echo/v1/a", &[("x-api-key", key)]).await.0, StatusCode::OK);
+    // 4 a minute: 3 used, 1 left, then 429 with Retry-After.
     assert_eq!(f.get("/echo/v1/a", &[("x-api-key", key)]).await.0, StatusCode::OK);
     let (s, h, v) = f.get("/echo/v1/a", &[("x-api-key", key)]).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
@@ -217,7 +241,11 @@ async fn the_request_path() {
     // Every call that reached the subscription was metered once, with its status and bytes.
     let events = f.events.0.lock().unwrap().clone();
     let statuses: Vec<u16> = events.iter().map(|e| e.status).collect();
-    assert_eq!(statuses, [200, 200, 200, 200, 429], "refusals before the subscription is known are not metered");
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429],
+        "refusals before the subscription is known, and preflights, are not metered"
+    );
     assert_eq!(events[1].bytes_in, 1 << 20);
     assert!(events[0].bytes_out > 0);
 }
