@@ -181,12 +181,38 @@ async fn journey(backend: Backend) {
     let (s, v) = app.get("/requests?from=yesterday", Some(&consumer)).await;
     assert_eq!(s, 400, "{v}");
 
+    // Analytics: the consumer's traffic by status class, the provider's top operations, CSV.
+    let (s, ts) = app.get("/analytics/usage?group_by=status_class&granularity=day", Some(&consumer)).await;
+    assert_eq!(s, 200, "{ts}");
+    let total = |ts: &Value, group: &str| -> u64 {
+        ts["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["group"] == group)
+            .flat_map(|s| s["points"].as_array().unwrap())
+            .map(|p| p["calls"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!((total(&ts, "2xx"), total(&ts, "4xx")), (5, 1), "{ts}");
+    let (s, top) = app.get("/analytics/top?group_by=operation", Some(&provider)).await;
+    assert_eq!(s, 200, "{top}");
+    assert_eq!(top["entries"][0]["group"], "getThing");
+    assert!(top["entries"][0]["p95_ms"].as_f64().is_some());
+    let r = app.http.get(app.url("/analytics/usage?format=csv")).bearer_auth(&consumer).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    assert!(r.text().await.unwrap().starts_with("group,t,calls,"));
+    let (s, v) = app.get("/analytics/usage?granularity=week", Some(&consumer)).await;
+    assert_eq!(s, 400, "{v}");
+
     // Consumer B sees nothing of consumer A's: 404 everywhere, and an empty request log.
     let other = app.signup("bo@elsewhere.example", "consumer").await;
     let (_, log) = app.get(&format!("/requests?request_id={call_id}"), Some(&other)).await;
     assert_eq!(log["items"], json!([]));
     let (_, log) = app.get("/requests", Some(&other)).await;
     assert_eq!(log["items"], json!([]));
+    let (_, ts) = app.get("/analytics/usage", Some(&other)).await;
+    assert_eq!(ts["series"], json!([]), "no analytics of others' traffic");
     let key_id = list[0]["id"].as_str().unwrap();
     for path in [
         format!("/apps/{app_id}"),

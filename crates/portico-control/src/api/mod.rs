@@ -2,6 +2,7 @@
 //! function and maps the result. The OpenAPI 3.1 document is generated from these handlers.
 
 pub mod admin;
+pub mod analytics;
 pub mod apis;
 pub mod apps;
 pub mod auth;
@@ -129,6 +130,7 @@ impl Modify for Security {
         (name = "catalog", description = "APIs, versions and plans"),
         (name = "apps", description = "Consumers' apps and API keys"),
         (name = "subscriptions", description = "Subscriptions of apps to plans, and usage"),
+        (name = "analytics", description = "Traffic over time and top-N, scoped to what you own"),
         (name = "admin", description = "Declarative configuration (platform admins)")
     )
 )]
@@ -159,6 +161,8 @@ pub fn router() -> axum::Router<AppState> {
         .routes(routes!(subscriptions::get, subscriptions::cancel))
         .routes(routes!(subscriptions::usage))
         .routes(routes!(requests::list))
+        .routes(routes!(analytics::usage))
+        .routes(routes!(analytics::top))
         .routes(routes!(admin::apply))
         .routes(routes!(admin::export))
         .split_for_parts();

@@ -4,6 +4,7 @@
 //! gateway's snapshot after the commit.
 
 pub mod accounts;
+pub mod analytics;
 pub mod apps;
 pub mod catalog;
 pub mod declarative;
