@@ -307,7 +307,12 @@ impl Gateway {
     }
 
     /// The whole request path for one call.
-    async fn handle(&self, client: &UpstreamClient, req: Request<Incoming>, remote: SocketAddr) -> Response<GwBody> {
+    async fn handle(
+        &self,
+        client: &UpstreamClient,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<GwBody> {
         let started = Instant::now();
         let inner = &self.inner;
         let path = req.uri().path();
@@ -455,6 +460,8 @@ impl Gateway {
         };
         let api_slug = api.slug.clone();
         meter.begin();
+        // WebSocket and other upgrades: forwarded, and on a 101 the two connections are joined.
+        let upgrade = proxy::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
         let traceparent = proxy::traceparent(&parts.headers);
         proxy::upstream_headers(
@@ -470,6 +477,9 @@ impl Gateway {
             },
         );
         drop(snapshot);
+        if let Some((protocol, _)) = &upgrade {
+            proxy::keep_upgrade(&mut parts.headers, protocol.clone());
+        }
         parts.uri = uri;
         let body = CountingBody::new(
             http_body_util::Limited::new(body, inner.config.max_body_bytes as usize).boxed_unsync(),
@@ -479,9 +489,25 @@ impl Gateway {
         let sent =
             tokio::time::timeout(inner.config.upstream_timeout, client.request(Request::from_parts(parts, body))).await;
         match sent {
-            Ok(Ok(resp)) => {
+            Ok(Ok(mut resp)) => {
+                let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let tunnel = match (switched, upgrade) {
+                    (true, Some((protocol, from_client))) => {
+                        Some((protocol, from_client, hyper::upgrade::on(&mut resp)))
+                    }
+                    _ => None,
+                };
                 let (mut parts, body) = resp.into_parts();
                 proxy::downstream_headers(&mut parts.headers, request_id, call_id_header);
+                if let Some((protocol, from_client, from_upstream)) = tunnel {
+                    proxy::keep_upgrade(&mut parts.headers, protocol);
+                    tokio::spawn(async move {
+                        if let (Ok(client), Ok(upstream)) = tokio::join!(from_client, from_upstream) {
+                            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        }
+                    });
+                }
                 proxy::rate_limit_headers(&mut parts.headers, &admitted);
                 meter.respond(parts.status.as_u16());
                 Response::from_parts(parts, MeteredBody::new(body.boxed_unsync(), meter).boxed_unsync())

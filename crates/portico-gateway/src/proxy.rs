@@ -35,6 +35,23 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The protocol a client asks to switch to (`Connection: upgrade` + `Upgrade: websocket`).
+pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
+    let wants = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants { h.get(header::UPGRADE).cloned() } else { None }
+}
+
+/// Puts back the two headers of an upgrade that hop-by-hop stripping removed.
+pub fn keep_upgrade(h: &mut HeaderMap, protocol: HeaderValue) {
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, protocol);
+}
+
 /// A random (v4) UUID from the thread-local CSPRNG: `Uuid::new_v4` asks the kernel each time,
 /// which shows up in the gateway's profile.
 pub fn fast_uuid() -> uuid::Uuid {

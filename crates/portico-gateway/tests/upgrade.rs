@@ -1,0 +1,132 @@
+//! Upgrades (WebSocket and the like) pass through: the gateway checks the key, forwards the
+//! upgrade, and on the upstream's 101 joins the two connections.
+
+use arc_swap::ArcSwap;
+use portico_core::api_key::{ApiKey, Pepper};
+use portico_core::ids::*;
+use portico_core::model::LifecycleState;
+use portico_core::snapshot::*;
+use portico_core::usage::DiscardUsage;
+use portico_core::values::{Slug, UpstreamUrl, VersionNumber};
+use portico_gateway::{Gateway, GatewayConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An upstream that switches to a raw echo protocol and echoes every byte back.
+async fn echo_upgrade_upstream() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !text.contains("upgrade: echo") {
+                    let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+                    return;
+                }
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_upgrade_is_tunnelled_to_the_upstream() {
+    let upstream = echo_upgrade_upstream().await;
+    let pepper = Pepper::generate();
+    let key = ApiKey::generate();
+    let (api_id, app) = (ApiId::new(), AppId::new());
+    let version = VersionRoute {
+        version_id: VersionId::new(),
+        version: VersionNumber::parse("1.0.0").unwrap(),
+        state: LifecycleState::Published,
+        upstream: UpstreamUrl::parse(&upstream).unwrap(),
+        operations: None,
+    };
+    let slug = Slug::parse("live").unwrap();
+    let snapshot = Snapshot {
+        generation: 1,
+        apis: HashMap::from([(slug.clone(), ApiRoute { api_id, slug, majors: BTreeMap::from([(1, version)]) })]),
+        keys: HashMap::from([(
+            key.hash(&pepper),
+            KeyGrant {
+                key_id: KeyId::new(),
+                hash: key.hash(&pepper),
+                app_id: app,
+                consumer_org_id: OrgId::new(),
+                consumer_slug: Slug::parse("c1").unwrap(),
+            },
+        )]),
+        subscriptions: HashMap::from([(
+            (app, api_id),
+            SubscriptionGrant {
+                subscription_id: SubscriptionId::new(),
+                plan_id: PlanId::new(),
+                plan_slug: Slug::parse("p1").unwrap(),
+                rate_limit: None,
+                monthly_quota: None,
+            },
+        )]),
+    };
+    let gw = Gateway::new(
+        Arc::new(ArcSwap::from_pointee(snapshot)),
+        pepper,
+        Arc::new(DiscardUsage),
+        GatewayConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(gw.serve(listener, std::future::pending()));
+
+    // Without a key the upgrade is refused like any call.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /live/v1/socket HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 401"));
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /live/v1/socket HTTP/1.1\r\nhost: gw\r\nx-api-key: {}\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        key.expose_secret()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "connection closed early: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for msg in [&b"ping"[..], b"hello through the tunnel"] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, msg);
+    }
+}
