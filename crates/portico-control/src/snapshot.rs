@@ -112,6 +112,7 @@ pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
             version: v.version,
             state: v.state,
             upstream: v.upstream_url,
+            policy: Arc::new(v.policy),
             operations,
         });
     }

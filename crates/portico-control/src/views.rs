@@ -150,6 +150,9 @@ pub struct VersionView {
     pub state: String,
     /// Shown to the API's provider and admins only.
     pub upstream_url: Option<String>,
+    /// Shown to the API's provider and admins only.
+    #[schema(value_type = Option<Object>)]
+    pub upstream: Option<portico_core::upstream::UpstreamPolicy>,
     pub title: String,
     pub operations: Vec<OperationView>,
     pub created_at: String,
@@ -165,6 +168,7 @@ impl VersionView {
             major: v.version.major,
             state: v.state.to_string(),
             upstream_url: show_upstream.then(|| v.upstream_url.to_string()),
+            upstream: show_upstream.then(|| v.policy.clone()),
             title: doc.as_ref().map(|d| d.title.clone()).unwrap_or_default(),
             operations: doc
                 .map(|d| {

@@ -7,6 +7,7 @@
 
 use crate::model::{LifecycleState, Pricing, Visibility};
 use crate::openapi::OpenApiDoc;
+use crate::upstream::UpstreamPolicy;
 use crate::values::{Name, RateLimit, Slug, UpstreamUrl, VersionNumber};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -55,6 +56,9 @@ pub struct VersionSpec {
     #[serde(default = "default_state")]
     pub state: LifecycleState,
     pub upstream_url: UpstreamUrl,
+    /// More targets, balancing, timeouts, retries and health checks; defaults when absent.
+    #[serde(default, skip_serializing_if = "UpstreamPolicy::is_default")]
+    pub upstream: UpstreamPolicy,
     /// The OpenAPI 3.0 or 3.1 document, inline.
     pub openapi: serde_json::Value,
 }
@@ -143,6 +147,9 @@ impl Document {
                     }
                     if let Err(e) = OpenApiDoc::parse(v.openapi.clone()) {
                         return err(format!("{at}.openapi"), e.to_string());
+                    }
+                    if let Err(e) = v.upstream.validate() {
+                        return err(format!("{at}.upstream"), e.to_string());
                     }
                 }
                 let mut plans = HashSet::new();

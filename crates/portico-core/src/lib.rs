@@ -13,6 +13,7 @@ pub mod model;
 pub mod openapi;
 pub mod operations;
 pub mod snapshot;
+pub mod upstream;
 pub mod usage;
 pub mod values;
 

@@ -5,6 +5,7 @@ use crate::api_key::KeyHash;
 use crate::ids::{ApiId, AppId, KeyId, OrgId, PlanId, SubscriptionId, VersionId};
 use crate::model::LifecycleState;
 use crate::operations::OperationRouter;
+use crate::upstream::UpstreamPolicy;
 use crate::values::{RateLimit, Slug, UpstreamUrl, VersionNumber};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct VersionRoute {
     pub upstream: UpstreamUrl,
     /// The document's operations. `None`: any path under the prefix is forwarded.
     pub operations: Option<Arc<OperationRouter>>,
+    /// Targets beyond `upstream`, balancing, timeouts, retries, health checks.
+    pub policy: Arc<UpstreamPolicy>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +88,7 @@ mod tests {
             state,
             upstream: UpstreamUrl::parse("http://127.0.0.1:1").unwrap(),
             operations: None,
+            policy: Default::default(),
         }
     }
 

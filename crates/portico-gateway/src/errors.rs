@@ -64,6 +64,12 @@ pub fn bad_gateway(detail: &str) -> Response<GwBody> {
     problem(StatusCode::BAD_GATEWAY, "bad_gateway", "Bad gateway", detail)
 }
 
+pub fn service_unavailable(detail: &str) -> Response<GwBody> {
+    let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "Service unavailable", detail);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5u64));
+    r
+}
+
 pub fn gateway_timeout(detail: &str) -> Response<GwBody> {
     problem(StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "Gateway timeout", detail)
 }

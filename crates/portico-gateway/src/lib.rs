@@ -8,16 +8,18 @@
 
 pub mod cors;
 pub mod errors;
+pub mod forward;
 pub mod identify;
 pub mod limit;
 pub mod meter;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod route;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
@@ -82,6 +84,7 @@ struct Inner {
     limiter: limit::Limiter,
     metrics: metrics::GatewayMetrics,
     tls: rustls::ClientConfig,
+    pool: pool::Pool,
 }
 
 /// The gateway; cheap to clone.
@@ -90,7 +93,7 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
-type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>;
+pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>;
 
 /// A pooled keep-alive client to upstreams, HTTP or HTTPS (rustls, SNI, HTTP/2 by ALPN); one
 /// per worker thread.
@@ -162,7 +165,7 @@ fn refused_policy(r: &limit::Refusal) -> limit::Admitted {
 }
 
 /// Whether an upstream error was our own body limit tripping.
-fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if err.is::<http_body_util::LengthLimitError>() {
@@ -189,6 +192,7 @@ impl Gateway {
                 config,
                 limiter: limit::Limiter::new(),
                 metrics: metrics::GatewayMetrics::default(),
+                pool: pool::Pool::default(),
             }),
         }
     }
@@ -447,18 +451,16 @@ impl Gateway {
             }
         };
 
-        let mut upstream = String::with_capacity(version.upstream.as_str().len() + target.rest.len() + 64);
-        upstream.push_str(version.upstream.as_str());
-        upstream.push_str(if target.rest.is_empty() && !version.upstream.has_path() { "/" } else { target.rest });
+        let mut path_and_query = String::with_capacity(target.rest.len() + 64);
+        path_and_query.push_str(target.rest);
         if let Some(q) = req.uri().query() {
-            upstream.push('?');
-            upstream.push_str(q);
+            path_and_query.push('?');
+            path_and_query.push_str(q);
         }
-        let Ok(uri) = upstream.parse::<Uri>() else {
-            meter.respond(400);
-            return errors::bad_request("the request path cannot be forwarded as given");
-        };
+        let rest_empty = target.rest.is_empty();
         let api_slug = api.slug.clone();
+        let (primary, policy) = (version.upstream.clone(), version.policy.clone());
+        let hash = pool::hash_key(&policy, req.headers(), grant.consumer_slug.as_str());
         meter.begin();
         // WebSocket and other upgrades: forwarded, and on a 101 the two connections are joined.
         let upgrade = proxy::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
@@ -480,16 +482,22 @@ impl Gateway {
         if let Some((protocol, _)) = &upgrade {
             proxy::keep_upgrade(&mut parts.headers, protocol.clone());
         }
-        parts.uri = uri;
         let body = CountingBody::new(
             http_body_util::Limited::new(body, inner.config.max_body_bytes as usize).boxed_unsync(),
             bytes_in,
         )
         .boxed_unsync();
-        let sent =
-            tokio::time::timeout(inner.config.upstream_timeout, client.request(Request::from_parts(parts, body))).await;
+        let out = forward::Outgoing {
+            method: parts.method,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+            path_and_query,
+            rest_empty,
+        };
+        let sent = forward::send(&inner.pool, client, &primary, &policy, hash, out).await;
         match sent {
-            Ok(Ok(mut resp)) => {
+            Ok(mut resp) => {
                 let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let tunnel = match (switched, upgrade) {
                     (true, Some((protocol, from_client))) => {
@@ -512,13 +520,26 @@ impl Gateway {
                 meter.respond(parts.status.as_u16());
                 Response::from_parts(parts, MeteredBody::new(body.boxed_unsync(), meter).boxed_unsync())
             }
-            Ok(Err(e)) if body_too_large(&e) => {
+            Err(forward::Failure::BodyTooLarge) => {
                 meter.respond(413);
                 errors::payload_too_large(inner.config.max_body_bytes)
             }
-            Ok(Err(e)) => {
+            Err(forward::Failure::BadPath) => {
+                meter.respond(400);
+                errors::bad_request("the request path cannot be forwarded as given")
+            }
+            Err(forward::Failure::NoTarget) => {
                 inner.metrics.upstream_errors.increment(1);
-                tracing::warn!(api = %api_slug, error = %e, "upstream request failed");
+                meter.respond(503);
+                let mut r = errors::service_unavailable(&format!(
+                    "no upstream target of API `{api_slug}` is healthy right now; retry shortly"
+                ));
+                r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
+                r
+            }
+            Err(forward::Failure::Unreachable) => {
+                inner.metrics.upstream_errors.increment(1);
+                tracing::warn!(api = %api_slug, "upstream request failed");
                 meter.respond(502);
                 let mut r = errors::bad_gateway(&format!(
                     "the upstream of API `{api_slug}` could not be reached or answered badly"
@@ -526,7 +547,7 @@ impl Gateway {
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
                 r
             }
-            Err(_) => {
+            Err(forward::Failure::Timeout) => {
                 inner.metrics.upstream_errors.increment(1);
                 tracing::warn!(api = %api_slug, "upstream timed out");
                 meter.respond(504);

@@ -85,6 +85,7 @@ async fn env(config: GatewayConfig) -> Env {
         state: LifecycleState::Published,
         upstream: UpstreamUrl::parse(&upstream).unwrap(),
         operations: None,
+        policy: Default::default(),
     };
     let slug = Slug::parse("echo").unwrap();
     let snapshot = Snapshot {

@@ -73,6 +73,7 @@ async fn fixture(upstream: &str) -> Fixture {
         state: LifecycleState::Published,
         upstream: UpstreamUrl::parse(&format!("{upstream}/base")).unwrap(),
         operations: None,
+        policy: Default::default(),
     };
     let mut apis = HashMap::new();
     apis.insert(

@@ -74,6 +74,7 @@ async fn gateway(upstream: &str, roots: Vec<CertificateDer<'static>>) -> (String
         state: LifecycleState::Published,
         upstream: UpstreamUrl::parse(upstream).unwrap(),
         operations: None,
+        policy: Default::default(),
     };
     let slug = Slug::parse("secure").unwrap();
     let snapshot = Snapshot {

@@ -63,6 +63,7 @@ async fn an_upgrade_is_tunnelled_to_the_upstream() {
         state: LifecycleState::Published,
         upstream: UpstreamUrl::parse(&upstream).unwrap(),
         operations: None,
+        policy: Default::default(),
     };
     let slug = Slug::parse("live").unwrap();
     let snapshot = Snapshot {

@@ -4,6 +4,7 @@ use crate::row::{get, parse, time, with};
 use crate::{Conn, Error, Page, Result, now_millis};
 use portico_core::ids::{ApiId, OrgId, PlanId, VersionId};
 use portico_core::model::{LifecycleState, Pricing, Visibility};
+use portico_core::upstream::UpstreamPolicy;
 use portico_core::values::{Name, Period, RateLimit, Slug, UpstreamUrl, VersionNumber};
 use sqlx::any::AnyRow;
 
@@ -147,12 +148,13 @@ pub struct ApiVersion {
     pub version: VersionNumber,
     pub state: LifecycleState,
     pub upstream_url: UpstreamUrl,
+    pub policy: UpstreamPolicy,
     pub openapi: serde_json::Value,
     pub created_at: time::OffsetDateTime,
     pub updated_at: time::OffsetDateTime,
 }
 
-const VERSION_COLS: &str = "id, api_id, version, state, upstream_url, openapi, created_at, updated_at";
+const VERSION_COLS: &str = "id, api_id, version, state, upstream_url, upstream_policy, openapi, created_at, updated_at";
 
 fn decode_version(r: &AnyRow) -> Result<ApiVersion> {
     let t = "api_versions";
@@ -162,10 +164,20 @@ fn decode_version(r: &AnyRow) -> Result<ApiVersion> {
         version: with(r, t, "version", VersionNumber::parse)?,
         state: with(r, t, "state", LifecycleState::parse)?,
         upstream_url: with(r, t, "upstream_url", UpstreamUrl::parse)?,
+        policy: match get::<Option<String>>(r, t, "upstream_policy")? {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| Error::Corrupt { table: t, message: format!("upstream_policy: {e}") })?,
+            None => UpstreamPolicy::default(),
+        },
         openapi: with(r, t, "openapi", |s| serde_json::from_str(s))?,
         created_at: time(r, t, "created_at")?,
         updated_at: time(r, t, "updated_at")?,
     })
+}
+
+/// NULL for the default policy, so the common case stores nothing.
+fn policy_json(p: &UpstreamPolicy) -> Option<String> {
+    (!p.is_default()).then(|| serde_json::to_string(p).unwrap_or_default())
 }
 
 pub async fn insert_version(
@@ -174,13 +186,14 @@ pub async fn insert_version(
     version: VersionNumber,
     state: LifecycleState,
     upstream: &UpstreamUrl,
+    policy: &UpstreamPolicy,
     openapi: &serde_json::Value,
 ) -> Result<ApiVersion> {
     let id = VersionId::new();
     let now = now_millis();
     sqlx::query(
-        "INSERT INTO api_versions (id, api_id, version, major, minor, patch, state, upstream_url, openapi, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+        "INSERT INTO api_versions (id, api_id, version, major, minor, patch, state, upstream_url, openapi, created_at, updated_at, upstream_policy) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)",
     )
     .bind(id.to_string())
     .bind(api.to_string())
@@ -192,6 +205,7 @@ pub async fn insert_version(
     .bind(upstream.as_str())
     .bind(openapi.to_string())
     .bind(now)
+    .bind(policy_json(policy))
     .execute(c)
     .await
     .map_err(Error::unique(format!("version {version} of this API")))?;
@@ -201,6 +215,7 @@ pub async fn insert_version(
         version,
         state,
         upstream_url: upstream.clone(),
+        policy: policy.clone(),
         openapi: openapi.clone(),
         created_at: crate::from_millis(now),
         updated_at: crate::from_millis(now),
@@ -212,13 +227,15 @@ pub async fn update_version(
     id: VersionId,
     state: LifecycleState,
     upstream: &UpstreamUrl,
+    policy: &UpstreamPolicy,
     openapi: &serde_json::Value,
 ) -> Result<()> {
-    sqlx::query("UPDATE api_versions SET state = $1, upstream_url = $2, openapi = $3, updated_at = $4 WHERE id = $5")
+    sqlx::query("UPDATE api_versions SET state = $1, upstream_url = $2, openapi = $3, updated_at = $4, upstream_policy = $5 WHERE id = $6")
         .bind(state.as_str())
         .bind(upstream.as_str())
         .bind(openapi.to_string())
         .bind(now_millis())
+        .bind(policy_json(policy))
         .bind(id.to_string())
         .execute(c)
         .await?;

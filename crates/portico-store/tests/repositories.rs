@@ -4,6 +4,7 @@
 use portico_core::api_key::{ApiKey, Pepper};
 use portico_core::ids::SubscriptionId;
 use portico_core::model::{LifecycleState, MemberRole, OrgKind, Pricing, Visibility};
+use portico_core::upstream::{Balance, UpstreamPolicy};
 use portico_core::values::{Email, Name, Period, RateLimit, Slug, UpstreamUrl, VersionNumber};
 use portico_store::catalog::{ApiFields, PlanFields};
 use portico_store::usage::DailyUsage;
@@ -57,10 +58,17 @@ async fn exercise(store: &Store) {
     assert_eq!(catalog::api_by_slug(&mut c, "weather").await.unwrap().unwrap().fields, fields);
     let doc = serde_json::json!({"openapi": "3.1.0"});
     let up = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
+    let policy = UpstreamPolicy {
+        targets: vec![UpstreamUrl::parse("http://127.0.0.1:9001").unwrap()],
+        balance: Balance::LeastRequests,
+        retries: 2,
+        ..Default::default()
+    };
     for (v, st) in
         [("1.0.0", LifecycleState::Published), ("1.1.0", LifecycleState::Draft), ("2.0.0", LifecycleState::Published)]
     {
-        catalog::insert_version(&mut c, api.id, VersionNumber::parse(v).unwrap(), st, &up, &doc).await.unwrap();
+        let p = if v == "2.0.0" { policy.clone() } else { UpstreamPolicy::default() };
+        catalog::insert_version(&mut c, api.id, VersionNumber::parse(v).unwrap(), st, &up, &p, &doc).await.unwrap();
     }
     assert!(matches!(
         catalog::insert_version(
@@ -69,6 +77,7 @@ async fn exercise(store: &Store) {
             VersionNumber::parse("1.0.0").unwrap(),
             LifecycleState::Draft,
             &up,
+            &UpstreamPolicy::default(),
             &doc
         )
         .await,
@@ -76,6 +85,7 @@ async fn exercise(store: &Store) {
     ));
     let vs = catalog::versions(&mut c, api.id).await.unwrap();
     assert_eq!(vs.iter().map(|v| v.version.to_string()).collect::<Vec<_>>(), ["2.0.0", "1.1.0", "1.0.0"]);
+    assert_eq!((&vs[0].policy, vs[1].policy.is_default()), (&policy, true), "the upstream policy round-trips");
     assert_eq!(catalog::all_serving_versions(&mut c).await.unwrap().len(), 2);
     // The public catalog shows APIs with a serving version.
     assert_eq!(

@@ -8,6 +8,7 @@ use crate::views::{ApiDetail, ApiView, PlanView, VersionView};
 use portico_core::ids::OrgId;
 use portico_core::model::{LifecycleState, OrgKind, Pricing, Visibility};
 use portico_core::openapi::OpenApiDoc;
+use portico_core::upstream::UpstreamPolicy;
 use portico_core::values::{Name, RateLimit, Slug, UpstreamUrl, VersionNumber};
 use portico_store::catalog::{self, Api, ApiFields, ApiScope, PlanFields};
 use portico_store::{Page, orgs};
@@ -53,6 +54,10 @@ pub struct CreateVersion {
     pub version: VersionNumber,
     #[schema(value_type = String, example = "https://api.example.com/v1")]
     pub upstream_url: UpstreamUrl,
+    /// More targets, balancing, timeouts, retries, health checks (defaults when absent).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub upstream: Option<UpstreamPolicy>,
     /// The OpenAPI 3.0 or 3.1 document (JSON).
     #[schema(value_type = Object)]
     pub openapi: serde_json::Value,
@@ -69,6 +74,8 @@ pub struct UpdateVersion {
     pub state: Option<LifecycleState>,
     #[schema(value_type = Option<String>)]
     pub upstream_url: Option<UpstreamUrl>,
+    #[schema(value_type = Option<Object>)]
+    pub upstream: Option<UpstreamPolicy>,
     #[schema(value_type = Option<Object>)]
     pub openapi: Option<serde_json::Value>,
 }
@@ -261,12 +268,17 @@ pub async fn list_versions(state: &AppState, who: Option<&Principal>, slug: &str
 pub async fn create_version(state: &AppState, who: &Principal, slug: &str, req: CreateVersion) -> Result<VersionView> {
     let api = managed_api(state, who, slug).await?;
     OpenApiDoc::parse(req.openapi.clone())?;
+    if let Some(p) = &req.upstream {
+        p.validate()?;
+    }
     let stateval = req.state.unwrap_or(LifecycleState::Draft);
     if !matches!(stateval, LifecycleState::Draft | LifecycleState::Published) {
         return Err(Error::Invalid("a new version starts as `draft` or `published`".into()));
     }
     let mut tx = state.store.begin().await?;
-    let v = catalog::insert_version(&mut tx, api.id, req.version, stateval, &req.upstream_url, &req.openapi).await?;
+    let policy = req.upstream.unwrap_or_default();
+    let v = catalog::insert_version(&mut tx, api.id, req.version, stateval, &req.upstream_url, &policy, &req.openapi)
+        .await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
@@ -330,12 +342,16 @@ pub async fn update_version(
     if let Some(u) = req.upstream_url {
         v.upstream_url = u;
     }
+    if let Some(p) = req.upstream {
+        p.validate()?;
+        v.policy = p;
+    }
     if let Some(doc) = req.openapi {
         OpenApiDoc::parse(doc.clone())?;
         v.openapi = doc;
     }
     let mut tx = state.store.begin().await?;
-    catalog::update_version(&mut tx, v.id, v.state, &v.upstream_url, &v.openapi).await?;
+    catalog::update_version(&mut tx, v.id, v.state, &v.upstream_url, &v.policy, &v.openapi).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;

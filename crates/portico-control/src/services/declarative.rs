@@ -159,16 +159,20 @@ async fn apply_provider(c: &mut Conn, p: &ProviderSpec, out: &mut Vec<Change>) -
                     if e.upstream_url != v.upstream_url {
                         diff.push("upstream_url")
                     }
+                    if e.policy != v.upstream {
+                        diff.push("upstream")
+                    }
                     if e.openapi != v.openapi {
                         diff.push("openapi")
                     }
                     if !diff.is_empty() {
-                        catalog::update_version(c, e.id, v.state, &v.upstream_url, &v.openapi).await?;
+                        catalog::update_version(c, e.id, v.state, &v.upstream_url, &v.upstream, &v.openapi).await?;
                         out.push(change("update", "version", name, diff));
                     }
                 }
                 None => {
-                    catalog::insert_version(c, api.id, v.version, v.state, &v.upstream_url, &v.openapi).await?;
+                    catalog::insert_version(c, api.id, v.version, v.state, &v.upstream_url, &v.upstream, &v.openapi)
+                        .await?;
                     out.push(change("create", "version", name, vec![]));
                 }
             }
@@ -280,6 +284,7 @@ pub async fn export(state: &AppState, who: &Principal) -> Result<Document> {
                     version: v.version,
                     state: v.state,
                     upstream_url: v.upstream_url,
+                    upstream: v.policy,
                     openapi: v.openapi,
                 })
                 .collect();

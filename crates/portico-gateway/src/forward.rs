@@ -1,0 +1,130 @@
+//! Sending a call to its upstream pool: choose a target, send with the version's response
+//! timeout, feed the target's breaker, and retry an idempotent call without a body on another
+//! target (within the retry budget, with a short backoff) when a target fails.
+
+use crate::pool::{self, Pool};
+use crate::{UpBody, UpstreamClient};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
+use portico_core::upstream::UpstreamPolicy;
+use portico_core::values::UpstreamUrl;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub enum Failure {
+    /// Our own body limit tripped while the body streamed.
+    BodyTooLarge,
+    /// No target is available (all unhealthy or their breakers open).
+    NoTarget,
+    Unreachable,
+    Timeout,
+    /// The path could not be joined to a target's URL.
+    BadPath,
+}
+
+/// What the upstream request is made of.
+pub struct Outgoing {
+    pub method: Method,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: UpBody,
+    /// The path after `/v{major}` plus `?query`.
+    pub path_and_query: String,
+    /// Empty path after the prefix.
+    pub rest_empty: bool,
+}
+
+fn uri_for(base: &UpstreamUrl, out: &Outgoing) -> Option<Uri> {
+    let mut s = String::with_capacity(base.as_str().len() + out.path_and_query.len() + 1);
+    s.push_str(base.as_str());
+    if out.rest_empty && !base.has_path() {
+        s.push('/');
+    }
+    s.push_str(&out.path_and_query);
+    s.parse().ok()
+}
+
+fn empty() -> UpBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+}
+
+fn retryable_status(s: StatusCode) -> bool {
+    matches!(s, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
+}
+
+pub async fn send(
+    pool: &Pool,
+    client: &UpstreamClient,
+    primary: &UpstreamUrl,
+    policy: &UpstreamPolicy,
+    hash: u64,
+    mut out: Outgoing,
+) -> Result<Response<Incoming>, Failure> {
+    pool.deposit();
+    let can_retry = policy.retries > 0 && idempotent(&out.method) && out.body.is_end_stream();
+    let timeout = Duration::from_millis(u64::from(policy.response_timeout_ms));
+    let mut body = Some(std::mem::replace(&mut out.body, empty()));
+    let mut tried = 0u64;
+    let mut last = Failure::NoTarget;
+    // An unwell answer (502/503/504) kept in case no other target does better.
+    let mut fallback: Option<Response<Incoming>> = None;
+    for attempt in 0..=u32::from(policy.retries) {
+        if attempt > 0 {
+            if !can_retry || !pool.withdraw() {
+                break;
+            }
+            let backoff = 10u64 << attempt.min(4);
+            tokio::time::sleep(Duration::from_millis(backoff + rand::random_range(0..=backoff))).await;
+        }
+        let Some((i, state)) = pool.choose(primary, policy, hash, tried) else {
+            break;
+        };
+        tried |= 1 << i;
+        let Some(uri) = uri_for(pool::target(primary, policy, i), &out) else {
+            return Err(Failure::BadPath);
+        };
+        let mut req = Request::new(body.take().unwrap_or_else(empty));
+        *req.method_mut() = out.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = out.version;
+        *req.headers_mut() = if can_retry { out.headers.clone() } else { std::mem::take(&mut out.headers) };
+        state.inflight.fetch_add(1, Ordering::Relaxed);
+        let sent = tokio::time::timeout(timeout, client.request(req)).await;
+        state.inflight.fetch_sub(1, Ordering::Relaxed);
+        match sent {
+            Ok(Ok(resp)) if retryable_status(resp.status()) && can_retry && attempt < u32::from(policy.retries) => {
+                state.failure();
+                fallback = Some(resp);
+            }
+            Ok(Ok(resp)) => {
+                if retryable_status(resp.status()) {
+                    state.failure();
+                } else {
+                    state.success();
+                }
+                return Ok(resp);
+            }
+            Ok(Err(e)) if crate::body_too_large(&e) => return Err(Failure::BodyTooLarge),
+            Ok(Err(e)) => {
+                if state.failure() {
+                    tracing::warn!(target = %pool::target(primary, policy, i), "upstream target's circuit breaker opened");
+                }
+                tracing::debug!(error = %e, "upstream attempt failed");
+                last = Failure::Unreachable;
+            }
+            Err(_) => {
+                state.failure();
+                last = Failure::Timeout;
+            }
+        }
+    }
+    match fallback {
+        Some(resp) => Ok(resp),
+        None => Err(last),
+    }
+}

@@ -1,0 +1,222 @@
+//! Upstream pools: calls spread over targets, a dead target's idempotent calls are retried on
+//! a live one, its breaker opens, a hanging target times out per the version's policy, and
+//! with no target left the gateway answers 503.
+
+use arc_swap::ArcSwap;
+use portico_core::api_key::{ApiKey, Pepper};
+use portico_core::ids::*;
+use portico_core::model::LifecycleState;
+use portico_core::snapshot::*;
+use portico_core::upstream::{Balance, UpstreamPolicy};
+use portico_core::usage::DiscardUsage;
+use portico_core::values::{Slug, UpstreamUrl, VersionNumber};
+use portico_gateway::{Gateway, GatewayConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A target that answers 200 with its name, counting calls.
+async fn target(name: &'static str) -> (String, Arc<AtomicU64>) {
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    let app = axum_like(name, h).await;
+    (app, hits)
+}
+
+async fn axum_like(name: &'static str, hits: Arc<AtomicU64>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut pending = Vec::new();
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length: ").and_then(|v| v.trim().parse::<usize>().ok())
+                            })
+                            .unwrap_or(0);
+                        if pending.len() < end + 4 + len {
+                            break;
+                        }
+                        pending.drain(..end + 4 + len);
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}", name.len());
+                        let _ = s.write_all(resp.as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// A port where nothing listens.
+async fn dead() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    url
+}
+
+/// A target that accepts and never answers.
+async fn hanging() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            held.push(s);
+        }
+    });
+    url
+}
+
+async fn gateway(primary: &str, policy: UpstreamPolicy) -> (String, String) {
+    let pepper = Pepper::generate();
+    let key = ApiKey::generate();
+    let (api_id, app) = (ApiId::new(), AppId::new());
+    let version = VersionRoute {
+        version_id: VersionId::new(),
+        version: VersionNumber::parse("1.0.0").unwrap(),
+        state: LifecycleState::Published,
+        upstream: UpstreamUrl::parse(primary).unwrap(),
+        operations: None,
+        policy: Arc::new(policy),
+    };
+    let slug = Slug::parse("pooled").unwrap();
+    let snapshot = Snapshot {
+        generation: 1,
+        apis: HashMap::from([(slug.clone(), ApiRoute { api_id, slug, majors: BTreeMap::from([(1, version)]) })]),
+        keys: HashMap::from([(
+            key.hash(&pepper),
+            KeyGrant {
+                key_id: KeyId::new(),
+                hash: key.hash(&pepper),
+                app_id: app,
+                consumer_org_id: OrgId::new(),
+                consumer_slug: Slug::parse("c1").unwrap(),
+            },
+        )]),
+        subscriptions: HashMap::from([(
+            (app, api_id),
+            SubscriptionGrant {
+                subscription_id: SubscriptionId::new(),
+                plan_id: PlanId::new(),
+                plan_slug: Slug::parse("p1").unwrap(),
+                rate_limit: None,
+                monthly_quota: None,
+            },
+        )]),
+    };
+    let gw = Gateway::new(
+        Arc::new(ArcSwap::from_pointee(snapshot)),
+        pepper,
+        Arc::new(DiscardUsage),
+        GatewayConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/pooled/v1/x", listener.local_addr().unwrap());
+    tokio::spawn(gw.serve(listener, std::future::pending()));
+    (base, key.expose_secret().to_owned())
+}
+
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn url(u: &str) -> UpstreamUrl {
+    UpstreamUrl::parse(u).unwrap()
+}
+
+#[tokio::test]
+async fn round_robin_spreads_calls() {
+    let ((a, ha), (b, hb)) = (target("a").await, target("b").await);
+    let (gw, key) = gateway(&a, UpstreamPolicy { targets: vec![url(&b)], ..Default::default() }).await;
+    let http = http();
+    for _ in 0..20 {
+        assert_eq!(http.get(&gw).header("x-api-key", &key).send().await.unwrap().status(), 200);
+    }
+    assert_eq!((ha.load(Ordering::SeqCst), hb.load(Ordering::SeqCst)), (10, 10));
+}
+
+#[tokio::test]
+async fn a_dead_target_is_retried_around_then_ejected() {
+    let ((live, hits), down) = (target("live").await, dead().await);
+    let policy = UpstreamPolicy { targets: vec![url(&live)], retries: 2, ..Default::default() };
+    let (gw, key) = gateway(&down, policy).await;
+    let http = http();
+    // Idempotent calls: every one succeeds, retried on the live target when needed.
+    for _ in 0..20 {
+        let r = http.get(&gw).header("x-api-key", &key).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "live");
+    }
+    // A POST is never retried; but the dead target's breaker is open by now, so it is skipped.
+    for _ in 0..10 {
+        let r = http.post(&gw).header("x-api-key", &key).body("data").send().await.unwrap();
+        assert_eq!(r.status(), 200, "the open breaker keeps calls off the dead target");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 30);
+}
+
+#[tokio::test]
+async fn a_post_to_a_dead_target_is_not_retried() {
+    let down = dead().await;
+    let (gw, key) = gateway(&down, UpstreamPolicy { retries: 3, ..Default::default() }).await;
+    let r = http().post(&gw).header("x-api-key", &key).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 502);
+}
+
+#[tokio::test]
+async fn the_versions_timeout_applies_and_no_target_left_is_a_503() {
+    let slow = hanging().await;
+    let (gw, key) = gateway(&slow, UpstreamPolicy { response_timeout_ms: 300, ..Default::default() }).await;
+    let http = http();
+    let t = Instant::now();
+    let r = http.get(&gw).header("x-api-key", &key).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(t.elapsed() < Duration::from_secs(5));
+
+    let down = dead().await;
+    let (gw, key) = gateway(&down, UpstreamPolicy::default()).await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(http.get(&gw).header("x-api-key", &key).send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(&statuses[..5], &[502; 5]);
+    assert_eq!(&statuses[5..], &[503; 3], "after 5 failures the breaker is open: no target left");
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_a_consumer_on_one_target() {
+    let ((a, ha), (b, hb)) = (target("a").await, target("b").await);
+    let policy = UpstreamPolicy {
+        targets: vec![url(&b)],
+        balance: Balance::ConsistentHash,
+        hash_header: Some("x-user".into()),
+        ..Default::default()
+    };
+    let (gw, key) = gateway(&a, policy).await;
+    let http = http();
+    for _ in 0..10 {
+        http.get(&gw).header("x-api-key", &key).header("x-user", "ada").send().await.unwrap();
+    }
+    let (na, nb) = (ha.load(Ordering::SeqCst), hb.load(Ordering::SeqCst));
+    assert!((na, nb) == (10, 0) || (na, nb) == (0, 10), "{na} {nb}");
+}
