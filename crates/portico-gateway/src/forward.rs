@@ -44,7 +44,7 @@ fn uri_for(base: &UpstreamUrl, out: &Outgoing) -> Option<Uri> {
     s.parse().ok()
 }
 
-fn empty() -> UpBody {
+pub(crate) fn empty() -> UpBody {
     use http_body_util::BodyExt;
     http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
 }

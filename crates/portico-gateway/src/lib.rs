@@ -9,6 +9,7 @@
 pub mod cors;
 pub mod errors;
 pub mod forward;
+mod health;
 pub mod identify;
 pub mod limit;
 pub mod meter;
@@ -97,7 +98,7 @@ pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnect
 
 /// A pooled keep-alive client to upstreams, HTTP or HTTPS (rustls, SNI, HTTP/2 by ALPN); one
 /// per worker thread.
-fn upstream_client(tls: &rustls::ClientConfig) -> UpstreamClient {
+pub(crate) fn upstream_client(tls: &rustls::ClientConfig) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -234,8 +235,10 @@ impl Gateway {
             })?;
         }
         drop(listener);
+        let health = tokio::spawn(health::run(self.clone(), stop_rx.clone()));
         shutdown.await;
         let _ = stop_tx.send(true);
+        let _ = health.await;
         for done in finished {
             let _ = done.await;
         }

@@ -220,3 +220,81 @@ async fn consistent_hashing_keeps_a_consumer_on_one_target() {
     let (na, nb) = (ha.load(Ordering::SeqCst), hb.load(Ordering::SeqCst));
     assert!((na, nb) == (10, 0) || (na, nb) == (0, 10), "{na} {nb}");
 }
+
+/// A target whose `/health` answers 200 or 503 as the test says.
+async fn checkable(name: &'static str, healthy: Arc<std::sync::atomic::AtomicBool>, hits: Arc<AtomicU64>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let (healthy, hits) = (healthy.clone(), hits.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut pending = Vec::new();
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..end]).to_string();
+                        pending.drain(..end + 4);
+                        let resp = if head.starts_with("GET /health ") {
+                            if healthy.load(Ordering::SeqCst) {
+                                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_string()
+                            } else {
+                                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_string()
+                            }
+                        } else {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}", name.len())
+                        };
+                        let _ = s.write_all(resp.as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_unhealthy_target_leaves_the_rotation_and_comes_back() {
+    use portico_core::upstream::HealthCheck;
+    use std::sync::atomic::AtomicBool;
+    let (a_ok, b_ok) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true)));
+    let (ha, hb) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let a = checkable("a", a_ok.clone(), ha.clone()).await;
+    let b = checkable("b", b_ok.clone(), hb.clone()).await;
+    let hc = HealthCheck { path: "/health".into(), interval_secs: 1, healthy_threshold: 1, unhealthy_threshold: 1 };
+    let (gw, key) =
+        gateway(&a, UpstreamPolicy { targets: vec![url(&b)], health_check: Some(hc), ..Default::default() }).await;
+    let http = http();
+
+    b_ok.store(false, Ordering::SeqCst);
+    // Within a few check intervals, b gets no more calls.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = hb.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            assert_eq!(http.get(&gw).header("x-api-key", &key).send().await.unwrap().status(), 200);
+        }
+        if hb.load(Ordering::SeqCst) == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the unhealthy target kept getting calls");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Healthy again: it is back in rotation.
+    b_ok.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = hb.load(Ordering::SeqCst);
+    while hb.load(Ordering::SeqCst) == before {
+        assert_eq!(http.get(&gw).header("x-api-key", &key).send().await.unwrap().status(), 200);
+        assert!(Instant::now() < deadline, "the recovered target never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ha.load(Ordering::SeqCst) > 0);
+}
