@@ -126,6 +126,11 @@ impl Pool {
         hash: u64,
         tried: u64,
     ) -> Option<(usize, Arc<TargetState>)> {
+        if policy.targets.is_empty() {
+            // One target: no choice to make.
+            let state = self.state(primary);
+            return state.available().then_some((0, state));
+        }
         let n = 1 + policy.targets.len();
         let all: Vec<(usize, Arc<TargetState>)> =
             (0..n).map(|i| (i, self.state(target(primary, policy, i)))).filter(|(_, s)| s.available()).collect();

@@ -165,8 +165,9 @@ impl Shipper {
         let mut rows: HashMap<(SubscriptionId, String), DailyUsage> = HashMap::new();
         let run = async {
             let mut tx = self.store.begin().await?;
+            let new = portico_store::usage::insert_calls(&mut tx, calls).await?;
             for c in calls {
-                if portico_store::usage::insert_call(&mut tx, c).await? {
+                if new.contains(&c.request_id) {
                     aggregate(&mut rows, c);
                     if c.orphaned {
                         out.orphaned += 1;

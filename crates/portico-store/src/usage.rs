@@ -118,32 +118,47 @@ pub struct CallRecord {
     pub orphaned: bool,
 }
 
-/// Inserts the call unless its request id is already stored; returns whether it was new.
-/// Callers add a call to the aggregates only when it was new, in the same transaction: that is
-/// what makes shipping idempotent.
-pub async fn insert_call(c: &mut Conn, r: &CallRecord) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO usage_events (request_id, at, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, operation, \
-         status, latency_micros, bytes_in, bytes_out, orphaned) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-         ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(r.request_id.to_string())
-    .bind(r.at_millis)
-    .bind(r.subscription_id.to_string())
-    .bind(r.api_id.to_string())
-    .bind(r.version_id.to_string())
-    .bind(r.app_id.to_string())
-    .bind(r.consumer_org_id.to_string())
-    .bind(r.plan_id.to_string())
-    .bind(r.operation.clone())
-    .bind(r.status)
-    .bind(r.latency_micros)
-    .bind(r.bytes_in)
-    .bind(r.bytes_out)
-    .bind(i64::from(r.orphaned))
-    .execute(c)
-    .await?;
-    Ok(done.rows_affected() == 1)
+/// Inserts many calls with one statement per 500, skipping request ids already stored, and
+/// returns the ids that were new: callers add to the aggregates only those, in the same
+/// transaction, which is what makes shipping idempotent.
+pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<std::collections::HashSet<uuid::Uuid>> {
+    const COLS: usize = 14;
+    let mut new = std::collections::HashSet::with_capacity(calls.len());
+    for chunk in calls.chunks(500) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let marks: Vec<String> = (1..=COLS).map(|k| format!("${}", r * COLS + k)).collect();
+                format!("({})", marks.join(", "))
+            })
+            .collect();
+        let q = format!(
+            "INSERT INTO usage_events (request_id, at, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, operation, \
+             status, latency_micros, bytes_in, bytes_out, orphaned) VALUES {} ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        for r in chunk {
+            query = query
+                .bind(r.request_id.to_string())
+                .bind(r.at_millis)
+                .bind(r.subscription_id.to_string())
+                .bind(r.api_id.to_string())
+                .bind(r.version_id.to_string())
+                .bind(r.app_id.to_string())
+                .bind(r.consumer_org_id.to_string())
+                .bind(r.plan_id.to_string())
+                .bind(r.operation.clone())
+                .bind(r.status)
+                .bind(r.latency_micros)
+                .bind(r.bytes_in)
+                .bind(r.bytes_out)
+                .bind(i64::from(r.orphaned));
+        }
+        for row in query.fetch_all(&mut *c).await? {
+            new.insert(parse(&row, "usage_events", "request_id")?);
+        }
+    }
+    Ok(new)
 }
 
 /// The stored calls of a subscription: (request id, orphaned), oldest first.
