@@ -1,11 +1,22 @@
-//! `portico-gateway` is Portico's data plane: a hyper 1 server that takes a consumer's call
-//! through route → screen → identify → entitle → limit → proxy → meter, reading only an
-//! immutable [`Snapshot`] swapped in by the control plane. It never touches the store; usage
-//! goes to a [`UsageSink`] that the binary wires in.
+//! `portico-gateway` is Portico's data plane: a hyper 1 server (HTTP/1.1 and h2c) that takes a
+//! consumer's call through route → screen → identify → entitle → limit → proxy → meter, reading
+//! only an immutable [`Snapshot`] that the control plane swaps in through an `ArcSwap`.
 //!
-//! Not here yet (the gateway issue): operation matching from OpenAPI, upstream pools and health
-//! checks, retries and circuit breaking, TLS, caching, CORS, request validation.
+//! It is **not** a control plane: it never touches the store or a database, and it makes no
+//! decision the snapshot does not encode. Usage goes to a [`UsageSink`] that the binary wires
+//! in; the sink must not block. Every answer the gateway makes itself is
+//! `application/problem+json` from [`errors`].
+//!
+//! Code map: [`route`] (path → API, major, rest), [`screen`] (checks before any lookup),
+//! [`identify`] (API key → grant), [`limit`] (GCRA rate limit and monthly quota per
+//! subscription), [`proxy`] (header rewriting), [`forward`] and [`pool`] (upstream targets,
+//! timeouts, retries, breakers, health checks), [`meter`] (byte counting and the usage event),
+//! [`cors`], [`metrics`]; `serve` runs the listener.
+//!
+//! Not here yet: bearer tokens (JWT), operation-level policies, response caching, request
+//! validation against the API's document, a shared (Redis) limiter across gateway replicas.
 
+mod client;
 pub mod cors;
 pub mod errors;
 pub mod forward;
@@ -17,6 +28,8 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod route;
+pub mod screen;
+mod serve;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -24,11 +37,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use identify::{Credential, KeyError};
 use meter::{CountingBody, Meter, MeteredBody};
 use portico_core::api_key::Pepper;
@@ -36,12 +45,14 @@ use portico_core::operations::OperationMatch;
 use portico_core::snapshot::Snapshot;
 use portico_core::usage::{UsageEvent, UsageSink};
 use portico_core::values::Slug;
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
+
+pub(crate) use client::{UpstreamClient, upstream_client};
+pub(crate) use screen::body_too_large;
+use screen::{key_in_query, smuggling};
 
 /// Every body the gateway sends: streamed from the upstream or made by the gateway.
 pub type GwBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -94,65 +105,6 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
-pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>;
-
-/// A pooled keep-alive client to upstreams, HTTP or HTTPS (rustls, SNI, HTTP/2 by ALPN); one
-/// per worker thread.
-pub(crate) fn upstream_client(tls: &rustls::ClientConfig) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls.clone())
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https)
-}
-
-/// Upstream TLS: the webpki roots plus the configured extra CAs, ring as the crypto provider.
-fn tls_config(extra: &[rustls::pki_types::CertificateDer<'static>]) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    for ca in extra {
-        if let Err(e) = roots.add(ca.clone()) {
-            tracing::error!(error = %e, "an upstream CA certificate was refused");
-        }
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
-
-/// Query parameters that carry credentials in other gateways; Portico refuses them.
-const KEY_PARAMS: [&str; 5] = ["api_key", "apikey", "key", "access_token", "api-key"];
-
-fn key_in_query(query: Option<&str>) -> bool {
-    query.is_some_and(|q| {
-        q.split('&').any(|pair| {
-            let name = pair.split('=').next().unwrap_or_default();
-            KEY_PARAMS.iter().any(|k| name.eq_ignore_ascii_case(k))
-        })
-    })
-}
-
-/// Framing that front and back ends may read differently (request smuggling) is refused.
-fn smuggling(h: &http::HeaderMap) -> Option<&'static str> {
-    let lengths = h.get_all(http::header::CONTENT_LENGTH);
-    let mut values = lengths.iter();
-    if let Some(first) = values.next()
-        && values.any(|v| v != first)
-    {
-        return Some("the request has two different Content-Length values");
-    }
-    if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH) {
-        return Some("the request has both Content-Length and Transfer-Encoding; send one");
-    }
-    None
-}
-
 /// The `RateLimit` state to report on a refusal: the exhausted policy, nothing left.
 fn refused_policy(r: &limit::Refusal) -> limit::Admitted {
     match r {
@@ -165,18 +117,6 @@ fn refused_policy(r: &limit::Refusal) -> limit::Admitted {
     }
 }
 
-/// Whether an upstream error was our own body limit tripping.
-pub(crate) fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
 impl Gateway {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
@@ -186,7 +126,7 @@ impl Gateway {
     ) -> Self {
         Gateway {
             inner: Arc::new(Inner {
-                tls: tls_config(&config.upstream_roots),
+                tls: client::tls_config(&config.upstream_roots),
                 snapshot,
                 pepper,
                 sink,
@@ -196,99 +136,6 @@ impl Gateway {
                 pool: pool::Pool::default(),
             }),
         }
-    }
-
-    /// Serves connections until `shutdown` resolves; then stops accepting and lets in-flight
-    /// connections finish (up to the drain timeout).
-    ///
-    /// Like nginx's workers, each of `config.workers` threads runs its own single-threaded
-    /// runtime, accepts from the shared socket and keeps its own upstream connection pool, so a
-    /// call is served start to end on one thread without cross-thread wake-ups.
-    pub async fn serve(
-        self,
-        listener: tokio::net::TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let listener = listener.into_std()?;
-        listener.set_nonblocking(true)?;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut finished = Vec::new();
-        for i in 0..self.inner.config.workers.max(1) {
-            let socket = listener.try_clone()?;
-            let gw = self.clone();
-            let mut stop = stop_rx.clone();
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-            finished.push(done_rx);
-            std::thread::Builder::new().name(format!("portico-gw-{i}")).spawn(move || {
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt.block_on(async move {
-                        let stopped = async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        };
-                        if let Err(e) = gw.worker(socket, stopped).await {
-                            tracing::error!(error = %e, "gateway worker failed");
-                        }
-                    }),
-                    Err(e) => tracing::error!(error = %e, "could not start a gateway worker"),
-                }
-                let _ = done_tx.send(());
-            })?;
-        }
-        drop(listener);
-        let health = tokio::spawn(health::run(self.clone(), stop_rx.clone()));
-        shutdown.await;
-        let _ = stop_tx.send(true);
-        let _ = health.await;
-        for done in finished {
-            let _ = done.await;
-        }
-        Ok(())
-    }
-
-    async fn worker(self, socket: std::net::TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::from_std(socket)?;
-        let client = upstream_client(&self.inner.tls);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.inner.config.header_read_timeout)
-            .max_buf_size(64 * 1024);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, remote) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let (gw, client) = (self.clone(), client.clone());
-                    let svc = service_fn(move |req| {
-                        let (gw, client) = (gw.clone(), client.clone());
-                        async move { Ok::<_, Infallible>(gw.handle_measured(&client, req, remote).await) }
-                    });
-                    let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                _ = &mut shutdown => break,
-            }
-        }
-        drop(listener);
-        tokio::select! {
-            _ = graceful.shutdown() => {}
-            _ = tokio::time::sleep(self.inner.config.drain_timeout) => tracing::warn!("drain timeout: closing the remaining gateway connections"),
-        }
-        Ok(())
     }
 
     /// [`Gateway::handle`], counted in the metrics by API and status class.
@@ -405,7 +252,7 @@ impl Gateway {
 
         let request_id = proxy::request_id(req.headers());
         // Portico's own id of the call: the metering key, never taken from the client.
-        let call_id = proxy::fast_uuid();
+        let call_id = proxy::call_uuid();
         let call_id_header =
             http::HeaderValue::from_str(&call_id.to_string()).unwrap_or(http::HeaderValue::from_static("-"));
         let bytes_in = Arc::new(AtomicU64::new(0));
@@ -560,16 +407,5 @@ impl Gateway {
                 r
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn keys_in_the_query_are_spotted() {
-        assert!(super::key_in_query(Some("a=1&api_key=ptc_x")));
-        assert!(super::key_in_query(Some("APIKEY=x")));
-        assert!(!super::key_in_query(Some("keyword=x&monkey=1")));
-        assert!(!super::key_in_query(None));
     }
 }

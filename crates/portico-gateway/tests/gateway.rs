@@ -156,6 +156,8 @@ async fn the_request_path() {
 
     let (s, _, v) = f.get("/readyz", &[]).await;
     assert_eq!((s, v["generation"].as_u64()), (StatusCode::OK, Some(7)));
+    let (s, _, v) = f.get("/healthz", &[]).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));
 
     let (s, h, v) =
         f.get("/echo/v1/a/b?x=1", &[("x-api-key", key), ("x-portico-plan", "forged"), ("x-request-id", "rid-1")]).await;
@@ -215,13 +217,26 @@ async fn the_request_path() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(problem(&h) && h.contains_key("www-authenticate"));
     assert_eq!(f.get("/echo/v1/a", &[("x-api-key", "ptc_short")]).await.0, StatusCode::UNAUTHORIZED);
+    // The right shape with a broken checksum: refused (without a lookup).
+    let mut mistyped = key.to_owned().into_bytes();
+    mistyped[10] = if mistyped[10] == b'a' { b'b' } else { b'a' };
+    let mistyped = String::from_utf8(mistyped).unwrap();
+    let (s, h, v) = f.get("/echo/v1/a", &[("x-api-key", &mistyped)]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(problem(&h) && v["code"] == "unauthenticated");
+    assert!(!v.to_string().contains(&mistyped), "the key is never echoed back");
     assert_eq!(
         f.get("/echo/v1/a", &[("x-api-key", ApiKey::generate().expose_secret())]).await.0,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(f.get("/echo/v1/a", &[("authorization", "Bearer some.jwt.token")]).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(f.get(&format!("/echo/v1/a?apikey={key}"), &[]).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(f.get("/nope/v1/a", &[("x-api-key", key)]).await.0, StatusCode::NOT_FOUND);
+    let (s, h, v) = f.get(&format!("/echo/v1/a?x=1&apikey={key}"), &[]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(problem(&h) && !v.to_string().contains(key));
+    let (s, h, v) = f.get("/nope/v1/a", &[("x-api-key", key)]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(problem(&h));
+    assert_eq!(v["type"], "https://portico.dev/problems/not_found");
     assert_eq!(f.get("/echo/v2/a", &[("x-api-key", key)]).await.0, StatusCode::NOT_FOUND);
     assert_eq!(f.get("/echo/v1/a/%2e%2e/admin", &[("x-api-key", key)]).await.0, StatusCode::BAD_REQUEST);
     let (s, h, _) = f.get("/echo/v1/a", &[("x-api-key", f.other_key.expose_secret())]).await;
@@ -257,6 +272,11 @@ async fn a_new_snapshot_applies_at_once_and_a_dead_upstream_is_a_502() {
     let f = fixture(&up).await;
     let key = f.key.expose_secret().to_owned();
     assert_eq!(f.get("/echo/v1/a", &[("x-api-key", &key)]).await.0, StatusCode::OK);
+    // The version prefix alone routes, with or without its slash.
+    let (s, _, v) = f.get("/echo/v1", &[("x-api-key", &key)]).await;
+    assert_eq!((s, v["path"].as_str()), (StatusCode::OK, Some("/base")));
+    let (s, _, v) = f.get("/echo/v1/?q=2", &[("x-api-key", &key)]).await;
+    assert_eq!((s, v["path"].as_str(), v["query"].as_str()), (StatusCode::OK, Some("/base/"), Some("q=2")));
     // Revoke: swap in a snapshot without the key.
     let mut next = (**f.snapshot.load()).clone();
     next.keys.clear();

@@ -1,0 +1,41 @@
+//! The pooled client the gateway forwards with: HTTP or HTTPS upstreams (rustls with ring,
+//! the webpki roots plus configured CAs), one per worker thread.
+
+use crate::UpBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>;
+
+/// A pooled keep-alive client to upstreams, HTTP or HTTPS (rustls, SNI, HTTP/2 by ALPN); one
+/// per worker thread.
+pub(crate) fn upstream_client(tls: &rustls::ClientConfig) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https)
+}
+
+/// Upstream TLS: the webpki roots plus the configured extra CAs, ring as the crypto provider.
+pub(crate) fn tls_config(extra: &[rustls::pki_types::CertificateDer<'static>]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for ca in extra {
+        if let Err(e) = roots.add(ca.clone()) {
+            tracing::error!(error = %e, "an upstream CA certificate was refused");
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}

@@ -1,0 +1,67 @@
+//! The cheap checks made on every call before any lookup: credentials in the URL, ambiguous
+//! framing, and (after the fact) our own body limit tripping.
+
+/// Query parameters that carry credentials in other gateways; Portico refuses them.
+const KEY_PARAMS: [&str; 5] = ["api_key", "apikey", "key", "access_token", "api-key"];
+
+pub(crate) fn key_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            KEY_PARAMS.iter().any(|k| name.eq_ignore_ascii_case(k))
+        })
+    })
+}
+
+/// Framing that front and back ends may read differently (request smuggling) is refused.
+pub(crate) fn smuggling(h: &http::HeaderMap) -> Option<&'static str> {
+    let lengths = h.get_all(http::header::CONTENT_LENGTH);
+    let mut values = lengths.iter();
+    if let Some(first) = values.next()
+        && values.any(|v| v != first)
+    {
+        return Some("the request has two different Content-Length values");
+    }
+    if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH) {
+        return Some("the request has both Content-Length and Transfer-Encoding; send one");
+    }
+    None
+}
+
+/// Whether an upstream error was our own body limit tripping.
+pub(crate) fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_in_the_query_are_spotted() {
+        assert!(super::key_in_query(Some("a=1&api_key=ptc_x")));
+        assert!(super::key_in_query(Some("APIKEY=x")));
+        assert!(!super::key_in_query(Some("keyword=x&monkey=1")));
+        assert!(!super::key_in_query(None));
+    }
+
+    #[test]
+    fn ambiguous_framing_is_spotted() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(super::smuggling(&h), None);
+        h.append(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("3"));
+        h.append(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("3"));
+        assert_eq!(super::smuggling(&h), None);
+        h.append(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("4"));
+        assert!(super::smuggling(&h).is_some());
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("3"));
+        h.insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
+        assert!(super::smuggling(&h).is_some());
+    }
+}
