@@ -163,7 +163,7 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<std::col
 
 /// The stored calls of a subscription: (request id, orphaned), oldest first.
 pub async fn calls_of_subscription(c: &mut Conn, sub: SubscriptionId) -> Result<Vec<(uuid::Uuid, bool)>> {
-    let rows = sqlx::query("SELECT request_id, orphaned FROM usage_events WHERE subscription_id = $1 ORDER BY at")
+    let rows = sqlx::query("SELECT request_id, orphaned FROM usage_events WHERE subscription_id = $1 ORDER BY request_id")
         .bind(sub.to_string())
         .fetch_all(c)
         .await?;
@@ -232,7 +232,7 @@ pub async fn list_calls(
     let q = format!(
         "SELECT e.request_id, e.at, e.subscription_id, e.api_id, e.version_id, e.app_id, e.consumer_org_id, e.plan_id, e.operation, \
          e.status, e.latency_micros, e.bytes_in, e.bytes_out, e.orphaned, a.slug AS api_slug \
-         FROM usage_events e LEFT JOIN apis a ON a.id = e.api_id WHERE {filter} ORDER BY e.at DESC LIMIT $1 OFFSET $2"
+         FROM usage_events e LEFT JOIN apis a ON a.id = e.api_id WHERE {filter} ORDER BY e.request_id DESC LIMIT $1 OFFSET $2"
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(page.limit).bind(page.offset);
     for b in &binds {

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Portico's gateway against nginx, in one command on this machine (see bench/README.md).
+#   direct  — wrk → the upstream (nginx returning a small JSON body)
+#   nginx   — wrk → nginx as a plain keep-alive reverse proxy → the upstream
+#   portico — wrk → Portico's gateway (key auth, subscription, rate limit that never triggers,
+#             operation match, metering journal) → the upstream
+# Runs alternate nginx and portico; each figure is the median of RUNS runs. The last line is
+#   portico/nginx throughput ratio: X.XX
+# Usage: bench/gateway.sh [seconds per run, default 10] [connections, default 32] [runs, default 5]
+# BENCH_PERF=FILE also records a CPU profile of the gateway (perf) during its first run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-10}"
+CONNS="${2:-32}"
+RUNS="${3:-5}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portico-target}"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need nginx || ! need wrk; then
+  echo "bench: installing nginx and wrk (Debian packages)"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
+fi
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+
+echo "bench: building portico (release)"
+cargo build --release -p portico -q
+PORTICO="$CARGO_TARGET_DIR/release/portico"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; "$NGINX" -p "$WORK/nginx" -c nginx.conf -s stop 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+UP=$(free_port); PROXY=$(free_port); GW=$(free_port); API=$(free_port)
+
+mkdir -p "$WORK/nginx/logs"
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$UP;
+    location / { default_type application/json; return 200 '{"ok":true,"city":"Lisbon","temperature_c":21.5}'; }
+  }
+  server {
+    listen 127.0.0.1:$PROXY;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+"$NGINX" -p "$WORK/nginx" -c nginx.conf
+
+"$PORTICO" serve --data-dir "$WORK/portico" --gateway-addr "127.0.0.1:$GW" --api-addr "127.0.0.1:$API" --metrics-addr off >"$WORK/portico.log" 2>&1 &
+PORTICO_PID=$!
+PIDS+=("$PORTICO_PID")
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$API/readyz" >/dev/null && break; sleep 0.1; done
+TOKEN=$("$PORTICO" admin create --email bench@example.com --password 'bench password 1' --data-dir "$WORK/portico" | tail -n 1)
+
+cat > "$WORK/bench.yaml" <<YAML
+providers:
+  - slug: bench-provider
+    name: Bench Provider
+    apis:
+      - slug: bench
+        name: Bench
+        versions:
+          - version: 1.0.0
+            state: published
+            upstream_url: http://127.0.0.1:$UP
+            openapi:
+              openapi: 3.1.0
+              info: {title: Bench, version: 1.0.0}
+              paths:
+                /weather: {get: {responses: {"200": {description: ok}}}}
+        plans:
+          - slug: unlimited
+            name: Unlimited
+            pricing: {type: free}
+            rate_limit: {requests: 1000000, per: second}
+consumers:
+  - slug: bench-consumer
+    name: Bench Consumer
+    apps:
+      - slug: loadgen
+        name: Load generator
+        subscriptions: [{api: bench, plan: unlimited}]
+YAML
+"$PORTICO" apply -f "$WORK/bench.yaml" --server "http://127.0.0.1:$API" --token "$TOKEN" >/dev/null
+APP_ID=$(curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$API/api/v1/apps" | python3 -c 'import json,sys; print([a["id"] for a in json.load(sys.stdin)["items"] if a["slug"]=="loadgen"][0])')
+KEY=$(curl -sf -X POST -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$API/api/v1/apps/$APP_ID/keys" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+for _ in $(seq 1 50); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-Api-Key: $KEY" "http://127.0.0.1:$GW/bench/v1/weather")" = 200 ] && break; sleep 0.1
+done
+
+# CPU time (µs) used so far by a set of processes.
+cpu_us() { python3 - "$@" <<'PY'
+import os, sys
+tick = os.sysconf("SC_CLK_TCK")
+total = 0
+for pid in sys.argv[1:]:
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += int(f[11]) + int(f[12])
+    except OSError:
+        pass
+print(total * 1_000_000 // tick)
+PY
+}
+NGINX_PIDS=$(pgrep -f "nginx: worker process" | tr '\n' ' ')
+
+# run NAME URL CPU-PIDS [wrk args] → appends "rps p50_us p99_us cpu_us_per_req" to $WORK/NAME.runs
+run() {
+  local name=$1 url=$2 pids=$3; shift 3
+  local before after
+  before=$(cpu_us $pids)
+  wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" > "$WORK/$name.txt"
+  after=$(cpu_us $pids)
+  python3 - "$WORK/$name.txt" "$before" "$after" >> "$WORK/$name.runs" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def us(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+reqs = int(re.search(r"(\d+) requests in", text).group(1))
+p50 = us(re.search(r"50%\s+(\S+)", text).group(1))
+p99 = us(re.search(r"99%\s+(\S+)", text).group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if non2xx:
+    sys.exit(f"{sys.argv[1]}: {non2xx.group(1)} non-2xx answers")
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / max(reqs, 1)
+print(f"{rps} {p50} {p99} {cpu}")
+PY
+}
+
+echo "bench: wrk -t1 -c$CONNS -d${DURATION}s, median of $RUNS alternating runs, $(nproc) cores shared by the load generator, the upstream and the proxies"
+# Warm-up, discarded.
+wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$PROXY/weather" >/dev/null 2>&1 || true
+wrk -t1 -c"$CONNS" -d2s -H "X-Api-Key: $KEY" "http://127.0.0.1:$GW/bench/v1/weather" >/dev/null 2>&1 || true
+run direct "http://127.0.0.1:$UP/weather" "$NGINX_PIDS"
+if [ -n "${BENCH_PERF:-}" ]; then
+  (sleep 1; perf record -e cpu-clock -g -o "$BENCH_PERF" -p "$PORTICO_PID" -- sleep 3 >/dev/null 2>&1) &
+fi
+for _ in $(seq 1 "$RUNS"); do
+  run nginx "http://127.0.0.1:$PROXY/weather" "$NGINX_PIDS"
+  run portico "http://127.0.0.1:$GW/bench/v1/weather" "$PORTICO_PID" -H "X-Api-Key: $KEY"
+done
+
+python3 - "$WORK" <<'PY'
+import statistics, sys
+work = sys.argv[1]
+def med(name):
+    rows = [list(map(float, l.split())) for l in open(f"{work}/{name}.runs") if l.strip()]
+    return [statistics.median(col) for col in zip(*rows)]
+rows = {n: med(n) for n in ("direct", "nginx", "portico")}
+print(f"{'peer':8} {'req/s':>12} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/req':>11}")
+for n, (rps, p50, p99, cpu) in rows.items():
+    print(f"{n:8} {rps:12.0f} {p50:9.0f} {p99:9.0f} {cpu:11.1f}")
+print(f"portico/direct throughput ratio: {rows['portico'][0] / rows['direct'][0]:.2f}")
+print(f"nginx/direct throughput ratio: {rows['nginx'][0] / rows['direct'][0]:.2f}")
+print(f"portico/nginx throughput ratio: {rows['portico'][0] / rows['nginx'][0]:.2f}")
+PY
