@@ -129,8 +129,8 @@ def us(v):
     return float(n) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 reqs = int(re.search(r"(\d+) requests in", text).group(1))
-p50 = us(re.search(r"50%\s+(\S+)", text).group(1))
-p99 = us(re.search(r"99%\s+(\S+)", text).group(1))
+p50 = us(re.search(r"^\s*50%\s+(\S+)", text, re.M).group(1))
+p99 = us(re.search(r"^\s*99%\s+(\S+)", text, re.M).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if non2xx:
     sys.exit(f"{sys.argv[1]}: {non2xx.group(1)} non-2xx answers")
