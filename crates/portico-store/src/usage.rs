@@ -163,10 +163,11 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<std::col
 
 /// The stored calls of a subscription: (request id, orphaned), oldest first.
 pub async fn calls_of_subscription(c: &mut Conn, sub: SubscriptionId) -> Result<Vec<(uuid::Uuid, bool)>> {
-    let rows = sqlx::query("SELECT request_id, orphaned FROM usage_events WHERE subscription_id = $1 ORDER BY request_id")
-        .bind(sub.to_string())
-        .fetch_all(c)
-        .await?;
+    let rows =
+        sqlx::query("SELECT request_id, orphaned FROM usage_events WHERE subscription_id = $1 ORDER BY request_id")
+            .bind(sub.to_string())
+            .fetch_all(c)
+            .await?;
     let t = "usage_events";
     rows.iter().map(|r| Ok((parse(r, t, "request_id")?, get::<i64>(r, t, "orphaned")? != 0))).collect()
 }
