@@ -1,15 +1,9 @@
 //! Hostile and malformed requests, sent as raw bytes: each is refused with the right status,
 //! none reaches the upstream at an unintended path, and the gateway keeps serving.
 
-use arc_swap::ArcSwap;
-use portico_core::api_key::{ApiKey, Pepper};
-use portico_core::ids::*;
-use portico_core::model::LifecycleState;
-use portico_core::snapshot::*;
-use portico_core::usage::DiscardUsage;
-use portico_core::values::{Slug, UpstreamUrl, VersionNumber};
-use portico_gateway::{Gateway, GatewayConfig};
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use portico_gateway::GatewayConfig;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -76,47 +70,8 @@ async fn counting_upstream() -> (String, Arc<AtomicU64>) {
 
 async fn env(config: GatewayConfig) -> Env {
     let (upstream, upstream_hits) = counting_upstream().await;
-    let pepper = Pepper::generate();
-    let key = ApiKey::generate();
-    let (api_id, app) = (ApiId::new(), AppId::new());
-    let version = VersionRoute {
-        version_id: VersionId::new(),
-        version: VersionNumber::parse("1.0.0").unwrap(),
-        state: LifecycleState::Published,
-        upstream: UpstreamUrl::parse(&upstream).unwrap(),
-        operations: None,
-        policy: Default::default(),
-    };
-    let slug = Slug::parse("echo").unwrap();
-    let snapshot = Snapshot {
-        generation: 1,
-        apis: HashMap::from([(slug.clone(), ApiRoute { api_id, slug, majors: BTreeMap::from([(1, version)]) })]),
-        keys: HashMap::from([(
-            key.hash(&pepper),
-            KeyGrant {
-                key_id: KeyId::new(),
-                hash: key.hash(&pepper),
-                app_id: app,
-                consumer_org_id: OrgId::new(),
-                consumer_slug: Slug::parse("c1").unwrap(),
-            },
-        )]),
-        subscriptions: HashMap::from([(
-            (app, api_id),
-            SubscriptionGrant {
-                subscription_id: SubscriptionId::new(),
-                plan_id: PlanId::new(),
-                plan_slug: Slug::parse("p1").unwrap(),
-                rate_limit: None,
-                monthly_quota: None,
-            },
-        )]),
-    };
-    let gw = Gateway::new(Arc::new(ArcSwap::from_pointee(snapshot)), pepper, Arc::new(DiscardUsage), config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(gw.serve(listener, std::future::pending()));
-    Env { addr, key: key.expose_secret().to_owned(), upstream_hits }
+    let r = common::start(common::Setup { config, ..common::Setup::new("echo", &upstream) }).await;
+    Env { addr: r.addr, key: r.key, upstream_hits }
 }
 
 /// Sends raw bytes; returns the status code of the first response line (0 if none).

@@ -2,16 +2,10 @@
 //! a live one, its breaker opens, a hanging target times out per the version's policy, and
 //! with no target left the gateway answers 503.
 
-use arc_swap::ArcSwap;
-use portico_core::api_key::{ApiKey, Pepper};
-use portico_core::ids::*;
-use portico_core::model::LifecycleState;
-use portico_core::snapshot::*;
+mod common;
+
 use portico_core::upstream::{Balance, UpstreamPolicy};
-use portico_core::usage::DiscardUsage;
-use portico_core::values::{Slug, UpstreamUrl, VersionNumber};
-use portico_gateway::{Gateway, GatewayConfig};
-use std::collections::{BTreeMap, HashMap};
+use portico_core::values::UpstreamUrl;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -87,52 +81,8 @@ async fn hanging() -> String {
 }
 
 async fn gateway(primary: &str, policy: UpstreamPolicy) -> (String, String) {
-    let pepper = Pepper::generate();
-    let key = ApiKey::generate();
-    let (api_id, app) = (ApiId::new(), AppId::new());
-    let version = VersionRoute {
-        version_id: VersionId::new(),
-        version: VersionNumber::parse("1.0.0").unwrap(),
-        state: LifecycleState::Published,
-        upstream: UpstreamUrl::parse(primary).unwrap(),
-        operations: None,
-        policy: Arc::new(policy),
-    };
-    let slug = Slug::parse("pooled").unwrap();
-    let snapshot = Snapshot {
-        generation: 1,
-        apis: HashMap::from([(slug.clone(), ApiRoute { api_id, slug, majors: BTreeMap::from([(1, version)]) })]),
-        keys: HashMap::from([(
-            key.hash(&pepper),
-            KeyGrant {
-                key_id: KeyId::new(),
-                hash: key.hash(&pepper),
-                app_id: app,
-                consumer_org_id: OrgId::new(),
-                consumer_slug: Slug::parse("c1").unwrap(),
-            },
-        )]),
-        subscriptions: HashMap::from([(
-            (app, api_id),
-            SubscriptionGrant {
-                subscription_id: SubscriptionId::new(),
-                plan_id: PlanId::new(),
-                plan_slug: Slug::parse("p1").unwrap(),
-                rate_limit: None,
-                monthly_quota: None,
-            },
-        )]),
-    };
-    let gw = Gateway::new(
-        Arc::new(ArcSwap::from_pointee(snapshot)),
-        pepper,
-        Arc::new(DiscardUsage),
-        GatewayConfig::default(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/pooled/v1/x", listener.local_addr().unwrap());
-    tokio::spawn(gw.serve(listener, std::future::pending()));
-    (base, key.expose_secret().to_owned())
+    let r = common::start(common::Setup { policy, ..common::Setup::new("pooled", primary) }).await;
+    (format!("{}/x", r.base), r.key)
 }
 
 fn http() -> reqwest::Client {

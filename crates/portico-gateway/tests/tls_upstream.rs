@@ -1,21 +1,15 @@
 //! HTTPS upstreams: the gateway verifies the upstream's certificate (webpki roots plus the
 //! configured CA), sends SNI, and refuses an upstream it cannot verify with a 502.
 
-use arc_swap::ArcSwap;
+mod common;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portico_core::api_key::{ApiKey, Pepper};
-use portico_core::ids::*;
-use portico_core::model::LifecycleState;
-use portico_core::snapshot::*;
-use portico_core::usage::DiscardUsage;
-use portico_core::values::{Slug, UpstreamUrl, VersionNumber};
-use portico_gateway::{Gateway, GatewayConfig};
+use portico_gateway::GatewayConfig;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -65,52 +59,9 @@ async fn tls_upstream() -> (String, CertificateDer<'static>) {
 }
 
 async fn gateway(upstream: &str, roots: Vec<CertificateDer<'static>>) -> (String, String) {
-    let pepper = Pepper::generate();
-    let key = ApiKey::generate();
-    let (api_id, app) = (ApiId::new(), AppId::new());
-    let version = VersionRoute {
-        version_id: VersionId::new(),
-        version: VersionNumber::parse("1.0.0").unwrap(),
-        state: LifecycleState::Published,
-        upstream: UpstreamUrl::parse(upstream).unwrap(),
-        operations: None,
-        policy: Default::default(),
-    };
-    let slug = Slug::parse("secure").unwrap();
-    let snapshot = Snapshot {
-        generation: 1,
-        apis: HashMap::from([(slug.clone(), ApiRoute { api_id, slug, majors: BTreeMap::from([(1, version)]) })]),
-        keys: HashMap::from([(
-            key.hash(&pepper),
-            KeyGrant {
-                key_id: KeyId::new(),
-                hash: key.hash(&pepper),
-                app_id: app,
-                consumer_org_id: OrgId::new(),
-                consumer_slug: Slug::parse("c1").unwrap(),
-            },
-        )]),
-        subscriptions: HashMap::from([(
-            (app, api_id),
-            SubscriptionGrant {
-                subscription_id: SubscriptionId::new(),
-                plan_id: PlanId::new(),
-                plan_slug: Slug::parse("p1").unwrap(),
-                rate_limit: None,
-                monthly_quota: None,
-            },
-        )]),
-    };
-    let gw = Gateway::new(
-        Arc::new(ArcSwap::from_pointee(snapshot)),
-        pepper,
-        Arc::new(DiscardUsage),
-        GatewayConfig { upstream_roots: roots, ..Default::default() },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(gw.serve(listener, std::future::pending()));
-    (base, key.expose_secret().to_owned())
+    let config = GatewayConfig { upstream_roots: roots, ..Default::default() };
+    let r = common::start(common::Setup { config, ..common::Setup::new("secure", upstream) }).await;
+    (format!("http://{}", r.addr), r.key)
 }
 
 async fn call(base: &str, key: &str) -> (u16, String) {

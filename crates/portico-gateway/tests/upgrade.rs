@@ -1,16 +1,8 @@
 //! Upgrades (WebSocket and the like) pass through: the gateway checks the key, forwards the
 //! upgrade, and on the upstream's 101 joins the two connections.
 
-use arc_swap::ArcSwap;
-use portico_core::api_key::{ApiKey, Pepper};
-use portico_core::ids::*;
-use portico_core::model::LifecycleState;
-use portico_core::snapshot::*;
-use portico_core::usage::DiscardUsage;
-use portico_core::values::{Slug, UpstreamUrl, VersionNumber};
-use portico_gateway::{Gateway, GatewayConfig};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,51 +46,8 @@ async fn echo_upgrade_upstream() -> String {
 #[tokio::test]
 async fn an_upgrade_is_tunnelled_to_the_upstream() {
     let upstream = echo_upgrade_upstream().await;
-    let pepper = Pepper::generate();
-    let key = ApiKey::generate();
-    let (api_id, app) = (ApiId::new(), AppId::new());
-    let version = VersionRoute {
-        version_id: VersionId::new(),
-        version: VersionNumber::parse("1.0.0").unwrap(),
-        state: LifecycleState::Published,
-        upstream: UpstreamUrl::parse(&upstream).unwrap(),
-        operations: None,
-        policy: Default::default(),
-    };
-    let slug = Slug::parse("live").unwrap();
-    let snapshot = Snapshot {
-        generation: 1,
-        apis: HashMap::from([(slug.clone(), ApiRoute { api_id, slug, majors: BTreeMap::from([(1, version)]) })]),
-        keys: HashMap::from([(
-            key.hash(&pepper),
-            KeyGrant {
-                key_id: KeyId::new(),
-                hash: key.hash(&pepper),
-                app_id: app,
-                consumer_org_id: OrgId::new(),
-                consumer_slug: Slug::parse("c1").unwrap(),
-            },
-        )]),
-        subscriptions: HashMap::from([(
-            (app, api_id),
-            SubscriptionGrant {
-                subscription_id: SubscriptionId::new(),
-                plan_id: PlanId::new(),
-                plan_slug: Slug::parse("p1").unwrap(),
-                rate_limit: None,
-                monthly_quota: None,
-            },
-        )]),
-    };
-    let gw = Gateway::new(
-        Arc::new(ArcSwap::from_pointee(snapshot)),
-        pepper,
-        Arc::new(DiscardUsage),
-        GatewayConfig::default(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(gw.serve(listener, std::future::pending()));
+    let r = common::start(common::Setup::new("live", &upstream)).await;
+    let (addr, key) = (r.addr, r.key);
 
     // Without a key the upgrade is refused like any call.
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -112,7 +61,7 @@ async fn an_upgrade_is_tunnelled_to_the_upstream() {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "GET /live/v1/socket HTTP/1.1\r\nhost: gw\r\nx-api-key: {}\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
-        key.expose_secret()
+        key
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
