@@ -104,9 +104,10 @@ fn decode_call(body: &[u8]) -> Option<CallRecord> {
     })
 }
 
-/// Decodes whole frames from the start of `buf`. Returns the records and how many bytes they
-/// took; it stops at a partial frame (still being written) or a corrupt one.
-pub fn decode(buf: &[u8]) -> (Vec<Record>, usize, bool) {
+/// Decodes whole frames from the start of `buf`. Returns each record with the offset just
+/// past it, how many bytes they took, and whether it stopped at a corrupt frame (rather than
+/// at a partial one, still being written).
+pub fn decode(buf: &[u8]) -> (Vec<(Record, usize)>, usize, bool) {
     let mut out = Vec::new();
     let mut at = 0;
     loop {
@@ -123,11 +124,11 @@ pub fn decode(buf: &[u8]) -> (Vec<Record>, usize, bool) {
             SEAL => Some(Record::Seal),
             _ => None,
         };
-        match rec {
-            Some(r) => out.push(r),
-            None => return (out, at, true),
-        }
         at += 8 + len;
+        match rec {
+            Some(r) => out.push((r, at)),
+            None => return (out, at - 8 - len, true),
+        }
     }
 }
 
@@ -165,7 +166,8 @@ mod tests {
         encode(SEAL, None, &mut buf);
         let (recs, used, corrupt) = decode(&buf);
         assert_eq!((recs.len(), used, corrupt), (4, buf.len(), false));
-        match &recs[2] {
+        assert!(recs[0].1 < recs[1].1 && recs[1].1 < recs[2].1, "offsets grow record by record");
+        match &recs[2].0 {
             Record::End(c) => {
                 assert_eq!(
                     (c.request_id, c.status, c.operation.as_deref(), c.bytes_out),
@@ -175,7 +177,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(recs[3], Record::Seal);
+        assert_eq!(recs[3], (Record::Seal, buf.len()));
         // A frame cut short is left for later; a flipped bit stops decoding there.
         let (recs, used, corrupt) = decode(&buf[..buf.len() - 3]);
         assert_eq!((recs.len(), corrupt), (3, false));

@@ -1,9 +1,12 @@
-//! The shipper: reads journal segments, and ships their calls to the store in batches, one
-//! transaction each. Every call is inserted under its request id and added to the daily rollup
-//! only if it was new, so a batch shipped twice (the process died after the commit, before it
-//! could note its progress) counts once. A segment whose writer is gone (another instance) or
-//! that is sealed is read to its end; its begins without an end are the *orphaned* calls:
-//! recorded, never billed. A segment is deleted once all of it is in the store.
+//! The shipper: reads journal segments and ships their calls to the store, one transaction per
+//! round. Exactly-once rests on the segment's shipped offset (`journal_offsets`), written in
+//! the same transaction as the rollups it added to: a batch is counted exactly when its offset
+//! moves, so a process that dies after the commit re-reads the segment and skips what the
+//! stored offset covers. Each call also lands in the request log (`usage_events`).
+//!
+//! A segment whose writer is gone (another instance) or that is sealed is read to its end; its
+//! begins without an end are the *orphaned* calls: recorded, never billed. A segment is deleted
+//! once all of it is in the store.
 
 use crate::codec::{self, Record};
 use crate::journal::instance_of;
@@ -16,10 +19,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Per segment: how far it has been shipped, and its calls still in flight.
-#[derive(Default)]
+/// Per segment: how far it has been read and shipped, and its calls still in flight.
+#[derive(Default, Clone)]
 struct Progress {
-    offset: u64,
+    /// Loaded from the store on first sight of the segment.
+    loaded: bool,
+    read_to: u64,
+    shipped_to: u64,
     open: HashMap<Uuid, CallRecord>,
     sealed: bool,
 }
@@ -38,6 +44,7 @@ pub struct Shipper {
 pub struct Shipped {
     pub calls: u64,
     pub orphaned: u64,
+    /// Calls read again after a restart and skipped: the store already had them.
     pub duplicates: u64,
     pub segments_done: u64,
 }
@@ -65,6 +72,16 @@ fn aggregate(rows: &mut HashMap<(SubscriptionId, String), DailyUsage>, c: &CallR
     u.latency_micros_sum += c.latency_micros;
 }
 
+/// One segment's part of a round, applied after the commit.
+struct Step {
+    path: PathBuf,
+    name: String,
+    progress: Progress,
+    done: bool,
+    /// Whether the stored offset must be written.
+    moved: bool,
+}
+
 impl Shipper {
     /// `instance`: the live journal's own instance (its unsealed segments are still growing).
     pub fn new(dir: &Path, instance: &str, store: Store) -> Self {
@@ -86,106 +103,123 @@ impl Shipper {
         Ok(out)
     }
 
-    /// Ships what the journal holds now. Returns what it shipped; on a store error nothing is
-    /// marked shipped and the next round retries.
+    /// Ships what the journal holds now. On a store error nothing is marked shipped and the
+    /// next round retries.
     pub async fn ship_once(&mut self) -> Result<Shipped, String> {
+        let mut out = Shipped::default();
         let mut calls: Vec<CallRecord> = Vec::new();
-        // Per segment: where it was read to, and whether it is done, applied after the commit.
-        let mut advance: Vec<(PathBuf, Progress, bool)> = Vec::new();
+        let mut steps: Vec<Step> = Vec::new();
         for path in self.segments().map_err(|e| format!("listing {}: {e}", self.dir.display()))? {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
             let writer_alive = instance_of(&name) == Some(self.instance.as_str());
-            let prog = self.files.entry(path.clone()).or_default();
+            let mut prog = self.files.get(&path).cloned().unwrap_or_default();
+            if !prog.loaded {
+                let mut c = self.store.conn().await.map_err(|e| e.to_string())?;
+                let stored = portico_store::usage::journal_offset(&mut c, &name).await.map_err(|e| e.to_string())?;
+                if let Some((_, true)) = stored {
+                    // Fully shipped before; only the file's removal was lost.
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                // Read from the start again to pair begins with ends; ship only past the offset.
+                prog = Progress { loaded: true, shipped_to: stored.map_or(0, |s| s.0), ..Progress::default() };
+            }
             let mut f = std::fs::File::open(&path).map_err(|e| format!("opening {name}: {e}"))?;
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            f.seek(SeekFrom::Start(prog.offset)).map_err(|e| e.to_string())?;
+            f.seek(SeekFrom::Start(prog.read_to)).map_err(|e| e.to_string())?;
             let mut buf = Vec::new();
             f.take(self.max_read as u64).read_to_end(&mut buf).map_err(|e| format!("reading {name}: {e}"))?;
             let (records, used, corrupt) = codec::decode(&buf);
-            let mut open = prog.open.clone();
-            let mut sealed = prog.sealed;
-            for r in records {
+            for (r, end) in records {
                 match r {
                     Record::Begin(c) => {
-                        open.insert(c.request_id, c);
+                        prog.open.insert(c.request_id, c);
                     }
                     Record::End(c) => {
-                        open.remove(&c.request_id);
-                        calls.push(c);
+                        prog.open.remove(&c.request_id);
+                        if prog.read_to + end as u64 > prog.shipped_to {
+                            calls.push(c);
+                        } else {
+                            out.duplicates += 1;
+                        }
                     }
-                    Record::Seal => sealed = true,
+                    Record::Seal => prog.sealed = true,
                 }
             }
-            let offset = prog.offset + used as u64;
-            // A dead writer's torn or damaged tail will never be completed: it ends there.
-            let read_all = prog.offset + buf.len() as u64 >= len;
-            let at_end = offset >= len || (!writer_alive && read_all);
+            let read_all = prog.read_to + buf.len() as u64 >= len;
+            prog.read_to += used as u64;
             if corrupt {
-                tracing::warn!(segment = %name, offset, "the journal segment has a damaged record; the rest of it is skipped");
+                tracing::warn!(segment = %name, offset = prog.read_to, "the journal segment has a damaged record; the rest of it is skipped");
             }
-            // Done: nothing more will be written, and all of it has been read.
-            let done = at_end && (sealed || !writer_alive);
+            // A dead writer's torn or damaged tail will never be completed: it ends there.
+            let at_end = prog.read_to >= len || (!writer_alive && read_all);
+            let done = at_end && (prog.sealed || !writer_alive);
             if done {
-                for (_, mut c) in open.drain() {
+                for (_, mut c) in prog.open.drain() {
                     c.orphaned = true;
                     calls.push(c);
                 }
             }
-            advance.push((path, Progress { offset, open, sealed }, done));
+            let moved = prog.read_to > prog.shipped_to || done;
+            prog.shipped_to = prog.shipped_to.max(prog.read_to);
+            steps.push(Step { path, name, progress: prog, done, moved });
         }
-        let shipped = self.store_calls(&calls).await;
-        // Journal lag: what is written and not yet in the store.
-        let pending: u64 = advance
+        let pending: u64 = steps
             .iter()
-            .map(|(p, prog, _)| std::fs::metadata(p).map(|m| m.len().saturating_sub(prog.offset)).unwrap_or(0))
+            .map(|s| std::fs::metadata(&s.path).map(|m| m.len().saturating_sub(s.progress.read_to)).unwrap_or(0))
             .sum();
         metrics::gauge!("portico_journal_pending_bytes").set(pending as f64);
-        let mut out = shipped.inspect_err(|_| metrics::counter!("portico_usage_ship_failures_total").increment(1))?;
+
+        if steps.iter().any(|s| s.moved) {
+            let stored = self
+                .store_round(&calls, &steps)
+                .await
+                .inspect_err(|_| metrics::counter!("portico_usage_ship_failures_total").increment(1))?;
+            out.calls += stored.0;
+            out.orphaned += stored.1;
+        }
         metrics::counter!("portico_usage_calls_shipped_total").increment(out.calls);
         metrics::counter!("portico_usage_calls_orphaned_total").increment(out.orphaned);
-        for (path, progress, done) in advance {
-            if done {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(error = %e, segment = %path.display(), "cannot remove a shipped journal segment");
+        for s in steps {
+            if s.done {
+                if let Err(e) = std::fs::remove_file(&s.path) {
+                    tracing::warn!(error = %e, segment = %s.path.display(), "cannot remove a shipped journal segment");
                 }
-                self.files.remove(&path);
+                self.files.remove(&s.path);
                 out.segments_done += 1;
             } else {
-                self.files.insert(path, progress);
+                self.files.insert(s.path, s.progress);
             }
         }
         Ok(out)
     }
 
-    async fn store_calls(&self, calls: &[CallRecord]) -> Result<Shipped, String> {
-        let mut out = Shipped::default();
-        if calls.is_empty() {
-            return Ok(out);
-        }
+    /// One transaction: the request log, the rollups, and the offsets that account for them.
+    async fn store_round(&self, calls: &[CallRecord], steps: &[Step]) -> Result<(u64, u64), String> {
         let mut rows: HashMap<(SubscriptionId, String), DailyUsage> = HashMap::new();
+        let (mut metered, mut orphaned) = (0, 0);
+        for c in calls {
+            aggregate(&mut rows, c);
+            if c.orphaned {
+                orphaned += 1;
+            } else {
+                metered += 1;
+            }
+        }
+        let batch: Vec<(SubscriptionId, DailyUsage)> =
+            rows.into_iter().map(|((s, day), u)| (s, DailyUsage { subscription_id: Some(s), day, ..u })).collect();
         let run = async {
             let mut tx = self.store.begin().await?;
-            let new = portico_store::usage::insert_calls(&mut tx, calls).await?;
-            for c in calls {
-                if new.contains(&c.request_id) {
-                    aggregate(&mut rows, c);
-                    if c.orphaned {
-                        out.orphaned += 1;
-                    } else {
-                        out.calls += 1;
-                    }
-                } else {
-                    out.duplicates += 1;
-                }
-            }
-            let batch: Vec<(SubscriptionId, DailyUsage)> =
-                rows.into_iter().map(|((s, day), u)| (s, DailyUsage { subscription_id: Some(s), day, ..u })).collect();
+            portico_store::usage::insert_calls(&mut tx, calls).await?;
             portico_store::usage::add(&mut tx, &batch).await?;
+            for s in steps.iter().filter(|s| s.moved) {
+                portico_store::usage::set_journal_offset(&mut tx, &s.name, s.progress.shipped_to, s.done).await?;
+            }
             tx.commit().await?;
             Ok::<_, portico_store::Error>(())
         };
         run.await.map_err(|e| e.to_string())?;
-        Ok(out)
+        Ok((metered, orphaned))
     }
 
     /// Ships every `every` until `shutdown` resolves, then once more.
@@ -210,7 +244,7 @@ impl Shipper {
                         tracing::info!(
                             calls = s.calls,
                             orphaned = s.orphaned,
-                            duplicates = s.duplicates,
+                            skipped = s.duplicates,
                             "usage shipping resumed"
                         );
                     }

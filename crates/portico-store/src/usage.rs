@@ -118,12 +118,10 @@ pub struct CallRecord {
     pub orphaned: bool,
 }
 
-/// Inserts many calls with one statement per 500, skipping request ids already stored, and
-/// returns the ids that were new: callers add to the aggregates only those, in the same
-/// transaction, which is what makes shipping idempotent.
-pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<std::collections::HashSet<uuid::Uuid>> {
+/// Writes calls to the request log, 500 per statement; a request id already there is skipped.
+/// Exactly-once counting does not rest on this table but on [`set_journal_offset`].
+pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
     const COLS: usize = 14;
-    let mut new = std::collections::HashSet::with_capacity(calls.len());
     for chunk in calls.chunks(500) {
         let rows: Vec<String> = (0..chunk.len())
             .map(|r| {
@@ -133,7 +131,7 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<std::col
             .collect();
         let q = format!(
             "INSERT INTO usage_events (request_id, at, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, operation, \
-             status, latency_micros, bytes_in, bytes_out, orphaned) VALUES {} ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+             status, latency_micros, bytes_in, bytes_out, orphaned) VALUES {} ON CONFLICT (request_id) DO NOTHING",
             rows.join(", ")
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
@@ -154,11 +152,35 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<std::col
                 .bind(r.bytes_out)
                 .bind(i64::from(r.orphaned));
         }
-        for row in query.fetch_all(&mut *c).await? {
-            new.insert(parse(&row, "usage_events", "request_id")?);
-        }
+        query.execute(&mut *c).await?;
     }
-    Ok(new)
+    Ok(())
+}
+
+/// How far a journal segment has been shipped: `(offset, complete)`.
+pub async fn journal_offset(c: &mut Conn, segment: &str) -> Result<Option<(u64, bool)>> {
+    let row = sqlx::query("SELECT shipped_to, complete FROM journal_offsets WHERE segment = $1")
+        .bind(segment)
+        .fetch_optional(c)
+        .await?;
+    let t = "journal_offsets";
+    row.map(|r| Ok((get::<i64>(&r, t, "shipped_to")?.max(0) as u64, get::<i64>(&r, t, "complete")? != 0))).transpose()
+}
+
+/// Records how far a segment has been shipped; call it in the transaction that added the
+/// shipped calls to the rollups.
+pub async fn set_journal_offset(c: &mut Conn, segment: &str, shipped_to: u64, complete: bool) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO journal_offsets (segment, shipped_to, complete, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (segment) DO UPDATE SET shipped_to = excluded.shipped_to, complete = excluded.complete, updated_at = excluded.updated_at",
+    )
+    .bind(segment)
+    .bind(i64::try_from(shipped_to).unwrap_or(i64::MAX))
+    .bind(i64::from(complete))
+    .bind(crate::now_millis())
+    .execute(c)
+    .await?;
+    Ok(())
 }
 
 /// The stored calls of a subscription: (request id, orphaned), oldest first.
