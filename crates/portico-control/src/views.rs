@@ -23,7 +23,7 @@ pub struct Paged<T: ToSchema> {
 
 impl<T: ToSchema> Paged<T> {
     pub fn new(items: Vec<T>, page: portico_store::Page) -> Self {
-        let next_offset = (items.len() as i64 == page.limit).then_some(page.offset + page.limit);
+        let next_offset = (items.len() as i64 == page.limit).then_some(page.offset.saturating_add(page.limit));
         Paged { items, limit: page.limit, offset: page.offset, next_offset }
     }
 }
