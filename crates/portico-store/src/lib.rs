@@ -130,9 +130,14 @@ impl Store {
         Ok(self.pool.acquire().await?)
     }
 
-    /// A transaction; dropped without `commit` it rolls back.
+    /// A transaction; dropped without `commit` it rolls back. On SQLite it takes the write
+    /// lock up front (`BEGIN IMMEDIATE`), so concurrent writers wait on the busy timeout instead
+    /// of failing with "database is locked" when a read transaction tries to become a write.
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(self.pool.begin().await?)
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Whether the database answers within two seconds.
