@@ -8,6 +8,9 @@
 use crate::model::{LifecycleState, Pricing, Visibility};
 use crate::openapi::OpenApiDoc;
 use crate::upstream::UpstreamPolicy;
+
+/// Why `monthly_quota: 0` is refused: a plan that admits nothing is a mistake, not a plan.
+pub const ZERO_QUOTA: &str = "monthly_quota must be at least 1; leave it out for no quota";
 use crate::values::{Name, RateLimit, Slug, UpstreamUrl, VersionNumber};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -160,6 +163,9 @@ impl Document {
                     }
                     if let Err(e) = l.pricing.validate() {
                         return err(format!("{at}.pricing"), e.to_string());
+                    }
+                    if l.monthly_quota == Some(0) {
+                        return err(format!("{at}.monthly_quota"), ZERO_QUOTA.to_owned());
                     }
                 }
             }

@@ -4,12 +4,24 @@
 /// Query parameters that carry credentials in other gateways; Portico refuses them.
 const KEY_PARAMS: [&str; 5] = ["api_key", "apikey", "key", "access_token", "api-key"];
 
+/// A credential parameter by name, or a Portico key under any name (`?q=ptc_…`).
 pub(crate) fn key_in_query(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         q.split('&').any(|pair| {
             let name = pair.split('=').next().unwrap_or_default();
             KEY_PARAMS.iter().any(|k| name.eq_ignore_ascii_case(k))
-        })
+        }) || contains_key_shape(q)
+    })
+}
+
+/// `ptc_` followed by the key's 28 alphanumerics, not inside a longer word.
+fn contains_key_shape(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.match_indices(portico_core::api_key::PREFIX).any(|(i, _)| {
+        let body = &b[i + 4..];
+        let before_ok = i == 0 || !b[i - 1].is_ascii_alphanumeric();
+        let run = body.iter().take_while(|c| c.is_ascii_alphanumeric()).count();
+        before_ok && run == portico_core::api_key::KEY_LEN - 4
     })
 }
 
@@ -48,6 +60,10 @@ mod tests {
         assert!(super::key_in_query(Some("APIKEY=x")));
         assert!(!super::key_in_query(Some("keyword=x&monkey=1")));
         assert!(!super::key_in_query(None));
+        let key = portico_core::api_key::ApiKey::generate();
+        assert!(super::key_in_query(Some(&format!("q={}", key.expose_secret()))));
+        assert!(super::key_in_query(Some(&format!("a=1&token={}&b=2", key.expose_secret()))));
+        assert!(!super::key_in_query(Some("q=ptc_short&r=xptc_0123456789012345678901234567")));
     }
 
     #[test]

@@ -354,6 +354,44 @@ async fn bad_input(app: &TestApp, provider: &str, consumer: &str, app_id: &str) 
     problem(s, &v, 404, "docs");
     let (s, _, _) = app.call(Method::PUT, "/apis", Some(provider), Some(json!({}))).await;
     assert_eq!(s, 405);
+    // A broken escape in a path parameter is a problem+json too.
+    let r = app.http.get(app.url("/apps/%FF")).bearer_auth(consumer).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(is_problem(r.headers()));
+    // A plan that admits nothing is refused.
+    let (s, v) =
+        app.post("/apis/echo/plans", Some(provider), json!({"slug": "none", "name": "None", "pricing": {"type": "free"}, "monthly_quota": 0})).await;
+    problem(s, &v, 400, "monthly_quota");
+    // Apps belong to consumer organizations only.
+    let (_, me) = app.get("/me", Some(provider)).await;
+    let provider_org = me["organizations"][0]["id"].as_str().unwrap().to_owned();
+    let (s, v) = app.post("/apps", Some(provider), json!({"name": "Sneaky", "org_id": provider_org})).await;
+    problem(s, &v, 400, "consumer organization");
+    // Nobody takes the platform admins' slug.
+    let (s, v) =
+        app.post("/orgs", Some(consumer), json!({"name": "Platform", "slug": "platform", "kind": "consumer"})).await;
+    problem(s, &v, 409, "reserved");
+    // A stale session cookie is a signed-out browser on public pages, not an error.
+    let r = app
+        .http
+        .get(app.url("/apis"))
+        .header("cookie", "portico_session=pts_stale000000000000000000000000000000000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let portal = app.api.clone();
+    let r = app
+        .http
+        .get(format!("{portal}/"))
+        .header("cookie", "portico_session=pts_stale000000000000000000000000000000000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // …but a bad bearer token sent on purpose is refused.
+    let (s, _) = app.get("/apis", Some("pts_stale000000000000000000000000000000000000")).await;
+    assert_eq!(s, 401);
 }
 
 #[tokio::test]

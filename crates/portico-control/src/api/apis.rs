@@ -1,12 +1,12 @@
 //! `/apis`: the catalog, versions and plans.
 
-use crate::api::{Json, PageParams, Query, created};
+use crate::api::{Json, PageParams, Path, Query, created};
 use crate::auth::{Auth, MaybeAuth};
 use crate::error::{Problem, Result};
 use crate::services::catalog::{self, CreateApi, CreatePlan, CreateVersion, UpdateApi, UpdatePlan, UpdateVersion};
 use crate::state::AppState;
 use crate::views::{ApiDetail, ApiView, Paged, PlanView, VersionView};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 
 /// The catalog: public APIs that serve traffic, plus your own organization's.

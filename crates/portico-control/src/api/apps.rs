@@ -1,12 +1,12 @@
 //! `/apps`: consumers' apps and their API keys.
 
-use crate::api::{Json, PageParams, Query, created};
+use crate::api::{Json, PageParams, Path, Query, created};
 use crate::auth::Auth;
 use crate::error::{Problem, Result};
 use crate::services::apps::{self as svc, CreateApp, CreateKey, UpdateApp};
 use crate::state::AppState;
 use crate::views::{AppView, CreatedKey, KeyView, Paged, UsageReport};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;

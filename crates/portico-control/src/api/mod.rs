@@ -79,6 +79,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     }
 }
 
+/// Path parameters whose rejection (e.g. a broken `%`-escape) is a problem+json.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(r) => Err(Error::Invalid(format!("bad path parameter: {}", r.body_text()))),
+        }
+    }
+}
+
 /// `?limit=&offset=`; `limit` is at most 200 (default 50).
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -1,12 +1,12 @@
 //! `/orgs`.
 
-use crate::api::{Json, PageParams, Query, created};
+use crate::api::{Json, PageParams, Path, Query, created};
 use crate::auth::Auth;
 use crate::error::{Problem, Result};
 use crate::services::orgs::{self, CreateOrg};
 use crate::state::AppState;
 use crate::views::{OrgView, Paged};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 
 /// Organizations you belong to (all of them, for platform admins).

@@ -1,13 +1,13 @@
 //! `/subscriptions`: apps subscribed to plans, and their usage.
 
 use crate::api::apps::RangeParams;
-use crate::api::{Json, Query, created};
+use crate::api::{Json, Path, Query, created};
 use crate::auth::Auth;
 use crate::error::{Problem, Result};
 use crate::services::apps::{self as svc, CreateSubscription};
 use crate::state::AppState;
 use crate::views::{Paged, SubscriptionView, UsageReport};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 use utoipa::IntoParams;

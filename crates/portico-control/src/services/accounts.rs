@@ -39,9 +39,12 @@ pub struct LoginRequest {
 }
 
 /// A slug for a new organization: from its name, with a numeric suffix if taken.
+/// The slug of the platform admins' organization; no other organization may take it.
+pub(crate) const PLATFORM_SLUG: &str = "platform";
+
 pub(crate) async fn free_org_slug(c: &mut portico_store::Conn, name: &Name) -> Result<Slug> {
     let base = Slug::slugify(name.as_str()).unwrap_or_else(|_| Slug::parse("org").expect("valid"));
-    if orgs::by_slug(c, base.as_str()).await?.is_none() {
+    if base.as_str() != PLATFORM_SLUG && orgs::by_slug(c, base.as_str()).await?.is_none() {
         return Ok(base);
     }
     for _ in 0..20 {
@@ -64,7 +67,7 @@ pub async fn signup(state: &AppState, req: SignupRequest) -> Result<SessionView>
     if req.account_type == OrgKind::Platform {
         return Err(Error::Invalid("account_type must be `consumer` or `provider`".into()));
     }
-    let hash = auth::hash_password(req.password.expose())?;
+    let hash = auth::hash_password(req.password.expose()).await?;
     let mut tx = state.store.begin().await?;
     let user = users::insert(&mut tx, &req.email, &req.name, &hash, false).await?;
     let org_name = req.organization.unwrap_or_else(|| req.name.clone());
@@ -111,7 +114,7 @@ pub async fn login(state: &AppState, req: LoginRequest) -> Result<SessionView> {
     // Verify against a dummy hash when the account does not exist, so timing does not tell.
     const DUMMY: &str =
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0YbmHt7kOonkQSvF8v2tm5mNXv5V0d6oGE/3oHBwL0Q";
-    let ok = auth::verify_password(&req.password, user.as_ref().map_or(DUMMY, |u| u.password_hash.as_str()));
+    let ok = auth::verify_password(&req.password, user.as_ref().map_or(DUMMY, |u| u.password_hash.as_str())).await;
     let user = match user {
         Some(u) if ok => u,
         _ => return Err(wrong()),
@@ -155,7 +158,7 @@ pub async fn create_admin(store: &Store, email: &Email, password: Option<&str>) 
     let (user, generated, created) = match existing {
         Some(u) => {
             if let Some(p) = password
-                && !auth::verify_password(p, &u.password_hash)
+                && !auth::verify_password(p, &u.password_hash).await
             {
                 return Err(Error::Unauthenticated(format!(
                     "{email} already has an account and that is not its password; leave --password out to promote it"
@@ -173,11 +176,16 @@ pub async fn create_admin(store: &Store, email: &Email, password: Option<&str>) 
                 }
             };
             let name = Name::parse(email.as_str().split('@').next().unwrap_or("admin"))?;
-            let u = users::insert(&mut tx, email, &name, &auth::hash_password(&pw)?, true).await?;
-            let platform = match orgs::by_slug(&mut tx, "platform").await? {
-                Some(o) => o,
+            let u = users::insert(&mut tx, email, &name, &auth::hash_password(&pw).await?, true).await?;
+            let platform = match orgs::by_slug(&mut tx, PLATFORM_SLUG).await? {
+                Some(o) if o.kind == OrgKind::Platform => o,
+                Some(_) => {
+                    return Err(Error::Conflict(format!(
+                        "an ordinary organization took the slug `{PLATFORM_SLUG}`; rename it before creating admins"
+                    )));
+                }
                 None => {
-                    orgs::insert(&mut tx, &Slug::parse("platform")?, &Name::parse("Platform")?, OrgKind::Platform)
+                    orgs::insert(&mut tx, &Slug::parse(PLATFORM_SLUG)?, &Name::parse("Platform")?, OrgKind::Platform)
                         .await?
                 }
             };
@@ -211,7 +219,7 @@ pub async fn ensure_member(
         .ok_or_else(|| Error::not_found(format_args!("organization `{org_slug}`")))?;
     let user = match users::by_email(&mut tx, email).await? {
         Some(u) => u,
-        None => users::insert(&mut tx, email, name, &auth::hash_password(password.expose())?, false).await?,
+        None => users::insert(&mut tx, email, name, &auth::hash_password(password.expose()).await?, false).await?,
     };
     if !orgs::memberships(&mut tx, user.id).await?.iter().any(|m| m.org.id == org.id) {
         orgs::add_member(&mut tx, org.id, user.id, role).await?;

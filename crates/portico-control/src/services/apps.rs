@@ -11,7 +11,7 @@ use portico_core::ids::{AppId, KeyId, OrgId, SubscriptionId};
 use portico_core::model::{OrgKind, Visibility};
 use portico_core::values::{Name, Slug};
 use portico_store::apps::{self, App, Subscription};
-use portico_store::{Page, catalog};
+use portico_store::{Page, catalog, orgs};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -99,6 +99,14 @@ pub async fn create(state: &AppState, who: &Principal, req: CreateApp) -> Result
     }
     if !who.can_manage(org) {
         return Err(Error::Forbidden("your role in this organization cannot create apps".into()));
+    }
+    let mut c = state.store.conn().await?;
+    let kind = orgs::by_id(&mut c, org).await?.map(|o| o.kind);
+    drop(c);
+    if kind != Some(OrgKind::Consumer) {
+        return Err(Error::Invalid(format!(
+            "organization `{org}` is not a consumer organization; apps belong to consumer organizations"
+        )));
     }
     let slug = match req.slug {
         Some(s) => s,

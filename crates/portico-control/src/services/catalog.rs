@@ -365,6 +365,9 @@ pub async fn list_plans(state: &AppState, who: Option<&Principal>, slug: &str) -
 pub async fn create_plan(state: &AppState, who: &Principal, slug: &str, req: CreatePlan) -> Result<PlanView> {
     let api = managed_api(state, who, slug).await?;
     req.pricing.validate()?;
+    if req.monthly_quota == Some(0) {
+        return Err(Error::Invalid(portico_core::declarative::ZERO_QUOTA.into()));
+    }
     let f = PlanFields {
         name: req.name,
         description: req.description,
@@ -410,6 +413,9 @@ pub async fn update_plan(
         p.fields.rate_limit = r;
     }
     if let Some(q) = req.monthly_quota {
+        if q == Some(0) {
+            return Err(Error::Invalid(portico_core::declarative::ZERO_QUOTA.into()));
+        }
         p.fields.monthly_quota = q;
     }
     if let Some(v) = req.visibility {

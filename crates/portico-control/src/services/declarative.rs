@@ -91,6 +91,9 @@ async fn ensure_org(
             }
             Ok(o)
         }
+        None if slug.as_str() == super::accounts::PLATFORM_SLUG => {
+            Err(Error::Conflict(format!("the slug `{slug}` is reserved for the platform admins; choose another")))
+        }
         None => {
             out.push(change("create", kind_name, slug.as_str(), vec![]));
             Ok(orgs::insert(c, slug, name, kind).await?)

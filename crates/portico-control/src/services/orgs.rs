@@ -46,6 +46,9 @@ pub async fn create(state: &AppState, who: &Principal, req: CreateOrg) -> Result
     }
     let mut tx = state.store.begin().await?;
     let slug = match req.slug {
+        Some(s) if s.as_str() == super::accounts::PLATFORM_SLUG => {
+            return Err(Error::Conflict(format!("the slug `{s}` is reserved; choose another")));
+        }
         Some(s) => s,
         None => super::accounts::free_org_slug(&mut tx, &req.name).await?,
     };
