@@ -359,8 +359,13 @@ async fn bad_input(app: &TestApp, provider: &str, consumer: &str, app_id: &str) 
     assert_eq!(r.status(), 400);
     assert!(is_problem(r.headers()));
     // A plan that admits nothing is refused.
-    let (s, v) =
-        app.post("/apis/echo/plans", Some(provider), json!({"slug": "none", "name": "None", "pricing": {"type": "free"}, "monthly_quota": 0})).await;
+    let (s, v) = app
+        .post(
+            "/apis/echo/plans",
+            Some(provider),
+            json!({"slug": "none", "name": "None", "pricing": {"type": "free"}, "monthly_quota": 0}),
+        )
+        .await;
     problem(s, &v, 400, "monthly_quota");
     // Apps belong to consumer organizations only.
     let (_, me) = app.get("/me", Some(provider)).await;
