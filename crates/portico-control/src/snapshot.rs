@@ -91,6 +91,9 @@ pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
     let plans: HashMap<_, _> = catalog::all_plans(&mut tx).await?.into_iter().map(|p| (p.id, p)).collect();
     let keys = apps::active_keys(&mut tx).await?;
     let subs = apps::active_subscriptions(&mut tx).await?;
+    let today = time::OffsetDateTime::now_utc().date();
+    let month_start = today.replace_day(1).unwrap_or(today);
+    let used = portico_store::usage::calls_by_subscription_since(&mut tx, &month_start.to_string()).await?;
     tx.commit().await?;
 
     let mut by_api: HashMap<ApiId, Vec<VersionRoute>> = HashMap::new();
@@ -113,6 +116,7 @@ pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
             state: v.state,
             upstream: v.upstream_url,
             policy: Arc::new(v.policy),
+            policies: Arc::new(v.policies),
             operations,
         });
     }
@@ -150,6 +154,7 @@ pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
                     plan_slug: plan.slug.clone(),
                     rate_limit: plan.fields.rate_limit,
                     monthly_quota: plan.fields.monthly_quota,
+                    quota_used: used.get(&s.id).copied().unwrap_or(0),
                 },
             ))
         })

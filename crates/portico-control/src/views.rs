@@ -153,6 +153,9 @@ pub struct VersionView {
     /// Shown to the API's provider and admins only.
     #[schema(value_type = Option<Object>)]
     pub upstream: Option<portico_core::upstream::UpstreamPolicy>,
+    /// Shown to the API's provider and admins only, secrets as `"<secret>"`.
+    #[schema(value_type = Option<Object>)]
+    pub policies: Option<portico_core::policy::Policies>,
     pub title: String,
     pub operations: Vec<OperationView>,
     pub created_at: String,
@@ -169,6 +172,7 @@ impl VersionView {
             state: v.state.to_string(),
             upstream_url: show_upstream.then(|| v.upstream_url.to_string()),
             upstream: show_upstream.then(|| v.policy.clone()),
+            policies: show_upstream.then(|| v.policies.redacted()),
             title: doc.as_ref().map(|d| d.title.clone()).unwrap_or_default(),
             operations: doc
                 .map(|d| {

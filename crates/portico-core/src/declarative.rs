@@ -7,6 +7,7 @@
 
 use crate::model::{LifecycleState, Pricing, Visibility};
 use crate::openapi::OpenApiDoc;
+use crate::policy::Policies;
 use crate::upstream::UpstreamPolicy;
 
 /// Why `monthly_quota: 0` is refused: a plan that admits nothing is a mistake, not a plan.
@@ -62,6 +63,10 @@ pub struct VersionSpec {
     /// More targets, balancing, timeouts, retries and health checks; defaults when absent.
     #[serde(default, skip_serializing_if = "UpstreamPolicy::is_default")]
     pub upstream: UpstreamPolicy,
+    /// IP lists, JSON depth, operation weights, header and path rewriting, the upstream
+    /// credential, request signing, CORS; none when absent.
+    #[serde(default, skip_serializing_if = "Policies::is_default")]
+    pub policies: Policies,
     /// The OpenAPI 3.0 or 3.1 document, inline.
     pub openapi: serde_json::Value,
 }
@@ -153,6 +158,9 @@ impl Document {
                     }
                     if let Err(e) = v.upstream.validate() {
                         return err(format!("{at}.upstream"), e.to_string());
+                    }
+                    if let Err(e) = v.policies.validate_shape() {
+                        return err(format!("{at}.policies"), e.to_string());
                     }
                 }
                 let mut plans = HashSet::new();

@@ -5,6 +5,7 @@ use crate::api_key::KeyHash;
 use crate::ids::{ApiId, AppId, KeyId, OrgId, PlanId, SubscriptionId, VersionId};
 use crate::model::LifecycleState;
 use crate::operations::OperationRouter;
+use crate::policy::Policies;
 use crate::upstream::UpstreamPolicy;
 use crate::values::{RateLimit, Slug, UpstreamUrl, VersionNumber};
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +42,8 @@ pub struct VersionRoute {
     pub operations: Option<Arc<OperationRouter>>,
     /// Targets beyond `upstream`, balancing, timeouts, retries, health checks.
     pub policy: Arc<UpstreamPolicy>,
+    /// IP lists, JSON depth, weights, rewriting, upstream credential, signing, CORS.
+    pub policies: Arc<Policies>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +62,9 @@ pub struct SubscriptionGrant {
     pub plan_slug: Slug,
     pub rate_limit: Option<RateLimit>,
     pub monthly_quota: Option<u64>,
+    /// Quota units the store had counted for this subscription in the current period when the
+    /// snapshot was compiled: where a gateway that restarts starts counting from.
+    pub quota_used: u64,
 }
 
 impl ApiRoute {
@@ -89,6 +95,7 @@ mod tests {
             upstream: UpstreamUrl::parse("http://127.0.0.1:1").unwrap(),
             operations: None,
             policy: Default::default(),
+            policies: Default::default(),
         }
     }
 

@@ -32,7 +32,16 @@ pub struct Outgoing {
     pub path_and_query: String,
     /// Empty path after the prefix.
     pub rest_empty: bool,
+    /// Signs each attempt (`Portico-Signature`) when the version has a signing secret.
+    pub signer: Option<Signer>,
 }
+
+pub struct Signer {
+    pub policies: std::sync::Arc<portico_core::policy::Policies>,
+    pub consumer: portico_core::values::Slug,
+}
+
+static PORTICO_SIGNATURE: http::HeaderName = http::HeaderName::from_static("portico-signature");
 
 fn uri_for(base: &UpstreamUrl, out: &Outgoing) -> Option<Uri> {
     let mut s = String::with_capacity(base.as_str().len() + out.path_and_query.len() + 1);
@@ -93,6 +102,16 @@ pub async fn send(
         *req.uri_mut() = uri;
         *req.version_mut() = out.version;
         *req.headers_mut() = if can_retry { out.headers.clone() } else { std::mem::take(&mut out.headers) };
+        if let Some(s) = &out.signer
+            && let Some(secret) = &s.policies.signing_secret
+        {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let sig = portico_core::policy::signature(secret, now, out.method.as_str(), pq, s.consumer.as_str());
+            if let Ok(v) = http::HeaderValue::from_str(&sig) {
+                req.headers_mut().insert(PORTICO_SIGNATURE.clone(), v);
+            }
+        }
         state.inflight.fetch_add(1, Ordering::Relaxed);
         let sent = tokio::time::timeout(timeout, client.request(req)).await;
         state.inflight.fetch_sub(1, Ordering::Relaxed);

@@ -13,8 +13,12 @@
 //! timeouts, retries, breakers, health checks), [`meter`] (byte counting and the usage event),
 //! [`cors`], [`metrics`]; `serve` runs the listener.
 //!
-//! Not here yet: bearer tokens (JWT), operation-level policies, response caching, request
-//! validation against the API's document, a shared (Redis) limiter across gateway replicas.
+//! A version's `policies` (IP lists, JSON depth, operation weights, header and path rewriting,
+//! the provider's credential, `Portico-Signature`, CORS) are applied here and in [`proxy`] /
+//! [`forward`] / [`cors`].
+//!
+//! Not here yet: bearer tokens (JWT), response caching, request validation against the API's
+//! document, a shared (Redis) limiter across gateway replicas.
 
 mod client;
 pub mod cors;
@@ -73,6 +77,9 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// CA certificates trusted for HTTPS upstreams besides the webpki roots.
     pub upstream_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Proxies in front of the gateway (load balancers) whose `X-Forwarded-For` is believed:
+    /// the client's address, for IP lists and for the upstream, is read through them.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for GatewayConfig {
@@ -84,6 +91,7 @@ impl Default for GatewayConfig {
             drain_timeout: Duration::from_secs(30),
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             upstream_roots: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -151,13 +159,22 @@ impl Gateway {
             .inner
             .metrics
             .for_api(slug, |s| Slug::parse(s).is_ok_and(|s| self.inner.snapshot.load().apis.contains_key(&s)));
-        let cross_origin = req.headers().contains_key(http::header::ORIGIN);
+        let origin = req.headers().get(http::header::ORIGIN).cloned();
+        let cors = origin.as_ref().map(|_| self.policies_of(req.uri().path()));
         let mut resp = self.handle(client, req, remote).await;
-        if cross_origin {
-            cors::allow(resp.headers_mut());
+        if let (Some(origin), Some(policies)) = (origin, cors) {
+            cors::allow(resp.headers_mut(), &origin, policies.as_deref().and_then(|p| p.cors.as_ref()));
         }
         m.record(resp.status().as_u16(), started.elapsed());
         resp
+    }
+
+    /// The policies of the version a path routes to (for CORS on answers of any kind).
+    fn policies_of(&self, path: &str) -> Option<Arc<portico_core::policy::Policies>> {
+        let t = route::parse(path).ok()?;
+        let snapshot = self.inner.snapshot.load();
+        let api = snapshot.apis.get(&Slug::parse(t.slug).ok()?)?;
+        Some(api.majors.get(&t.major)?.policies.clone())
     }
 
     /// The whole request path for one call.
@@ -213,6 +230,12 @@ impl Gateway {
         let Some(version) = api.majors.get(&target.major) else {
             return errors::not_found(&format!("API `{}` has no published version {}", api.slug, target.major));
         };
+        let policies = &version.policies;
+        let client_ip = proxy::client_ip(remote.ip(), req.headers(), &inner.config.trusted_proxies);
+        if !policies.ip_permitted(client_ip) {
+            inner.metrics.ip_refused.increment(1);
+            return errors::forbidden(&format!("calls to API `{}` are not accepted from your network", api.slug));
+        }
         if let Some(resp) = cors::preflight(&req, version, target.rest) {
             return resp;
         }
@@ -250,6 +273,7 @@ impl Gateway {
             ));
         };
 
+        let units = policies.weight(operation.as_deref());
         let request_id = proxy::request_id(req.headers());
         // Portico's own id of the call: the metering key, never taken from the client.
         let call_id = proxy::call_uuid();
@@ -273,7 +297,7 @@ impl Gateway {
         };
         let mut meter = Meter::new(inner.sink.clone(), event, started, bytes_in.clone());
 
-        let admitted = match inner.limiter.check(sub) {
+        let admitted = match inner.limiter.check(sub, units) {
             Ok(a) => a,
             Err(refusal) => {
                 match &refusal {
@@ -301,25 +325,35 @@ impl Gateway {
             }
         };
 
-        let mut path_and_query = String::with_capacity(target.rest.len() + 64);
-        path_and_query.push_str(target.rest);
+        let rest = policies.rewrite_path(target.rest);
+        let mut path_and_query = String::with_capacity(rest.len() + 64);
+        path_and_query.push_str(&rest);
         if let Some(q) = req.uri().query() {
             path_and_query.push('?');
             path_and_query.push_str(q);
         }
-        let rest_empty = target.rest.is_empty();
+        let rest_empty = rest.is_empty();
         let api_slug = api.slug.clone();
         let (primary, policy) = (version.upstream.clone(), version.policy.clone());
+        let policies = policies.clone();
+        let consumer = grant.consumer_slug.clone();
         let hash = pool::hash_key(&policy, req.headers(), grant.consumer_slug.as_str());
         meter.begin();
         // WebSocket and other upgrades: forwarded, and on a 101 the two connections are joined.
         let upgrade = proxy::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
         let traceparent = proxy::traceparent(&parts.headers);
+        let original_host = match policies.host_header {
+            portico_core::policy::HostHeader::Preserve => parts.headers.get(http::header::HOST).cloned(),
+            portico_core::policy::HostHeader::Upstream => None,
+        };
+        let trusted_peer = !inner.config.trusted_proxies.is_empty()
+            && inner.config.trusted_proxies.iter().any(|n| n.contains(&portico_core::policy::canonical(remote.ip())));
         proxy::upstream_headers(
             &mut parts.headers,
             proxy::Forwarded {
                 client_ip: remote.ip(),
+                trusted_peer,
                 consumer: grant.consumer_slug.as_str(),
                 plan: sub.plan_slug.as_str(),
                 request_id: request_id.clone(),
@@ -329,14 +363,46 @@ impl Gateway {
             },
         );
         drop(snapshot);
+        if !policies.request_headers.is_empty() {
+            proxy::apply_rules(&mut parts.headers, &policies.request_headers);
+        }
+        if let Some(auth) = &policies.upstream_auth {
+            proxy::inject_credential(&mut parts.headers, auth);
+        }
+        if let Some(host) = original_host {
+            parts.headers.insert(http::header::HOST, host);
+        }
         if let Some((protocol, _)) = &upgrade {
             proxy::keep_upgrade(&mut parts.headers, protocol.clone());
         }
-        let body = CountingBody::new(
-            http_body_util::Limited::new(body, inner.config.max_body_bytes as usize).boxed_unsync(),
-            bytes_in,
-        )
-        .boxed_unsync();
+        let limited = http_body_util::Limited::new(body, inner.config.max_body_bytes as usize);
+        let body = match policies.max_json_depth {
+            // The depth check needs the whole body before anything is forwarded.
+            Some(max) if screen::is_json(&parts.headers) => match limited.collect().await {
+                Ok(b) => {
+                    let b = b.to_bytes();
+                    if screen::json_too_deep(&b, max) {
+                        meter.respond(400);
+                        return errors::bad_request(&format!(
+                            "the JSON body is nested deeper than {max} levels, the limit of API `{api_slug}`"
+                        ));
+                    }
+                    http_body_util::Full::new(b).map_err(|never| match never {}).boxed_unsync()
+                }
+                Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    meter.respond(413);
+                    return errors::payload_too_large(inner.config.max_body_bytes);
+                }
+                Err(_) => {
+                    meter.respond(400);
+                    return errors::bad_request("the request body could not be read");
+                }
+            },
+            _ => limited.boxed_unsync(),
+        };
+        let body = CountingBody::new(body, bytes_in).boxed_unsync();
+        let signer =
+            policies.signing_secret.is_some().then(|| forward::Signer { policies: policies.clone(), consumer });
         let out = forward::Outgoing {
             method: parts.method,
             version: parts.version,
@@ -344,6 +410,7 @@ impl Gateway {
             body,
             path_and_query,
             rest_empty,
+            signer,
         };
         let sent = forward::send(&inner.pool, client, &primary, &policy, hash, out).await;
         match sent {
@@ -357,6 +424,9 @@ impl Gateway {
                 };
                 let (mut parts, body) = resp.into_parts();
                 proxy::downstream_headers(&mut parts.headers, request_id, call_id_header);
+                if !policies.response_headers.is_empty() {
+                    proxy::apply_rules(&mut parts.headers, &policies.response_headers);
+                }
                 if let Some((protocol, from_client, from_upstream)) = tunnel {
                     proxy::keep_upgrade(&mut parts.headers, protocol);
                     tokio::spawn(async move {

@@ -82,35 +82,54 @@ impl Limiter {
         }
     }
 
-    /// Admits one call for `grant`, or says why not.
-    pub fn check(&self, grant: &SubscriptionGrant) -> Result<Admitted, Refusal> {
+    /// Admits one call costing `units` (an operation's weight, at least 1) for `grant`, or
+    /// says why not. A refused call takes nothing from either budget.
+    pub fn check(&self, grant: &SubscriptionGrant, units: u32) -> Result<Admitted, Refusal> {
+        let units = NonZeroU32::new(units).unwrap_or(NonZeroU32::MIN);
         let mut admitted = Admitted::default();
+        // The quota is looked at first so that a call refused by it does not spend rate budget.
+        let (month, until_next) = month_now();
+        if let Some(quota) = grant.monthly_quota {
+            let q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((m, used)) = q.get(&grant.subscription_id)
+                && *m == month
+                && used + u64::from(units.get()) > quota
+            {
+                return Err(Refusal::QuotaExhausted { retry_after: Duration::from_secs(until_next), quota });
+            }
+        }
         if let Some(limit) = grant.rate_limit {
             let rl = self.rate_limiter(grant.subscription_id, limit);
-            match rl.check() {
-                Ok(state) => {
+            match rl.check_n(units) {
+                Ok(Ok(state)) => {
                     let left = state.remaining_burst_capacity();
                     let per_call = Duration::from_secs(limit.per().seconds()) / limit.requests().max(1);
                     let refill = per_call * limit.requests().saturating_sub(left);
                     admitted.rate = Some((limit, left, refill.as_millis().div_ceil(1000) as u64));
                 }
-                Err(not_until) => {
+                Ok(Err(not_until)) => {
                     let wait = not_until.wait_time_from(rl.clock().now());
+                    return Err(Refusal::RateLimited { retry_after: wait, limit });
+                }
+                Err(_) => {
+                    // The operation costs more units than the plan's whole burst.
+                    let wait = Duration::from_secs(limit.per().seconds());
                     return Err(Refusal::RateLimited { retry_after: wait, limit });
                 }
             }
         }
         if let Some(quota) = grant.monthly_quota {
-            let (month, until_next) = month_now();
             let mut q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = q.entry(grant.subscription_id).or_insert((month, 0));
+            // A subscription first seen by this process starts from what the store had counted.
+            let entry = q.entry(grant.subscription_id).or_insert((month, grant.quota_used));
             if entry.0 != month {
                 *entry = (month, 0);
             }
-            if entry.1 >= quota {
+            let after = entry.1 + u64::from(units.get());
+            if after > quota {
                 return Err(Refusal::QuotaExhausted { retry_after: Duration::from_secs(until_next), quota });
             }
-            entry.1 += 1;
+            entry.1 = after;
             admitted.quota = Some((quota, quota - entry.1, until_next));
         }
         Ok(admitted)
@@ -135,6 +154,7 @@ mod tests {
             plan_slug: Slug::parse("free").unwrap(),
             rate_limit: rate,
             monthly_quota: quota,
+            quota_used: 0,
         }
     }
 
@@ -142,9 +162,9 @@ mod tests {
     fn gcra_allows_the_burst_then_refuses_with_a_wait() {
         let l = Limiter::new();
         let g = grant(Some(RateLimit::new(3, Period::Minute).unwrap()), None);
-        let lefts: Vec<u32> = (0..3).map(|_| l.check(&g).unwrap().rate.unwrap().1).collect();
+        let lefts: Vec<u32> = (0..3).map(|_| l.check(&g, 1).unwrap().rate.unwrap().1).collect();
         assert_eq!(lefts, [2, 1, 0]);
-        match l.check(&g) {
+        match l.check(&g, 1) {
             Err(Refusal::RateLimited { retry_after, .. }) => {
                 assert!(
                     retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20),
@@ -156,26 +176,49 @@ mod tests {
         }
         // Another subscription has its own budget.
         let g2 = grant(g.rate_limit, None);
-        assert!(l.check(&g2).is_ok());
+        assert!(l.check(&g2, 1).is_ok());
+    }
+
+    #[test]
+    fn weighted_operations_spend_several_units() {
+        let l = Limiter::new();
+        let g = grant(Some(RateLimit::new(10, Period::Minute).unwrap()), Some(12));
+        assert_eq!(l.check(&g, 4).unwrap().rate.unwrap().1, 6);
+        assert_eq!(l.check(&g, 4).unwrap().quota.unwrap().1, 4);
+        assert!(matches!(l.check(&g, 4), Err(Refusal::RateLimited { .. })), "2 rate units left");
+        assert_eq!(l.check(&g, 2).unwrap().quota.unwrap().1, 2);
+        assert!(matches!(l.check(&g, 3), Err(Refusal::QuotaExhausted { .. })));
+        assert!(matches!(l.check(&grant(g.rate_limit, None), 11), Err(Refusal::RateLimited { .. })), "above the burst");
+    }
+
+    #[test]
+    fn the_quota_starts_from_what_the_store_counted() {
+        let l = Limiter::new();
+        let mut g = grant(None, Some(10));
+        g.quota_used = 9;
+        assert_eq!(l.check(&g, 1).unwrap().quota.unwrap().1, 0);
+        assert!(l.check(&g, 1).is_err());
+        g.quota_used = 0;
+        assert!(l.check(&g, 1).is_err(), "a later snapshot does not reset a counter in use");
     }
 
     #[test]
     fn a_changed_limit_takes_effect() {
         let l = Limiter::new();
         let mut g = grant(Some(RateLimit::new(1, Period::Hour).unwrap()), None);
-        assert!(l.check(&g).is_ok());
-        assert!(l.check(&g).is_err());
+        assert!(l.check(&g, 1).is_ok());
+        assert!(l.check(&g, 1).is_err());
         g.rate_limit = Some(RateLimit::new(5, Period::Hour).unwrap());
-        assert!(l.check(&g).is_ok());
+        assert!(l.check(&g, 1).is_ok());
     }
 
     #[test]
     fn the_monthly_quota_counts_admitted_calls() {
         let l = Limiter::new();
         let g = grant(None, Some(2));
-        assert_eq!(l.check(&g).unwrap().quota.map(|q| (q.0, q.1)), Some((2, 1)));
-        assert_eq!(l.check(&g).unwrap().quota.map(|q| (q.0, q.1)), Some((2, 0)));
-        assert!(matches!(l.check(&g), Err(Refusal::QuotaExhausted { quota: 2, .. })));
+        assert_eq!(l.check(&g, 1).unwrap().quota.map(|q| (q.0, q.1)), Some((2, 1)));
+        assert_eq!(l.check(&g, 1).unwrap().quota.map(|q| (q.0, q.1)), Some((2, 0)));
+        assert!(matches!(l.check(&g, 1), Err(Refusal::QuotaExhausted { quota: 2, .. })));
         assert!(grant(None, None).monthly_quota.is_none());
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);

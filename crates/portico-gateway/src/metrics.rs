@@ -39,6 +39,7 @@ pub struct GatewayMetrics {
     unknown: Arc<ApiMetrics>,
     pub rate_limited: Counter,
     pub quota_exhausted: Counter,
+    pub ip_refused: Counter,
     pub upstream_errors: Counter,
 }
 
@@ -49,6 +50,7 @@ impl Default for GatewayMetrics {
             unknown: Arc::new(ApiMetrics::new("_unknown")),
             rate_limited: metrics::counter!("portico_gateway_rejections_total", "reason" => "rate_limit"),
             quota_exhausted: metrics::counter!("portico_gateway_rejections_total", "reason" => "quota"),
+            ip_refused: metrics::counter!("portico_gateway_rejections_total", "reason" => "ip"),
             upstream_errors: metrics::counter!("portico_gateway_upstream_errors_total"),
         }
     }

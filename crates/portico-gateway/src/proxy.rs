@@ -101,9 +101,38 @@ pub fn traceparent(h: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(&format!("00-{trace:032x}-{span:016x}-01")).unwrap_or(HeaderValue::from_static("-"))
 }
 
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address
+/// in `X-Forwarded-For` that is not itself a trusted proxy (read from the right, so a client
+/// cannot forge its way in by prepending).
+pub fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = portico_core::policy::canonical(peer);
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+    for hop in hops.iter().rev().flat_map(|v| v.rsplit(',')) {
+        match hop.trim().parse::<IpAddr>().map(portico_core::policy::canonical) {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 /// What the gateway adds for the upstream.
 pub struct Forwarded<'a> {
+    /// The connection's peer.
     pub client_ip: IpAddr,
+    /// Whether the peer is a trusted proxy, whose `X-Forwarded-*` and `Forwarded` headers are
+    /// kept and extended; from anyone else they are replaced.
+    pub trusted_peer: bool,
     pub consumer: &'a str,
     pub plan: &'a str,
     pub request_id: HeaderValue,
@@ -135,16 +164,88 @@ pub fn upstream_headers(h: &mut HeaderMap, f: Forwarded<'_>) {
     h.insert(X_REQUEST_ID.clone(), f.request_id);
     h.insert(X_PORTICO_REQUEST_ID.clone(), f.call_id);
     h.insert(TRACEPARENT.clone(), f.traceparent);
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", f.client_ip),
+    let prev = |h: &HeaderMap, name: &str| {
+        let all: Vec<&str> = h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (f.trusted_peer && !all.is_empty()).then(|| all.join(", "))
+    };
+    let node = match f.client_ip {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    };
+    let host = original_host.as_ref().and_then(|v| v.to_str().ok()).filter(|v| !v.contains(['"', ';', ',']));
+    let mut forwarded = format!("for={node};proto=http");
+    if let Some(host) = host {
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(host);
+        forwarded.push('"');
+    }
+    let forwarded = match prev(h, "forwarded") {
+        Some(p) => format!("{p}, {forwarded}"),
+        None => forwarded,
+    };
+    let xff = match prev(h, "x-forwarded-for") {
+        Some(p) => format!("{p}, {}", f.client_ip),
         None => f.client_ip.to_string(),
     };
+    h.remove("x-forwarded-for");
+    h.remove("forwarded");
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(host) = original_host {
-        h.insert("x-forwarded-host", host);
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        h.insert("forwarded", v);
+    }
+    if !(f.trusted_peer && h.contains_key("x-forwarded-proto")) {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    match original_host {
+        Some(host) if !(f.trusted_peer && h.contains_key("x-forwarded-host")) => {
+            h.insert("x-forwarded-host", host);
+        }
+        Some(_) => {}
+        None => {
+            if !f.trusted_peer {
+                h.remove("x-forwarded-host");
+            }
+        }
+    }
+}
+
+/// A version's header rules (rename → remove → add) applied to a message's headers.
+pub fn apply_rules(h: &mut HeaderMap, rules: &portico_core::policy::HeaderRules) {
+    for (from, to) in &rules.rename {
+        if let (Ok(from), Ok(to)) = (HeaderName::from_bytes(from.as_bytes()), HeaderName::from_bytes(to.as_bytes())) {
+            let values: Vec<HeaderValue> = h.get_all(&from).iter().cloned().collect();
+            h.remove(&from);
+            for v in values {
+                h.append(to.clone(), v);
+            }
+        }
+    }
+    for name in &rules.remove {
+        h.remove(name.as_str());
+    }
+    for (name, value) in &rules.add {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            h.insert(n, v);
+        }
+    }
+}
+
+/// The provider's credential for the upstream, replacing whatever the consumer sent there.
+pub fn inject_credential(h: &mut HeaderMap, auth: &portico_core::policy::UpstreamAuth) {
+    use base64::Engine;
+    use portico_core::policy::UpstreamAuth;
+    let (name, value) = match auth {
+        UpstreamAuth::Header { name, value } => (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)),
+        UpstreamAuth::Basic { username, password } => {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            (Ok(header::AUTHORIZATION), HeaderValue::from_str(&format!("Basic {token}")))
+        }
+    };
+    if let (Ok(n), Ok(mut v)) = (name, value) {
+        v.set_sensitive(true);
+        h.insert(n, v);
     }
 }
 
@@ -198,6 +299,7 @@ mod tests {
             &mut h,
             Forwarded {
                 client_ip: "127.0.0.1".parse().unwrap(),
+                trusted_peer: false,
                 consumer: "globex",
                 plan: "free",
                 request_id: HeaderValue::from_static("r1"),
@@ -212,8 +314,55 @@ mod tests {
         assert!(h.get("connection").is_none() && h.get("x-private").is_none());
         assert!(h.get("host").is_none());
         assert_eq!(h["x-forwarded-host"], "gw.example");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "an untrusted peer's chain is replaced");
+        assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=\"gw.example\"");
         assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn a_trusted_proxy_chain_is_extended_and_read_from_the_right() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.7".parse().unwrap());
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, &h, &[]), peer, "no trusted proxies: the peer");
+        let outsider: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(outsider, &h, &trusted), outsider, "an untrusted peer cannot claim an address");
+        h.insert("forwarded", "for=203.0.113.9".parse().unwrap());
+        upstream_headers(
+            &mut h,
+            Forwarded {
+                client_ip: peer,
+                trusted_peer: true,
+                consumer: "c",
+                plan: "p",
+                request_id: HeaderValue::from_static("r"),
+                call_id: HeaderValue::from_static("c"),
+                traceparent: traceparent(&HeaderMap::new()),
+                key_in_authorization: false,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 203.0.113.9, 10.0.0.7, 10.0.0.2");
+        assert_eq!(h["forwarded"], "for=203.0.113.9, for=10.0.0.2;proto=http");
+    }
+
+    #[test]
+    fn header_rules_and_credentials() {
+        let rules: portico_core::policy::HeaderRules = serde_json::from_value(serde_json::json!({
+            "rename": {"x-old": "x-new"}, "remove": ["x-drop"], "add": {"x-added": "1"}
+        }))
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-old", "v".parse().unwrap());
+        h.insert("x-drop", "v".parse().unwrap());
+        apply_rules(&mut h, &rules);
+        assert_eq!((h["x-new"].to_str().unwrap(), h["x-added"].to_str().unwrap()), ("v", "1"));
+        assert!(h.get("x-old").is_none() && h.get("x-drop").is_none());
+        let basic = portico_core::policy::UpstreamAuth::Basic { username: "u".into(), password: "p".into() };
+        h.insert("authorization", "Bearer consumer-token".parse().unwrap());
+        inject_credential(&mut h, &basic);
+        assert_eq!(h["authorization"], "Basic dTpw");
     }
 
     #[test]

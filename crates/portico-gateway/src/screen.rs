@@ -81,3 +81,55 @@ mod tests {
         assert!(super::smuggling(&h).is_some());
     }
 }
+
+/// Whether a request says its body is JSON (`application/json`, `application/*+json`).
+pub(crate) fn is_json(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+        let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    })
+}
+
+/// Whether a JSON text nests arrays and objects deeper than `max`, found by scanning bytes
+/// (strings and their escapes skipped) without parsing: cheap, and it cannot be blown up by
+/// the nesting it is meant to catch.
+pub(crate) fn json_too_deep(body: &[u8], max: u32) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0u32, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::json_too_deep;
+
+    #[test]
+    fn depth_counts_nesting_not_brackets_in_strings() {
+        assert!(!json_too_deep(br#"{"a": [1, {"b": 2}]}"#, 3));
+        assert!(json_too_deep(br#"{"a": [1, {"b": 2}]}"#, 2));
+        assert!(!json_too_deep(br#"{"a": "[[[[[[\"[[[["}"#, 1));
+        assert!(json_too_deep(&[b'['; 10_000], 64));
+        assert!(!json_too_deep(b"", 1));
+    }
+}

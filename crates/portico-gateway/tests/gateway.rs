@@ -1,14 +1,15 @@
 //! The gateway on its own: a snapshot built by hand, a real upstream on port 0, real HTTP.
 
+mod common;
+use common::echo_upstream;
+
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use portico_core::api_key::{ApiKey, Pepper};
 use portico_core::ids::*;
 use portico_core::model::LifecycleState;
@@ -16,9 +17,8 @@ use portico_core::snapshot::*;
 use portico_core::usage::{UsageEvent, UsageSink};
 use portico_core::values::{Period, RateLimit, Slug, UpstreamUrl, VersionNumber};
 use portico_gateway::{Gateway, GatewayConfig};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
@@ -30,28 +30,6 @@ impl UsageSink for Collect {
     fn end(&self, _token: u64, e: UsageEvent) {
         self.0.lock().unwrap().push(e);
     }
-}
-
-async fn echo_upstream() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    let (parts, body) = req.into_parts();
-                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let headers: serde_json::Map<String, Value> =
-                        parts.headers.iter().map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("")))).collect();
-                    let out = json!({"method": parts.method.as_str(), "path": parts.uri.path(), "query": parts.uri.query(), "headers": headers, "body_len": body.len()});
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(out.to_string()))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
-            });
-        }
-    });
-    format!("http://{addr}")
 }
 
 struct Fixture {
@@ -74,6 +52,7 @@ async fn fixture(upstream: &str) -> Fixture {
         upstream: UpstreamUrl::parse(&format!("{upstream}/base")).unwrap(),
         operations: None,
         policy: Default::default(),
+        policies: Default::default(),
     };
     let mut apis = HashMap::new();
     apis.insert(
@@ -95,6 +74,7 @@ async fn fixture(upstream: &str) -> Fixture {
         plan_slug: Slug::parse("free").unwrap(),
         rate_limit: Some(RateLimit::new(4, Period::Minute).unwrap()),
         monthly_quota: None,
+        quota_used: 0,
     };
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
         generation: 7,

@@ -4,6 +4,7 @@ use crate::row::{get, parse, time, with};
 use crate::{Conn, Error, Page, Result, now_millis};
 use portico_core::ids::{ApiId, OrgId, PlanId, VersionId};
 use portico_core::model::{LifecycleState, Pricing, Visibility};
+use portico_core::policy::Policies;
 use portico_core::upstream::UpstreamPolicy;
 use portico_core::values::{Name, Period, RateLimit, Slug, UpstreamUrl, VersionNumber};
 use sqlx::any::AnyRow;
@@ -149,12 +150,14 @@ pub struct ApiVersion {
     pub state: LifecycleState,
     pub upstream_url: UpstreamUrl,
     pub policy: UpstreamPolicy,
+    pub policies: Policies,
     pub openapi: serde_json::Value,
     pub created_at: time::OffsetDateTime,
     pub updated_at: time::OffsetDateTime,
 }
 
-const VERSION_COLS: &str = "id, api_id, version, state, upstream_url, upstream_policy, openapi, created_at, updated_at";
+const VERSION_COLS: &str =
+    "id, api_id, version, state, upstream_url, upstream_policy, policies, openapi, created_at, updated_at";
 
 fn decode_version(r: &AnyRow) -> Result<ApiVersion> {
     let t = "api_versions";
@@ -169,10 +172,20 @@ fn decode_version(r: &AnyRow) -> Result<ApiVersion> {
                 .map_err(|e| Error::Corrupt { table: t, message: format!("upstream_policy: {e}") })?,
             None => UpstreamPolicy::default(),
         },
+        policies: match get::<Option<String>>(r, t, "policies")? {
+            Some(json) => serde_json::from_str(&json)
+                .map_err(|e| Error::Corrupt { table: t, message: format!("policies: {e}") })?,
+            None => Policies::default(),
+        },
         openapi: with(r, t, "openapi", |s| serde_json::from_str(s))?,
         created_at: time(r, t, "created_at")?,
         updated_at: time(r, t, "updated_at")?,
     })
+}
+
+/// NULL for no policies.
+fn policies_json(p: &Policies) -> Option<String> {
+    (!p.is_default()).then(|| serde_json::to_string(p).unwrap_or_default())
 }
 
 /// NULL for the default policy, so the common case stores nothing.
@@ -180,20 +193,24 @@ fn policy_json(p: &UpstreamPolicy) -> Option<String> {
     (!p.is_default()).then(|| serde_json::to_string(p).unwrap_or_default())
 }
 
-pub async fn insert_version(
-    c: &mut Conn,
-    api: ApiId,
-    version: VersionNumber,
-    state: LifecycleState,
-    upstream: &UpstreamUrl,
-    policy: &UpstreamPolicy,
-    openapi: &serde_json::Value,
-) -> Result<ApiVersion> {
+/// A version as written: everything but its id and times.
+#[derive(Debug, Clone)]
+pub struct VersionInput<'a> {
+    pub version: VersionNumber,
+    pub state: LifecycleState,
+    pub upstream_url: &'a UpstreamUrl,
+    pub policy: &'a UpstreamPolicy,
+    pub policies: &'a Policies,
+    pub openapi: &'a serde_json::Value,
+}
+
+pub async fn insert_version(c: &mut Conn, api: ApiId, v: VersionInput<'_>) -> Result<ApiVersion> {
     let id = VersionId::new();
     let now = now_millis();
+    let version = v.version;
     sqlx::query(
-        "INSERT INTO api_versions (id, api_id, version, major, minor, patch, state, upstream_url, openapi, created_at, updated_at, upstream_policy) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)",
+        "INSERT INTO api_versions (id, api_id, version, major, minor, patch, state, upstream_url, openapi, created_at, updated_at, upstream_policy, policies) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)",
     )
     .bind(id.to_string())
     .bind(api.to_string())
@@ -201,11 +218,12 @@ pub async fn insert_version(
     .bind(i64::from(version.major))
     .bind(i64::from(version.minor))
     .bind(i64::from(version.patch))
-    .bind(state.as_str())
-    .bind(upstream.as_str())
-    .bind(openapi.to_string())
+    .bind(v.state.as_str())
+    .bind(v.upstream_url.as_str())
+    .bind(v.openapi.to_string())
     .bind(now)
-    .bind(policy_json(policy))
+    .bind(policy_json(v.policy))
+    .bind(policies_json(v.policies))
     .execute(c)
     .await
     .map_err(Error::unique(format!("version {version} of this API")))?;
@@ -213,32 +231,30 @@ pub async fn insert_version(
         id,
         api_id: api,
         version,
-        state,
-        upstream_url: upstream.clone(),
-        policy: policy.clone(),
-        openapi: openapi.clone(),
+        state: v.state,
+        upstream_url: v.upstream_url.clone(),
+        policy: v.policy.clone(),
+        policies: v.policies.clone(),
+        openapi: v.openapi.clone(),
         created_at: crate::from_millis(now),
         updated_at: crate::from_millis(now),
     })
 }
 
-pub async fn update_version(
-    c: &mut Conn,
-    id: VersionId,
-    state: LifecycleState,
-    upstream: &UpstreamUrl,
-    policy: &UpstreamPolicy,
-    openapi: &serde_json::Value,
-) -> Result<()> {
-    sqlx::query("UPDATE api_versions SET state = $1, upstream_url = $2, openapi = $3, updated_at = $4, upstream_policy = $5 WHERE id = $6")
-        .bind(state.as_str())
-        .bind(upstream.as_str())
-        .bind(openapi.to_string())
-        .bind(now_millis())
-        .bind(policy_json(policy))
-        .bind(id.to_string())
-        .execute(c)
-        .await?;
+/// Writes a version's state, upstream, policies and document.
+pub async fn update_version(c: &mut Conn, v: &ApiVersion) -> Result<()> {
+    sqlx::query(
+        "UPDATE api_versions SET state = $1, upstream_url = $2, openapi = $3, updated_at = $4, upstream_policy = $5, policies = $6 WHERE id = $7",
+    )
+    .bind(v.state.as_str())
+    .bind(v.upstream_url.as_str())
+    .bind(v.openapi.to_string())
+    .bind(now_millis())
+    .bind(policy_json(&v.policy))
+    .bind(policies_json(&v.policies))
+    .bind(v.id.to_string())
+    .execute(c)
+    .await?;
     Ok(())
 }
 

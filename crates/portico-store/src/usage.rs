@@ -95,6 +95,27 @@ pub async fn calls_since(c: &mut Conn, sub: SubscriptionId, from_day: &str) -> R
     get(&r, t(), "n")
 }
 
+/// Calls of every subscription since `from_day` (inclusive), without orphans: where the
+/// gateway's quota counters start after a restart.
+pub async fn calls_by_subscription_since(
+    c: &mut Conn,
+    from_day: &str,
+) -> Result<std::collections::HashMap<SubscriptionId, u64>> {
+    let rows = sqlx::query(
+        "SELECT subscription_id, CAST(COALESCE(SUM(calls), 0) AS BIGINT) AS n FROM usage_daily WHERE day >= $1 GROUP BY subscription_id",
+    )
+    .bind(from_day)
+    .fetch_all(c)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let sub: SubscriptionId = parse(r, t(), "subscription_id")?;
+            let n: i64 = get(r, t(), "n")?;
+            Ok((sub, n.max(0) as u64))
+        })
+        .collect()
+}
+
 fn t() -> &'static str {
     "usage_daily"
 }

@@ -64,28 +64,38 @@ async fn exercise(store: &Store) {
         retries: 2,
         ..Default::default()
     };
+    let policies: portico_core::policy::Policies =
+        serde_json::from_value(serde_json::json!({"ip_allow": ["10.0.0.0/8"], "operation_weights": {"search": 3}}))
+            .unwrap();
+    let none = portico_core::policy::Policies::default();
     for (v, st) in
         [("1.0.0", LifecycleState::Published), ("1.1.0", LifecycleState::Draft), ("2.0.0", LifecycleState::Published)]
     {
-        let p = if v == "2.0.0" { policy.clone() } else { UpstreamPolicy::default() };
-        catalog::insert_version(&mut c, api.id, VersionNumber::parse(v).unwrap(), st, &up, &p, &doc).await.unwrap();
+        let (p, ps) =
+            if v == "2.0.0" { (policy.clone(), policies.clone()) } else { (UpstreamPolicy::default(), none.clone()) };
+        let input = catalog::VersionInput {
+            version: VersionNumber::parse(v).unwrap(),
+            state: st,
+            upstream_url: &up,
+            policy: &p,
+            policies: &ps,
+            openapi: &doc,
+        };
+        catalog::insert_version(&mut c, api.id, input).await.unwrap();
     }
-    assert!(matches!(
-        catalog::insert_version(
-            &mut c,
-            api.id,
-            VersionNumber::parse("1.0.0").unwrap(),
-            LifecycleState::Draft,
-            &up,
-            &UpstreamPolicy::default(),
-            &doc
-        )
-        .await,
-        Err(Error::Conflict(_))
-    ));
+    let again = catalog::VersionInput {
+        version: VersionNumber::parse("1.0.0").unwrap(),
+        state: LifecycleState::Draft,
+        upstream_url: &up,
+        policy: &UpstreamPolicy::default(),
+        policies: &none,
+        openapi: &doc,
+    };
+    assert!(matches!(catalog::insert_version(&mut c, api.id, again).await, Err(Error::Conflict(_))));
     let vs = catalog::versions(&mut c, api.id).await.unwrap();
     assert_eq!(vs.iter().map(|v| v.version.to_string()).collect::<Vec<_>>(), ["2.0.0", "1.1.0", "1.0.0"]);
     assert_eq!((&vs[0].policy, vs[1].policy.is_default()), (&policy, true), "the upstream policy round-trips");
+    assert_eq!((&vs[0].policies, vs[1].policies.is_default()), (&policies, true), "the policies round-trip");
     assert_eq!(catalog::all_serving_versions(&mut c).await.unwrap().len(), 2);
     // The public catalog shows APIs with a serving version.
     assert_eq!(

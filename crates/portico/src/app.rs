@@ -84,7 +84,8 @@ impl App {
             None => Vec::new(),
             Some(path) => read_ca_file(path)?,
         };
-        let gateway_config = GatewayConfig { upstream_roots, ..GatewayConfig::default() };
+        let gateway_config =
+            GatewayConfig { upstream_roots, trusted_proxies: settings.trusted_networks()?, ..GatewayConfig::default() };
         let gateway = Gateway::new(publisher.handle(), pepper.clone(), journal.clone(), gateway_config);
         let state = AppState { store, pepper: Arc::new(pepper), snapshot: publisher, config: Arc::new(config) };
         Ok(App {

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// PEM file of extra CA certificates to trust for HTTPS upstreams
     #[arg(long, env = "PORTICO_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<PathBuf>,
+    /// Proxies in front of the gateway whose X-Forwarded-For is believed, comma-separated
+    /// addresses or CIDR networks (e.g. 10.0.0.0/8)
+    #[arg(long, env = "PORTICO_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
     /// Load the demo marketplace (two providers, three APIs, a consumer with a key) and run
     /// its upstream in this process.
     #[arg(long, env = "PORTICO_DEMO")]

@@ -24,6 +24,9 @@ pub struct Settings {
     pub metrics_addr: String,
     /// PEM file of CA certificates trusted for HTTPS upstreams, besides the webpki roots.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Networks of proxies in front of the gateway whose `X-Forwarded-For` is believed (CIDR
+    /// or single addresses). Empty: the connection's peer is the client.
+    pub trusted_proxies: Vec<String>,
     pub demo: bool,
 }
 
@@ -38,6 +41,7 @@ impl Default for Settings {
             public_api_url: None,
             metrics_addr: "0.0.0.0:9464".into(),
             upstream_ca_file: None,
+            trusted_proxies: Vec::new(),
             demo: false,
         }
     }
@@ -62,6 +66,8 @@ struct Overrides {
     metrics_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream_ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trusted_proxies: Option<Vec<String>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     demo: bool,
 }
@@ -77,6 +83,7 @@ impl Settings {
             public_api_url,
             metrics_addr,
             upstream_ca_file,
+            trusted_proxies,
             demo,
         } = args.clone();
         let overrides = Overrides {
@@ -88,6 +95,7 @@ impl Settings {
             public_api_url,
             metrics_addr,
             upstream_ca_file,
+            trusted_proxies,
             demo,
         };
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
@@ -113,7 +121,23 @@ impl Settings {
         Self::load(&ServeArgs { store: args.clone(), ..Default::default() })
     }
 
+    /// `trusted_proxies` as networks (a single address is a /32 or /128).
+    pub fn trusted_networks(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|s| {
+                let s = s.trim();
+                s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).map_err(
+                    |_| {
+                        anyhow::anyhow!("trusted_proxies: `{s}` is not an address or a CIDR network such as 10.0.0.0/8")
+                    },
+                )
+            })
+            .collect()
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.trusted_networks()?;
         let mut addrs = vec![("gateway_addr", &self.gateway_addr), ("api_addr", &self.api_addr)];
         if self.metrics_addr != "off" {
             addrs.push(("metrics_addr", &self.metrics_addr));

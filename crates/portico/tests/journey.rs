@@ -424,3 +424,75 @@ async fn the_api_describes_itself_in_openapi_31() {
     assert!(page.text().await.unwrap().contains("swagger"));
     app.stop().await;
 }
+
+/// A provider declares a version's policies through the API: secrets are stored but never shown,
+/// a redacted secret sent back keeps the stored one, and the gateway applies them at once.
+#[tokio::test]
+async fn version_policies_through_the_api() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let upstream = spawn_upstream().await;
+    let provider = app.signup("pia@provider.example", "provider").await;
+    assert_eq!(app.post("/apis", Some(&provider), json!({"slug": "echo", "name": "Echo"})).await.0, 201);
+    let (s, v) = app
+        .post(
+            "/apis/echo/versions",
+            Some(&provider),
+            json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": echo_openapi(), "state": "published",
+                   "policies": {"request_headers": {"add": {"Host": "evil"}}}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("managed by the gateway"), "{v}");
+    let policies = json!({
+        "upstream_auth": {"type": "header", "name": "X-Upstream-Key", "value": "provider-secret-value"},
+        "signing_secret": "a-signing-secret-of-some-length",
+        "request_headers": {"add": {"X-From": "portico"}}
+    });
+    let (s, v) = app
+        .post(
+            "/apis/echo/versions",
+            Some(&provider),
+            json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": echo_openapi(), "state": "published", "policies": policies}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(!v.to_string().contains("provider-secret-value") && !v.to_string().contains("a-signing-secret"), "{v}");
+    assert_eq!(v["policies"]["upstream_auth"]["value"], "<secret>");
+    let (_, public) = app.get("/apis/echo/versions/1.0.0", None).await;
+    assert!(public["policies"].is_null(), "only the provider sees policies: {public}");
+
+    // Sending the redacted form back (as a form would) keeps the secret.
+    let mut shown = v["policies"].clone();
+    shown["request_headers"]["add"]["X-From"] = json!("portico-2");
+    let (s, v, _) = app
+        .call(reqwest::Method::PATCH, "/apis/echo/versions/1.0.0", Some(&provider), Some(json!({"policies": shown})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    let consumer = app.signup("cora@consumer.example", "consumer").await;
+    let (_, created) = app.post("/apps", Some(&consumer), json!({"name": "A"})).await;
+    let app_id = created["id"].as_str().unwrap();
+    assert_eq!(
+        app.post(
+            "/apis/echo/plans",
+            Some(&provider),
+            json!({"slug": "free", "name": "Free", "pricing": {"type": "free"}})
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        app.post("/subscriptions", Some(&consumer), json!({"app_id": app_id, "api": "echo", "plan": "free"})).await.0,
+        201
+    );
+    let (_, k) = app.post(&format!("/apps/{app_id}/keys"), Some(&consumer), json!({"name": "k"})).await;
+    let r = gw(&app, "/echo/v1/things/1", k["key"].as_str()).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["headers"]["x-upstream-key"], "provider-secret-value", "the stored secret survived the PATCH");
+    assert_eq!(body["headers"]["x-from"], "portico-2");
+    let sig = body["headers"]["portico-signature"].as_str().unwrap();
+    assert!(sig.starts_with("t=") && sig.contains(",v1="), "signed (verified in the gateway's tests): {sig}");
+    app.stop().await;
+}

@@ -8,6 +8,7 @@ use crate::views::{ApiDetail, ApiView, PlanView, VersionView};
 use portico_core::ids::OrgId;
 use portico_core::model::{LifecycleState, OrgKind, Pricing, Visibility};
 use portico_core::openapi::OpenApiDoc;
+use portico_core::policy::Policies;
 use portico_core::upstream::UpstreamPolicy;
 use portico_core::values::{Name, RateLimit, Slug, UpstreamUrl, VersionNumber};
 use portico_store::catalog::{self, Api, ApiFields, ApiScope, PlanFields};
@@ -58,6 +59,11 @@ pub struct CreateVersion {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub upstream: Option<UpstreamPolicy>,
+    /// IP lists, JSON depth, operation weights, header and path rewriting, the upstream
+    /// credential, request signing, CORS (none when absent).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub policies: Option<Policies>,
     /// The OpenAPI 3.0 or 3.1 document (JSON).
     #[schema(value_type = Object)]
     pub openapi: serde_json::Value,
@@ -76,6 +82,9 @@ pub struct UpdateVersion {
     pub upstream_url: Option<UpstreamUrl>,
     #[schema(value_type = Option<Object>)]
     pub upstream: Option<UpstreamPolicy>,
+    /// Replaces the version's policies. A secret given as `"<secret>"` keeps the stored one.
+    #[schema(value_type = Option<Object>)]
+    pub policies: Option<Policies>,
     #[schema(value_type = Option<Object>)]
     pub openapi: Option<serde_json::Value>,
 }
@@ -271,14 +280,23 @@ pub async fn create_version(state: &AppState, who: &Principal, slug: &str, req: 
     if let Some(p) = &req.upstream {
         p.validate()?;
     }
+    let policies = req.policies.unwrap_or_default();
+    policies.validate()?;
     let stateval = req.state.unwrap_or(LifecycleState::Draft);
     if !matches!(stateval, LifecycleState::Draft | LifecycleState::Published) {
         return Err(Error::Invalid("a new version starts as `draft` or `published`".into()));
     }
     let mut tx = state.store.begin().await?;
     let policy = req.upstream.unwrap_or_default();
-    let v = catalog::insert_version(&mut tx, api.id, req.version, stateval, &req.upstream_url, &policy, &req.openapi)
-        .await?;
+    let input = catalog::VersionInput {
+        version: req.version,
+        state: stateval,
+        upstream_url: &req.upstream_url,
+        policy: &policy,
+        policies: &policies,
+        openapi: &req.openapi,
+    };
+    let v = catalog::insert_version(&mut tx, api.id, input).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
@@ -346,12 +364,17 @@ pub async fn update_version(
         p.validate()?;
         v.policy = p;
     }
+    if let Some(p) = req.policies {
+        let p = p.keeping_secrets_of(&v.policies);
+        p.validate()?;
+        v.policies = p;
+    }
     if let Some(doc) = req.openapi {
         OpenApiDoc::parse(doc.clone())?;
         v.openapi = doc;
     }
     let mut tx = state.store.begin().await?;
-    catalog::update_version(&mut tx, v.id, v.state, &v.upstream_url, &v.policy, &v.openapi).await?;
+    catalog::update_version(&mut tx, &v).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;

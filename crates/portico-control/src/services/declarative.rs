@@ -165,17 +165,38 @@ async fn apply_provider(c: &mut Conn, p: &ProviderSpec, out: &mut Vec<Change>) -
                     if e.policy != v.upstream {
                         diff.push("upstream")
                     }
+                    let policies = v.policies.keeping_secrets_of(&e.policies);
+                    policies.validate().map_err(|err| Error::Invalid(format!("{name}: {err}")))?;
+                    if e.policies != policies {
+                        diff.push("policies")
+                    }
                     if e.openapi != v.openapi {
                         diff.push("openapi")
                     }
                     if !diff.is_empty() {
-                        catalog::update_version(c, e.id, v.state, &v.upstream_url, &v.upstream, &v.openapi).await?;
+                        let updated = catalog::ApiVersion {
+                            state: v.state,
+                            upstream_url: v.upstream_url.clone(),
+                            policy: v.upstream.clone(),
+                            policies,
+                            openapi: v.openapi.clone(),
+                            ..e.clone()
+                        };
+                        catalog::update_version(c, &updated).await?;
                         out.push(change("update", "version", name, diff));
                     }
                 }
                 None => {
-                    catalog::insert_version(c, api.id, v.version, v.state, &v.upstream_url, &v.upstream, &v.openapi)
-                        .await?;
+                    v.policies.validate().map_err(|err| Error::Invalid(format!("{name}: {err}")))?;
+                    let input = catalog::VersionInput {
+                        version: v.version,
+                        state: v.state,
+                        upstream_url: &v.upstream_url,
+                        policy: &v.upstream,
+                        policies: &v.policies,
+                        openapi: &v.openapi,
+                    };
+                    catalog::insert_version(c, api.id, input).await?;
                     out.push(change("create", "version", name, vec![]));
                 }
             }
@@ -288,6 +309,7 @@ pub async fn export(state: &AppState, who: &Principal) -> Result<Document> {
                     state: v.state,
                     upstream_url: v.upstream_url,
                     upstream: v.policy,
+                    policies: v.policies,
                     openapi: v.openapi,
                 })
                 .collect();

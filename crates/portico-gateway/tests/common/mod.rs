@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 use portico_core::api_key::{ApiKey, Pepper};
 use portico_core::ids::*;
 use portico_core::model::LifecycleState;
+use portico_core::policy::Policies;
 use portico_core::snapshot::*;
 use portico_core::upstream::UpstreamPolicy;
 use portico_core::usage::{DiscardUsage, UsageSink};
@@ -14,11 +15,47 @@ use portico_gateway::{Gateway, GatewayConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// An upstream that answers every request with what it received, as JSON: method, path,
+/// query, headers and the body's length (and the body, when it is UTF-8). It also sends an
+/// `x-upstream-internal` header that response rules may remove.
+pub async fn echo_upstream() -> String {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use serde_json::{Value, json};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let headers: serde_json::Map<String, Value> =
+                        parts.headers.iter().map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("")))).collect();
+                    let out = json!({"method": parts.method.as_str(), "path": parts.uri.path(), "query": parts.uri.query(),
+                        "headers": headers, "body_len": body.len(), "body": String::from_utf8(body.to_vec()).ok()});
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from(out.to_string())));
+                    resp.headers_mut().insert("x-upstream-internal", "build-42".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
 pub struct Setup {
     pub slug: &'static str,
     pub upstream: String,
     pub policy: UpstreamPolicy,
+    pub policies: Policies,
     pub rate_limit: Option<RateLimit>,
+    pub monthly_quota: Option<u64>,
+    pub operations: Option<Arc<portico_core::operations::OperationRouter>>,
     pub config: GatewayConfig,
     pub sink: Arc<dyn UsageSink>,
 }
@@ -29,7 +66,10 @@ impl Setup {
             slug,
             upstream: upstream.to_owned(),
             policy: UpstreamPolicy::default(),
+            policies: Policies::default(),
             rate_limit: None,
+            monthly_quota: None,
+            operations: None,
             config: GatewayConfig::default(),
             sink: Arc::new(DiscardUsage),
         }
@@ -53,8 +93,9 @@ pub async fn start(s: Setup) -> Running {
         version: VersionNumber::parse("1.0.0").unwrap(),
         state: LifecycleState::Published,
         upstream: UpstreamUrl::parse(&s.upstream).unwrap(),
-        operations: None,
+        operations: s.operations,
         policy: Arc::new(s.policy),
+        policies: Arc::new(s.policies),
     };
     let slug = Slug::parse(s.slug).unwrap();
     let grant = KeyGrant {
@@ -69,7 +110,8 @@ pub async fn start(s: Setup) -> Running {
         plan_id: PlanId::new(),
         plan_slug: Slug::parse("p1").unwrap(),
         rate_limit: s.rate_limit,
-        monthly_quota: None,
+        monthly_quota: s.monthly_quota,
+        quota_used: 0,
     };
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
         generation: 1,

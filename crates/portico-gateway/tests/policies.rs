@@ -1,0 +1,249 @@
+//! A version's request policies against real sockets: header rules, the provider's upstream
+//! credential, `Portico-Signature`, `Host` and path rewriting, IP lists behind trusted
+//! proxies, JSON depth, weighted operations and per-API CORS.
+
+mod common;
+
+use common::{Setup, echo_upstream, start};
+use portico_core::openapi::Operation;
+use portico_core::operations::OperationRouter;
+use portico_core::policy::{Policies, verify_signature};
+use portico_core::values::{Period, RateLimit};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+fn policies(v: Value) -> Policies {
+    let p: Policies = serde_json::from_value(v).unwrap();
+    p.validate().unwrap();
+    p
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+async fn problem(resp: reqwest::Response, status: u16, says: &str) {
+    assert_eq!(resp.status().as_u16(), status);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains(says), "{body}");
+}
+
+#[tokio::test]
+async fn rewriting_credentials_and_signature_reach_the_upstream_and_nothing_else_does() {
+    let up = echo_upstream().await;
+    let mut s = Setup::new("echo", &format!("{up}/base"));
+    s.policies = policies(json!({
+        "request_headers": {"rename": {"x-client-tag": "x-tag"}, "remove": ["x-debug"], "add": {"x-provider": "portico"}},
+        "response_headers": {"remove": ["x-upstream-internal"], "add": {"x-served-by": "portico"}},
+        "upstream_auth": {"type": "header", "name": "X-Upstream-Key", "value": "provider-secret-123"},
+        "signing_secret": "sign-me-please-0123456789",
+        "path_rewrite": [{"from": "/old", "to": "/new"}],
+        "host_header": "preserve"
+    }));
+    let gw = start(s).await;
+    let resp = client()
+        .get(format!("{}/old/thing?x=1", gw.base))
+        .header("x-api-key", &gw.key)
+        .header("x-client-tag", "blue")
+        .header("x-debug", "1")
+        .header("x-upstream-key", "consumer-forgery")
+        .header("host", "api.marketplace.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-upstream-internal").is_none(), "response rule removed it");
+    assert_eq!(resp.headers()["x-served-by"], "portico");
+    let seen: Value = resp.json().await.unwrap();
+    let h = &seen["headers"];
+    assert_eq!(seen["path"], "/base/new/thing", "path rewritten under the upstream's base path");
+    assert_eq!(h["x-tag"], "blue");
+    assert!(h.get("x-client-tag").is_none() && h.get("x-debug").is_none());
+    assert_eq!(h["x-provider"], "portico");
+    assert_eq!(h["x-upstream-key"], "provider-secret-123", "the provider's credential replaced the consumer's");
+    assert_eq!(h["host"], "api.marketplace.example", "host preserved");
+    let sig = h["portico-signature"].as_str().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(verify_signature("sign-me-please-0123456789", sig, "GET", "/base/new/thing?x=1", "c1", now, 60), "{sig}");
+    assert!(!verify_signature("sign-me-please-0123456789", sig, "GET", "/base/new/other?x=1", "c1", now, 60));
+
+    // Basic auth injection and the default host (the upstream's own).
+    let mut s = Setup::new("basic", &up);
+    s.policies = policies(json!({"upstream_auth": {"type": "basic", "username": "acme", "password": "s3cret"}}));
+    let gw = start(s).await;
+    let seen: Value = client()
+        .get(format!("{}/x", gw.base))
+        .header("x-api-key", &gw.key)
+        .header("authorization", "Bearer not-for-upstream")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["headers"]["authorization"], "Basic YWNtZTpzM2NyZXQ=");
+    assert_eq!(seen["headers"]["host"], up.trim_start_matches("http://"));
+    assert!(seen["headers"].get("portico-signature").is_none(), "no secret, no signature");
+}
+
+#[tokio::test]
+async fn ip_lists_are_checked_before_the_key_and_read_through_trusted_proxies() {
+    let up = echo_upstream().await;
+    let mut s = Setup::new("echo", &up);
+    s.policies = policies(json!({"ip_allow": ["10.0.0.0/8"], "ip_deny": ["10.66.0.0/16"]}));
+    let gw = start(s).await;
+    // From 127.0.0.1, not allowed, and refused before the key is looked at.
+    let resp = client().get(format!("{}/x", gw.base)).header("x-api-key", "ptc_nonsense").send().await.unwrap();
+    problem(resp, 403, "not accepted from your network").await;
+    // A client cannot claim an allowed address when the gateway trusts no proxy.
+    let resp = client()
+        .get(format!("{}/x", gw.base))
+        .header("x-api-key", &gw.key)
+        .header("x-forwarded-for", "10.1.2.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    let mut s = Setup::new("echo", &up);
+    s.policies = policies(json!({"ip_allow": ["10.0.0.0/8"], "ip_deny": ["10.66.0.0/16"]}));
+    s.config.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let gw = start(s).await;
+    let call = |xff: &'static str| {
+        let (base, key) = (gw.base.clone(), gw.key.clone());
+        async move {
+            client()
+                .get(format!("{base}/x"))
+                .header("x-api-key", key)
+                .header("x-forwarded-for", xff)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let ok = call("10.1.2.3").await;
+    assert_eq!(ok.status(), 200);
+    let seen: Value = ok.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-for"], "10.1.2.3, 127.0.0.1", "a trusted proxy's chain is extended");
+    assert_eq!(call("10.66.1.1").await.status(), 403, "deny wins over allow");
+    assert_eq!(call("10.1.2.3, 192.0.2.1").await.status(), 403, "the nearest untrusted hop is the client");
+}
+
+#[tokio::test]
+async fn json_nested_too_deep_is_refused_and_a_sane_body_arrives_whole() {
+    let up = echo_upstream().await;
+    let mut s = Setup::new("echo", &up);
+    s.policies = policies(json!({"max_json_depth": 4}));
+    let gw = start(s).await;
+    let post = |body: String| {
+        let (base, key) = (gw.base.clone(), gw.key.clone());
+        async move {
+            client()
+                .post(format!("{base}/x"))
+                .header("x-api-key", key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    problem(post(deep).await, 400, "nested deeper than 4").await;
+    let fine = r#"{"a": {"b": [1, 2, {"c": "[[[[[[[[["}]}}"#.to_owned();
+    let resp = post(fine.clone()).await;
+    assert_eq!(resp.status(), 200);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["body"], fine.as_str());
+    // Not JSON: not inspected.
+    let resp = client()
+        .post(format!("{}/x", gw.base))
+        .header("x-api-key", &gw.key)
+        .header("content-type", "text/plain")
+        .body("[".repeat(100))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn a_weighted_operation_spends_several_units_of_the_plan() {
+    let up = echo_upstream().await;
+    let mut s = Setup::new("echo", &up);
+    let op = |method: &str, path: &str, id: &str| Operation {
+        method: method.into(),
+        path: path.into(),
+        operation_id: Some(id.into()),
+        summary: None,
+    };
+    s.operations = Some(Arc::new(
+        OperationRouter::compile(&[op("GET", "/search", "search"), op("GET", "/items/{id}", "getItem")]).unwrap(),
+    ));
+    s.policies = policies(json!({"operation_weights": {"search": 4}}));
+    s.rate_limit = Some(RateLimit::new(10, Period::Minute).unwrap());
+    s.monthly_quota = Some(100);
+    let gw = start(s).await;
+    let get = |path: &'static str| {
+        let (base, key) = (gw.base.clone(), gw.key.clone());
+        async move { client().get(format!("{base}{path}")).header("x-api-key", key).send().await.unwrap() }
+    };
+    let r = get("/search").await;
+    let state = r.headers()["ratelimit"].to_str().unwrap();
+    assert!(state.starts_with("\"minute\";r=6;t=24, \"month\";r=96;t="), "{state}");
+    assert_eq!(
+        get("/items/1").await.headers()["ratelimit"].to_str().unwrap().split(',').next().unwrap(),
+        "\"minute\";r=5;t=30"
+    );
+    assert_eq!(get("/search").await.status(), 200);
+    let refused = get("/search").await;
+    assert_eq!(refused.status(), 429, "1 unit left, a search costs 4");
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(get("/items/2").await.status(), 200, "a 1-unit call still fits");
+}
+
+#[tokio::test]
+async fn cors_follows_the_version_policy() {
+    let up = echo_upstream().await;
+    let mut s = Setup::new("echo", &up);
+    s.policies = policies(
+        json!({"cors": {"allow_origins": ["https://app.example"], "allow_headers": ["X-Api-Key", "Content-Type"], "max_age_secs": 120}}),
+    );
+    let gw = start(s).await;
+    let c = client();
+    let pre = |origin: &'static str| {
+        c.request(reqwest::Method::OPTIONS, format!("{}/x", gw.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "x-api-key, x-evil")
+            .send()
+    };
+    let ok = pre("https://app.example").await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert_eq!(ok.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(ok.headers()["access-control-allow-headers"], "X-Api-Key, Content-Type");
+    assert_eq!(ok.headers()["access-control-max-age"], "120");
+    problem(pre("https://evil.example").await.unwrap(), 403, "origin").await;
+
+    let get = |origin: &'static str| {
+        c.get(format!("{}/x", gw.base)).header("x-api-key", &gw.key).header("origin", origin).send()
+    };
+    let ok = get("https://app.example").await.unwrap();
+    assert_eq!(ok.headers()["access-control-allow-origin"], "https://app.example");
+    assert!(ok.headers()["vary"].to_str().unwrap().contains("Origin"));
+    let other = get("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none(), "the browser withholds the answer");
+
+    // Without a policy, any origin, never credentials.
+    let gw = start(Setup::new("open", &up)).await;
+    let any = c
+        .get(format!("{}/x", gw.base))
+        .header("x-api-key", &gw.key)
+        .header("origin", "https://x.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(any.headers()["access-control-allow-origin"], "*");
+}
