@@ -14,11 +14,21 @@ use portico_store::orgs::Membership;
 use portico_store::users::User;
 use sha2::{Digest, Sha256};
 
-/// The browser session cookie. `__Host-` comes with TLS (identity issue); today the cookie is
-/// `HttpOnly; SameSite=Strict; Path=/`, plus `Secure` when Portico is configured for HTTPS.
-pub const SESSION_COOKIE: &str = "portico_session";
-/// Browser sessions live this long.
+/// The browser session cookie: `__Host-portico_session; Path=/; Secure; HttpOnly;
+/// SameSite=Strict` wherever the browser treats the connection as secure (HTTPS, and
+/// loopback addresses, which browsers count as secure contexts).
+pub const SESSION_COOKIE: &str = "__Host-portico_session";
+/// The same cookie over plain HTTP on a non-loopback address (a LAN demo), where a browser
+/// would drop a `Secure` cookie.
+pub const PLAIN_SESSION_COOKIE: &str = "portico_session";
+/// Browser sessions end this long after sign-in, whatever happens (absolute timeout).
 pub const SESSION_TTL_SECS: i64 = 12 * 3600;
+/// ... or after this long without a request (idle timeout).
+pub const SESSION_IDLE_SECS: i64 = 3600;
+/// A session's `last_seen_at` is written at most this often.
+const TOUCH_EVERY_MS: i64 = 60_000;
+/// The header that carries the CSRF token on cookie-authenticated changes.
+pub const CSRF_HEADER: &str = "x-csrf-token";
 
 fn argon2() -> Argon2<'static> {
     // OWASP's Argon2id baseline: m = 19 MiB, t = 2, p = 1.
@@ -63,12 +73,62 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The CSRF token of a session: derived from its secret, so it needs no storage and cannot be
+/// computed by a page that cannot read the (`HttpOnly`) cookie.
+pub fn csrf_token(session_token: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"portico-csrf\0");
+    h.update(session_token.as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
 /// The signed-in user with their memberships.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user: User,
     pub memberships: Vec<Membership>,
     pub session_id: SessionId,
+    /// The CSRF token that goes with this session (see [`csrf_token`]).
+    pub csrf_token: String,
+    /// Where the request came from (for the audit log).
+    pub client: ClientInfo,
+}
+
+/// The caller's address (through trusted proxies) and user agent.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<std::net::IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    pub fn from_parts(parts: &Parts, trusted: &[ipnet::IpNet]) -> Self {
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        let hops: Vec<&str> = parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        ClientInfo {
+            ip: peer.map(|p| portico_core::policy::client_ip(p, hops.into_iter(), trusted)),
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|u| u[..u.floor_char_boundary(200)].to_owned()),
+        }
+    }
+
+    pub fn origin(&self) -> portico_store::users::Origin {
+        portico_store::users::Origin { ip: self.ip.map(|i| i.to_string()), user_agent: self.user_agent.clone() }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientInfo
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = Error;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        let state = AppState::from_ref(state);
+        Ok(ClientInfo::from_parts(parts, &state.config.trusted_proxies))
+    }
 }
 
 impl Principal {
@@ -104,27 +164,59 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(|t| t.trim().to_owned())
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
+/// The session cookie's value (either name), if the request has one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
+        .find(|(k, _)| *k == SESSION_COOKIE || *k == PLAIN_SESSION_COOKIE)
         .map(|(_, v)| v.to_owned())
 }
 
-pub async fn resolve(state: &AppState, token: &str) -> Result<Option<Principal>> {
+/// Whether a browser will keep a `Secure` cookie from this request: Portico is configured for
+/// HTTPS, or the browser talks to a loopback address (a secure context).
+pub fn secure_context(state: &AppState, headers: &HeaderMap) -> bool {
+    if state.config.secure_cookies {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The `Set-Cookie` value for a session (`max_age` 0 clears it).
+pub fn session_set_cookie(state: &AppState, headers: &HeaderMap, token: &str, max_age: i64) -> String {
+    if secure_context(state, headers) {
+        format!("{SESSION_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}")
+    } else {
+        format!("{PLAIN_SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}")
+    }
+}
+
+pub async fn resolve(state: &AppState, token: &str, client: ClientInfo) -> Result<Option<Principal>> {
     let mut c = state.store.conn().await?;
-    let Some(session) = portico_store::users::session_by_hash(&mut c, &token_hash(token)).await? else {
+    let found = portico_store::users::session_by_hash(&mut c, &token_hash(token), SESSION_IDLE_SECS * 1000).await?;
+    let Some(session) = found else {
         return Ok(None);
     };
     let Some(user) = portico_store::users::by_id(&mut c, session.user_id).await? else {
         return Ok(None);
     };
+    let seen = session.last_seen_at.unwrap_or(session.created_at);
+    if (time::OffsetDateTime::now_utc() - seen).whole_milliseconds() > i128::from(TOUCH_EVERY_MS) {
+        portico_store::users::touch_session(&mut c, session.id).await?;
+    }
     let memberships = portico_store::orgs::memberships(&mut c, user.id).await?;
-    Ok(Some(Principal { user, memberships, session_id: session.id }))
+    Ok(Some(Principal { user, memberships, session_id: session.id, csrf_token: csrf_token(token), client }))
 }
 
 /// Extractor: the caller must be signed in.
@@ -142,18 +234,29 @@ where
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
         let state = AppState::from_ref(state);
+        let client = ClientInfo::from_parts(parts, &state.config.trusted_proxies);
         if let Some(t) = bearer(&parts.headers) {
             // A token sent on purpose that does not work is an error the caller must hear about.
-            return match resolve(&state, &t).await? {
+            return match resolve(&state, &t, client).await? {
                 Some(p) => Ok(MaybeAuth(Some(p))),
                 None => Err(Error::Unauthenticated("the token is invalid or has expired; sign in again".into())),
             };
         }
         // A stale session cookie is just a signed-out browser.
-        match session_cookie(&parts.headers) {
-            None => Ok(MaybeAuth(None)),
-            Some(t) => Ok(MaybeAuth(resolve(&state, &t).await?)),
+        let Some(t) = session_cookie(&parts.headers) else { return Ok(MaybeAuth(None)) };
+        let Some(p) = resolve(&state, &t, client).await? else { return Ok(MaybeAuth(None)) };
+        // A browser sends the cookie with any request to this site, including ones a hostile
+        // page makes it send: changes need the CSRF token too, which only our pages know.
+        if !parts.method.is_safe() {
+            use subtle::ConstantTimeEq;
+            let sent = parts.headers.get(CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+            if !bool::from(sent.ct_eq(p.csrf_token.as_bytes())) {
+                return Err(Error::Forbidden(
+                    "a change made with the session cookie needs the `X-CSRF-Token` header (its value is `csrf_token` in the sign-in answer and in GET /api/v1/me); scripts should use `Authorization: Bearer` instead"
+                    .into()));
+            }
         }
+        Ok(MaybeAuth(Some(p)))
     }
 }
 
@@ -191,6 +294,10 @@ mod tests {
         assert_eq!(credential(&h), None);
         h.insert(header::COOKIE, "a=b; portico_session=pts_x".parse().unwrap());
         assert_eq!(credential(&h).as_deref(), Some("pts_x"));
+        h.insert(header::COOKIE, "__Host-portico_session=pts_z; a=b".parse().unwrap());
+        assert_eq!(credential(&h).as_deref(), Some("pts_z"));
+        assert_eq!(csrf_token("pts_z").len(), 32);
+        assert_ne!(csrf_token("pts_z"), csrf_token("pts_y"));
         h.insert(header::AUTHORIZATION, "Bearer pts_y".parse().unwrap());
         assert_eq!(credential(&h).as_deref(), Some("pts_y"));
         assert_ne!(new_token(), new_token());

@@ -29,6 +29,9 @@ pub enum Error {
     Internal(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Too many attempts: try again after this many seconds (`Retry-After`).
+    #[error("{0}")]
+    TooManyRequests(String, u64),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -52,6 +55,7 @@ impl Error {
             Error::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            Error::TooManyRequests(..) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "Too many requests"),
         }
     }
 }
@@ -106,6 +110,9 @@ impl IntoResponse for Error {
         };
         let mut resp = (status, axum::Json(body)).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Error::TooManyRequests(_, secs) = &self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

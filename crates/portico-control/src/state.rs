@@ -13,6 +13,9 @@ pub struct ControlConfig {
     pub gateway_url: String,
     /// Largest accepted request body (OpenAPI documents included).
     pub max_body_bytes: usize,
+    /// Proxies in front of Portico whose `X-Forwarded-For` is believed (sign-in throttling and
+    /// the audit log record the client's address).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ControlConfig {
@@ -21,6 +24,7 @@ impl Default for ControlConfig {
             secure_cookies: false,
             gateway_url: "http://127.0.0.1:8080".into(),
             max_body_bytes: 5 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -31,6 +35,7 @@ pub struct AppState {
     pub pepper: Arc<Pepper>,
     pub snapshot: Arc<SnapshotPublisher>,
     pub config: Arc<ControlConfig>,
+    pub throttle: Arc<crate::throttle::LoginThrottle>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -78,12 +78,17 @@ impl From<&users::User> for UserView {
 pub struct MeView {
     pub user: UserView,
     pub organizations: Vec<OrgView>,
+    /// Send as `X-CSRF-Token` with changes made with the session cookie.
+    pub csrf_token: String,
 }
 
 /// A new session: the bearer token for scripts (also set as a cookie for browsers).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionView {
     pub token: String,
+    /// Send as `X-CSRF-Token` with changes made with the session cookie (not needed with the
+    /// bearer token).
+    pub csrf_token: String,
     pub expires_at: Option<String>,
     pub user: UserView,
     pub organizations: Vec<OrgView>,

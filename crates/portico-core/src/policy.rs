@@ -370,6 +370,34 @@ pub fn verify_signature(
     expected.as_bytes().ct_eq(header.as_bytes()).into()
 }
 
+/// The client's address: the connection's `peer`, or, when the peer is a trusted proxy, the
+/// nearest address in `X-Forwarded-For` (all its values, in order) that is not itself a
+/// trusted proxy, read from the right so that a client cannot forge its way in by prepending.
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    trusted: &[IpNet],
+) -> IpAddr {
+    let peer = canonical(peer);
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in forwarded_for.rev().flat_map(|v| v.rsplit(',')) {
+        match hop.trim().parse::<IpAddr>().map(canonical) {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 /// `::ffff:10.0.0.1` is `10.0.0.1`: a v4-mapped address must not slip past a v4 rule.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {

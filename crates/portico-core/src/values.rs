@@ -133,11 +133,33 @@ impl Password {
         if n > 1024 {
             return Err(Error::invalid("password", "a password may have at most 1024 characters"));
         }
+        if is_common_password(s) {
+            return Err(Error::invalid(
+                "password",
+                "that password is among the most common ones, which attackers try first; choose another (a few unrelated words make a good one)",
+            ));
+        }
         Ok(Password(s.to_owned()))
     }
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+const COMMON_PASSWORDS: &str = include_str!("../data/common-passwords.txt");
+
+/// Whether a password is on the common-password list (case-insensitively), one character
+/// repeated, or a straight run such as `12345678` or `abcdefgh`.
+pub fn is_common_password(s: &str) -> bool {
+    static LIST: std::sync::OnceLock<std::collections::HashSet<&'static str>> = std::sync::OnceLock::new();
+    let list = LIST.get_or_init(|| {
+        COMMON_PASSWORDS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+    });
+    let lower = s.to_lowercase();
+    let b = lower.as_bytes();
+    let repeated = b.windows(2).all(|w| w[0] == w[1]);
+    let run = |step: i16| b.windows(2).all(|w| i16::from(w[1]) - i16::from(w[0]) == step);
+    list.contains(lower.as_str()) || repeated || run(1) || run(-1)
 }
 
 impl TryFrom<String> for Password {
@@ -374,6 +396,19 @@ impl UpstreamUrl {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn common_and_trivial_passwords_are_refused() {
+        for p in ["password", "Password1", "12345678", "QWERTYUIOP", "iloveyou", "zzzzzzzzzz", "abcdefghij", "98765432"]
+        {
+            let e = Password::parse(p).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("most common"), "{p}: {e}");
+        }
+        for p in ["long enough password", "correct horse battery", "Tr0ub4dor&3x"] {
+            assert!(Password::parse(p).is_ok(), "{p}");
+        }
+        assert!(Password::parse("short").unwrap_err().to_string().contains("at least 8"));
+    }
 
     #[test]
     fn slugs() {

@@ -105,25 +105,11 @@ pub fn traceparent(h: &HeaderMap) -> HeaderValue {
 /// in `X-Forwarded-For` that is not itself a trusted proxy (read from the right, so a client
 /// cannot forge its way in by prepending).
 pub fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
-    let peer = portico_core::policy::canonical(peer);
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if trusted.is_empty() || !is_trusted(&peer) {
-        return peer;
+    if trusted.is_empty() {
+        return portico_core::policy::canonical(peer);
     }
-    let mut client = peer;
-    let hops = h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
-    for hop in hops.iter().rev().flat_map(|v| v.rsplit(',')) {
-        match hop.trim().parse::<IpAddr>().map(portico_core::policy::canonical) {
-            Ok(ip) => {
-                client = ip;
-                if !is_trusted(&ip) {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    client
+    let hops: Vec<&str> = h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    portico_core::policy::client_ip(peer, hops.into_iter(), trusted)
 }
 
 /// What the gateway adds for the upstream.
@@ -148,9 +134,16 @@ pub fn upstream_headers(h: &mut HeaderMap, f: Forwarded<'_>) {
     strip_hop_by_hop(h);
     let original_host = h.remove(header::HOST);
     h.remove("x-api-key");
-    if f.key_in_authorization {
+    // The key, or a Portico session token sent by mistake (a portal's try-it), never leaves.
+    let portico_token = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| v[7..].trim_start()))
+        .is_some_and(|t| t.starts_with("pts_") || t.starts_with(portico_core::api_key::PREFIX));
+    if f.key_in_authorization || portico_token {
         h.remove(header::AUTHORIZATION);
     }
+    strip_session_cookie(h);
     let portico: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("x-portico-")).cloned().collect();
     for k in portico {
         h.remove(k);
@@ -208,6 +201,30 @@ pub fn upstream_headers(h: &mut HeaderMap, f: Forwarded<'_>) {
                 h.remove("x-forwarded-host");
             }
         }
+    }
+}
+
+/// The portal's session cookie is Portico's, not the upstream's: removed from `Cookie`.
+fn strip_session_cookie(h: &mut HeaderMap) {
+    if !h.contains_key(header::COOKIE) {
+        return;
+    }
+    let ours = |c: &str| {
+        let name = c.split('=').next().unwrap_or_default().trim();
+        name == "portico_session" || name == "__Host-portico_session"
+    };
+    let all: Vec<String> =
+        h.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
+    if !all.iter().flat_map(|v| v.split(';')).any(ours) {
+        return;
+    }
+    let kept: Vec<&str> =
+        all.iter().flat_map(|v| v.split(';')).map(str::trim).filter(|c| !c.is_empty() && !ours(c)).collect();
+    h.remove(header::COOKIE);
+    if let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && !kept.is_empty()
+    {
+        h.insert(header::COOKIE, v);
     }
 }
 
@@ -295,6 +312,7 @@ mod tests {
         h.insert("host", "gw.example".parse().unwrap());
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.insert("accept", "application/json".parse().unwrap());
+        h.insert("cookie", "theme=dark; __Host-portico_session=pts_abc; lang=en".parse().unwrap());
         upstream_headers(
             &mut h,
             Forwarded {
@@ -317,6 +335,29 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "127.0.0.1", "an untrusted peer's chain is replaced");
         assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=\"gw.example\"");
         assert_eq!(h["accept"], "application/json");
+        assert_eq!(h["cookie"], "theme=dark; lang=en", "the portal's session cookie is not forwarded");
+    }
+
+    #[test]
+    fn a_portico_session_token_in_authorization_is_not_forwarded() {
+        let f = || Forwarded {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            trusted_peer: false,
+            consumer: "c",
+            plan: "p",
+            request_id: HeaderValue::from_static("r"),
+            call_id: HeaderValue::from_static("c"),
+            traceparent: traceparent(&HeaderMap::new()),
+            key_in_authorization: false,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer pts_0123456789".parse().unwrap());
+        h.insert("cookie", "portico_session=pts_x".parse().unwrap());
+        upstream_headers(&mut h, f());
+        assert!(h.get("authorization").is_none() && h.get("cookie").is_none());
+        h.insert("authorization", "Bearer upstream-own-token".parse().unwrap());
+        upstream_headers(&mut h, f());
+        assert_eq!(h["authorization"], "Bearer upstream-own-token", "the consumer's own upstream credentials pass");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! This crate knows rows and the domain types of `portico-core`; it has no business rules.
 
 pub mod apps;
+pub mod audit;
 pub mod catalog;
 pub mod orgs;
 pub mod testing;

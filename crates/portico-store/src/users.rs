@@ -96,7 +96,7 @@ pub enum SessionKind {
 }
 
 impl SessionKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             SessionKind::Browser => "browser",
             SessionKind::Token => "token",
@@ -111,6 +111,33 @@ pub struct Session {
     pub kind: SessionKind,
     pub created_at: time::OffsetDateTime,
     pub expires_at: Option<time::OffsetDateTime>,
+    /// When it was last used (written at most once a minute); `None`: not since sign-in.
+    pub last_seen_at: Option<time::OffsetDateTime>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Where a session was opened from.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+const SESSION_COLS: &str = "id, user_id, kind, created_at, expires_at, last_seen_at, ip, user_agent";
+
+fn decode_session(r: &AnyRow) -> Result<Session> {
+    let t = "sessions";
+    Ok(Session {
+        id: parse(r, t, "id")?,
+        user_id: parse(r, t, "user_id")?,
+        kind: if get::<String>(r, t, "kind")? == "token" { SessionKind::Token } else { SessionKind::Browser },
+        created_at: time(r, t, "created_at")?,
+        expires_at: opt_time(r, t, "expires_at")?,
+        last_seen_at: opt_time(r, t, "last_seen_at")?,
+        ip: get(r, t, "ip")?,
+        user_agent: get(r, t, "user_agent")?,
+    })
 }
 
 pub async fn insert_session(
@@ -119,10 +146,11 @@ pub async fn insert_session(
     token_hash: &str,
     kind: SessionKind,
     expires_at: Option<i64>,
+    origin: &Origin,
 ) -> Result<SessionId> {
     let id = SessionId::new();
     sqlx::query(
-        "INSERT INTO sessions (id, token_hash, user_id, kind, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO sessions (id, token_hash, user_id, kind, created_at, expires_at, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(id.to_string())
     .bind(token_hash)
@@ -130,30 +158,66 @@ pub async fn insert_session(
     .bind(kind.as_str())
     .bind(now_millis())
     .bind(expires_at)
+    .bind(origin.ip.as_deref())
+    .bind(origin.user_agent.as_deref().map(|u| &u[..u.floor_char_boundary(200)]))
     .execute(c)
     .await?;
     Ok(id)
 }
 
-/// The live session with this token hash, if any (expired ones are not returned).
-pub async fn session_by_hash(c: &mut Conn, token_hash: &str) -> Result<Option<Session>> {
-    let r = sqlx::query(
-        "SELECT id, user_id, kind, created_at, expires_at FROM sessions \
-         WHERE token_hash = $1 AND (expires_at IS NULL OR expires_at > $2)",
-    )
+/// The live session with this token hash, if any: not expired, and (for browser sessions) used
+/// within `idle_ms`.
+pub async fn session_by_hash(c: &mut Conn, token_hash: &str, idle_ms: i64) -> Result<Option<Session>> {
+    let now = now_millis();
+    let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SESSION_COLS} FROM sessions \
+         WHERE token_hash = $1 AND (expires_at IS NULL OR expires_at > $2) \
+         AND (kind <> 'browser' OR COALESCE(last_seen_at, created_at) > $3)"
+    )))
     .bind(token_hash)
-    .bind(now_millis())
+    .bind(now)
+    .bind(now - idle_ms)
     .fetch_optional(c)
     .await?;
-    let Some(r) = r else { return Ok(None) };
-    let t = "sessions";
-    Ok(Some(Session {
-        id: parse(&r, t, "id")?,
-        user_id: parse(&r, t, "user_id")?,
-        kind: if get::<String>(&r, t, "kind")? == "token" { SessionKind::Token } else { SessionKind::Browser },
-        created_at: time(&r, t, "created_at")?,
-        expires_at: opt_time(&r, t, "expires_at")?,
-    }))
+    r.as_ref().map(decode_session).transpose()
+}
+
+/// Notes that a session was used now.
+pub async fn touch_session(c: &mut Conn, id: SessionId) -> Result<()> {
+    sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
+        .bind(now_millis())
+        .bind(id.to_string())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// A user's sessions that have not expired, newest first.
+pub async fn sessions_of(c: &mut Conn, user: UserId) -> Result<Vec<Session>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE user_id = $1 AND (expires_at IS NULL OR expires_at > $2) ORDER BY created_at DESC"
+    )))
+    .bind(user.to_string())
+    .bind(now_millis())
+    .fetch_all(c)
+    .await?;
+    rows.iter().map(decode_session).collect()
+}
+
+/// Ends one of a user's sessions; false when the user has no such session.
+pub async fn delete_session_of(c: &mut Conn, user: UserId, id: SessionId) -> Result<bool> {
+    let n = sqlx::query("DELETE FROM sessions WHERE id = $1 AND user_id = $2")
+        .bind(id.to_string())
+        .bind(user.to_string())
+        .execute(c)
+        .await?
+        .rows_affected();
+    Ok(n > 0)
+}
+
+/// Ends every session of a user (a password change); returns how many.
+pub async fn delete_sessions_of(c: &mut Conn, user: UserId) -> Result<u64> {
+    Ok(sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user.to_string()).execute(c).await?.rows_affected())
 }
 
 pub async fn delete_session(c: &mut Conn, id: SessionId) -> Result<()> {

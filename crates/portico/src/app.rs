@@ -76,6 +76,7 @@ impl App {
         let config = ControlConfig {
             gateway_url: settings.public_gateway_url.clone().unwrap_or_else(|| url_of(gateway_addr)),
             secure_cookies: settings.public_api_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+            trusted_proxies: settings.trusted_networks()?,
             ..ControlConfig::default()
         };
         let journal = Journal::open(&settings.data_dir.join("journal"), JOURNAL_SEGMENT_BYTES)
@@ -87,7 +88,13 @@ impl App {
         let gateway_config =
             GatewayConfig { upstream_roots, trusted_proxies: settings.trusted_networks()?, ..GatewayConfig::default() };
         let gateway = Gateway::new(publisher.handle(), pepper.clone(), journal.clone(), gateway_config);
-        let state = AppState { store, pepper: Arc::new(pepper), snapshot: publisher, config: Arc::new(config) };
+        let state = AppState {
+            store,
+            pepper: Arc::new(pepper),
+            snapshot: publisher,
+            config: Arc::new(config),
+            throttle: Arc::default(),
+        };
         Ok(App {
             state,
             gateway_addr,
@@ -126,9 +133,12 @@ impl App {
             Shipper::new(journal.dir(), journal.instance(), state.store.clone()).spawn(USAGE_SHIP_EVERY, async move {
                 let _ = ship_stopped.await;
             });
-        let router = portico_control::router(state.clone()).merge(portico_portal::router(state.clone()));
+        let router = portico_control::router(state.clone())
+            .merge(portico_portal::router(state.clone()))
+            .layer(axum::middleware::map_response(portico_control::security_headers));
         let api = tokio::spawn({
             let stop = stopped();
+            let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
             async move { axum::serve(api_listener, router).with_graceful_shutdown(stop).await }
         });
         let gw = tokio::spawn(gateway.serve(gateway_listener, stopped()));

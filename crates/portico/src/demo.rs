@@ -136,7 +136,9 @@ pub async fn seed_demo(app: &App, data_dir: &std::path::Path, upstream: &str) ->
         accounts::create_admin(&state.store, &Email::parse(ADMIN_EMAIL)?, Some(&admin_password)).await.map_err(
             |e| anyhow::anyhow!("{e} — the data dir holds another demo; remove {} to start afresh", data_dir.display()),
         )?;
-    let who = auth::resolve(state, &admin.token).await?.context("the demo admin's token does not resolve")?;
+    let who = auth::resolve(state, &admin.token, Default::default())
+        .await?
+        .context("the demo admin's token does not resolve")?;
 
     let text = crate::document::expand_env(DEMO_FILE, "demo-marketplace.yaml", |k| {
         (k == "DEMO_UPSTREAM").then(|| upstream.to_owned())
@@ -156,7 +158,9 @@ pub async fn seed_demo(app: &App, data_dir: &std::path::Path, upstream: &str) ->
     )
     .await?;
     let consumer_token = accounts::issue_token(&state.store, &consumer).await?;
-    let dev = auth::resolve(state, &consumer_token).await?.context("the demo consumer's token does not resolve")?;
+    let dev = auth::resolve(state, &consumer_token, Default::default())
+        .await?
+        .context("the demo consumer's token does not resolve")?;
 
     // Keep the previous key while it is still live; otherwise issue one.
     let snapshot = state.snapshot.handle().load_full();

@@ -1,53 +1,116 @@
-//! `/auth/*` and `/me`.
+//! `/auth/*`, `/me`, the caller's sessions and password, and `/audit`.
 
-use crate::api::{Json, created};
-use crate::auth::{Auth, SESSION_COOKIE, SESSION_TTL_SECS};
+use crate::api::{Json, Path, Query, created};
+use crate::auth::{self, Auth, ClientInfo, SESSION_TTL_SECS};
 use crate::error::{Problem, Result};
-use crate::services::accounts::{self, LoginRequest, SignupRequest};
+use crate::services::accounts::{self, ChangePassword, LoginRequest, SessionInfo, SignupRequest};
+use crate::services::audit::{self, AuditEntryView, AuditQuery};
 use crate::state::AppState;
 use crate::views::{MeView, SessionView};
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-fn with_cookie(mut resp: Response, state: &AppState, token: &str, max_age: i64) -> Response {
-    let secure = if state.config.secure_cookies { "; Secure" } else { "" };
-    let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+fn with_cookie(mut resp: Response, state: &AppState, req: &HeaderMap, token: &str, max_age: i64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&auth::session_set_cookie(state, req, token, max_age)) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
 /// Create an account and its first organization, and sign in.
 #[utoipa::path(post, path = "/auth/signup", tag = "auth", request_body = SignupRequest,
     responses((status = 201, body = SessionView), (status = 400, body = Problem), (status = 409, body = Problem, description = "the e-mail already has an account")))]
-pub async fn signup(State(state): State<AppState>, Json(req): Json<SignupRequest>) -> Result<Response> {
-    let s = accounts::signup(&state, req).await?;
+pub async fn signup(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    Json(req): Json<SignupRequest>,
+) -> Result<Response> {
+    let s = accounts::signup(&state, req, &client).await?;
     let token = s.token.clone();
-    Ok(with_cookie(created(s), &state, &token, SESSION_TTL_SECS))
+    Ok(with_cookie(created(s), &state, &headers, &token, SESSION_TTL_SECS))
 }
 
-/// Sign in: a session cookie for browsers and a bearer token for scripts.
+/// Sign in: a session cookie for browsers and a bearer token for scripts. Five failures for an
+/// account (or thirty from one address) in 15 minutes answer 429 until the window ends.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = SessionView), (status = 401, body = Problem)))]
-pub async fn login(State(state): State<AppState>, Json(req): Json<LoginRequest>) -> Result<Response> {
-    let s = accounts::login(&state, req).await?;
+    responses((status = 200, body = SessionView), (status = 401, body = Problem), (status = 429, body = Problem, description = "too many failed sign-ins; see Retry-After")))]
+pub async fn login(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    Json(req): Json<LoginRequest>,
+) -> Result<Response> {
+    let old = auth::session_cookie(&headers);
+    let s = accounts::login(&state, req, &client, old.as_deref()).await?;
     let token = s.token.clone();
-    Ok(with_cookie(axum::Json(s).into_response(), &state, &token, SESSION_TTL_SECS))
+    Ok(with_cookie(axum::Json(s).into_response(), &state, &headers, &token, SESSION_TTL_SECS))
 }
 
 /// End this session (or revoke this token).
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = []), ("session" = [])),
     responses((status = 204), (status = 401, body = Problem)))]
-pub async fn logout(State(state): State<AppState>, Auth(who): Auth) -> Result<Response> {
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap, Auth(who): Auth) -> Result<Response> {
     accounts::logout(&state, &who).await?;
-    Ok(with_cookie(StatusCode::NO_CONTENT.into_response(), &state, "", 0))
+    Ok(with_cookie(StatusCode::NO_CONTENT.into_response(), &state, &headers, "", 0))
 }
 
-/// The signed-in user and their organizations.
+/// The signed-in user, their organizations and the session's CSRF token.
 #[utoipa::path(get, path = "/me", tag = "auth", security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = MeView), (status = 401, body = Problem)))]
-pub async fn me(Auth(who): Auth) -> axum::Json<MeView> {
-    axum::Json(accounts::me(&who))
+pub async fn me(Auth(who): Auth) -> Response {
+    let mut r = axum::Json(accounts::me(&who)).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The caller's sessions and personal tokens that have not expired.
+#[utoipa::path(get, path = "/me/sessions", tag = "auth", security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = Vec<SessionInfo>), (status = 401, body = Problem)))]
+pub async fn sessions(State(state): State<AppState>, Auth(who): Auth) -> Result<axum::Json<Vec<SessionInfo>>> {
+    Ok(axum::Json(accounts::sessions(&state, &who).await?))
+}
+
+/// End one of the caller's sessions (sign out another browser).
+#[utoipa::path(delete, path = "/me/sessions/{session_id}", tag = "auth", security(("bearer" = []), ("session" = [])),
+    params(("session_id" = String, Path)),
+    responses((status = 204), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    accounts::revoke_session(&state, &who, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Change the password: every session and token of the account ends; a new session is
+/// returned (and set as the cookie).
+#[utoipa::path(post, path = "/me/password", tag = "auth", security(("bearer" = []), ("session" = [])),
+    request_body = ChangePassword,
+    responses((status = 200, body = SessionView), (status = 400, body = Problem), (status = 403, body = Problem, description = "the current password is wrong")))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Auth(who): Auth,
+    Json(req): Json<ChangePassword>,
+) -> Result<Response> {
+    let s = accounts::change_password(&state, &who, req).await?;
+    let token = s.token.clone();
+    Ok(with_cookie(axum::Json(s).into_response(), &state, &headers, &token, SESSION_TTL_SECS))
+}
+
+/// The audit log, newest first: platform admins see everything, organization owners their
+/// organizations' entries.
+#[utoipa::path(get, path = "/audit", tag = "auth", security(("bearer" = []), ("session" = [])),
+    params(AuditQuery),
+    responses((status = 200, body = Vec<AuditEntryView>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn audit_log(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Query(q): Query<AuditQuery>,
+) -> Result<axum::Json<Vec<AuditEntryView>>> {
+    Ok(axum::Json(audit::list(&state, &who, q).await?))
 }

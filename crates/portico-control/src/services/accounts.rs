@@ -1,7 +1,8 @@
 //! Sign-up, sign-in, sessions and platform admins.
 
-use crate::auth::{self, Principal};
+use crate::auth::{self, ClientInfo, Principal};
 use crate::error::{Error, Result};
+use crate::services::audit::{self, Change};
 use crate::state::AppState;
 use crate::views::{MeView, OrgView, SessionView, UserView};
 use portico_core::model::{MemberRole, OrgKind};
@@ -63,7 +64,7 @@ fn membership_views(ms: &[orgs::Membership]) -> Vec<OrgView> {
     ms.iter().map(|m| OrgView::from(&m.org, Some(m.role.to_string()))).collect()
 }
 
-pub async fn signup(state: &AppState, req: SignupRequest) -> Result<SessionView> {
+pub async fn signup(state: &AppState, req: SignupRequest, client: &ClientInfo) -> Result<SessionView> {
     if req.account_type == OrgKind::Platform {
         return Err(Error::Invalid("account_type must be `consumer` or `provider`".into()));
     }
@@ -74,13 +75,17 @@ pub async fn signup(state: &AppState, req: SignupRequest) -> Result<SessionView>
     let slug = free_org_slug(&mut tx, &org_name).await?;
     let org = orgs::insert(&mut tx, &slug, &org_name, req.account_type).await?;
     orgs::add_member(&mut tx, org.id, user.id, MemberRole::Owner).await?;
-    let session = new_session(&mut tx, &user, SessionKind::Browser).await?;
+    let session = new_session(&mut tx, &user, SessionKind::Browser, client).await?;
+    let ch = Change::new("user.signup", "user", user.id, Some(org.id))
+        .after(serde_json::json!({"email": user.email.as_str(), "organization": org.slug.as_str(), "kind": org.kind.to_string()}));
+    audit::record_as(&mut tx, None, user.email.as_str(), client, ch).await?;
     tx.commit().await?;
     let ms = {
         let mut c = state.store.conn().await?;
         orgs::memberships(&mut c, user.id).await?
     };
     Ok(SessionView {
+        csrf_token: auth::csrf_token(&session.0),
         token: session.0,
         expires_at: session.1,
         user: UserView::from(&user),
@@ -92,37 +97,76 @@ async fn new_session(
     c: &mut portico_store::Conn,
     user: &users::User,
     kind: SessionKind,
+    client: &ClientInfo,
 ) -> Result<(String, Option<String>)> {
     let token = auth::new_token();
     let expires = match kind {
         SessionKind::Browser => Some(now_millis() + auth::SESSION_TTL_SECS * 1000),
         SessionKind::Token => None,
     };
-    users::insert_session(c, user.id, &auth::token_hash(&token), kind, expires).await?;
+    users::insert_session(c, user.id, &auth::token_hash(&token), kind, expires, &client.origin()).await?;
     let expires_at = expires.map(|ms| {
         portico_store::from_millis(ms).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
     });
     Ok((token, expires_at))
 }
 
-pub async fn login(state: &AppState, req: LoginRequest) -> Result<SessionView> {
+/// Signs in. `replaces`: the session cookie the browser still had, ended so that a session id
+/// never survives a sign-in (fixation).
+pub async fn login(
+    state: &AppState,
+    req: LoginRequest,
+    client: &ClientInfo,
+    replaces: Option<&str>,
+) -> Result<SessionView> {
     let wrong = || Error::Unauthenticated("wrong e-mail or password".into());
-    let email = Email::parse(&req.email).map_err(|_| wrong())?;
+    if let Err(wait) = state.throttle.check(&req.email, client.ip) {
+        return Err(Error::TooManyRequests(
+            format!(
+                "too many failed sign-ins for this account or from your address; try again in {} minutes",
+                wait.div_ceil(60)
+            ),
+            wait,
+        ));
+    }
+    let email = Email::parse(&req.email);
     let mut c = state.store.conn().await?;
-    let user = users::by_email(&mut c, &email).await?;
+    let user = match &email {
+        Ok(e) => users::by_email(&mut c, e).await?,
+        Err(_) => None,
+    };
     drop(c);
     // Verify against a dummy hash when the account does not exist, so timing does not tell.
     const DUMMY: &str =
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0YbmHt7kOonkQSvF8v2tm5mNXv5V0d6oGE/3oHBwL0Q";
     let ok = auth::verify_password(&req.password, user.as_ref().map_or(DUMMY, |u| u.password_hash.as_str())).await;
+    let mut c = state.store.conn().await?;
     let user = match user {
         Some(u) if ok => u,
-        _ => return Err(wrong()),
+        other => {
+            state.throttle.failed(&req.email, client.ip);
+            let actor: String = req.email.chars().take(200).collect();
+            let ch = Change { action: "session.login_failed", object_type: "user", ..Default::default() };
+            let ch = match &other {
+                Some(u) => Change { object_id: Some(u.id.to_string()), ..ch },
+                None => ch,
+            };
+            audit::record_as(&mut c, None, &actor, client, ch).await?;
+            return Err(wrong());
+        }
     };
-    let mut c = state.store.conn().await?;
-    let session = new_session(&mut c, &user, SessionKind::Browser).await?;
+    state.throttle.succeeded(&req.email);
+    if let Some(old) = replaces
+        && let Some(s) = users::session_by_hash(&mut c, &auth::token_hash(old), i64::MAX / 4).await?
+    {
+        users::delete_session(&mut c, s.id).await?;
+    }
+    let session = new_session(&mut c, &user, SessionKind::Browser, client).await?;
+    audit::record_as(&mut c, None, user.email.as_str(), client, Change::new("session.login", "user", user.id, None))
+        .await?;
     let ms = orgs::memberships(&mut c, user.id).await?;
     Ok(SessionView {
+        csrf_token: auth::csrf_token(&session.0),
         token: session.0,
         expires_at: session.1,
         user: UserView::from(&user),
@@ -133,11 +177,98 @@ pub async fn login(state: &AppState, req: LoginRequest) -> Result<SessionView> {
 pub async fn logout(state: &AppState, who: &Principal) -> Result<()> {
     let mut c = state.store.conn().await?;
     users::delete_session(&mut c, who.session_id).await?;
+    audit::record(&mut c, who, Change::new("session.logout", "session", who.session_id, None)).await?;
     Ok(())
 }
 
+/// The caller's own sessions and tokens that have not expired.
+pub async fn sessions(state: &AppState, who: &Principal) -> Result<Vec<SessionInfo>> {
+    let mut c = state.store.conn().await?;
+    let rfc = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    Ok(users::sessions_of(&mut c, who.user.id)
+        .await?
+        .into_iter()
+        .map(|s| SessionInfo {
+            id: s.id.to_string(),
+            kind: s.kind.as_str().to_owned(),
+            current: s.id == who.session_id,
+            created_at: rfc(s.created_at),
+            last_seen_at: s.last_seen_at.map(rfc),
+            expires_at: s.expires_at.map(rfc),
+            ip: s.ip,
+            user_agent: s.user_agent,
+        })
+        .collect())
+}
+
+/// Ends one of the caller's own sessions (another person's answers 404).
+pub async fn revoke_session(state: &AppState, who: &Principal, id: &str) -> Result<()> {
+    let not_found = || Error::not_found(format_args!("session `{id}`"));
+    let sid: portico_core::ids::SessionId = id.parse().map_err(|_| not_found())?;
+    let mut tx = state.store.begin().await?;
+    if !users::delete_session_of(&mut tx, who.user.id, sid).await? {
+        return Err(not_found());
+    }
+    audit::record(&mut tx, who, Change::new("session.revoke", "session", sid, None)).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    #[schema(value_type = String, format = Password)]
+    pub current_password: String,
+    /// At least 8 characters, not a common password.
+    #[schema(value_type = String, format = Password)]
+    pub new_password: Password,
+}
+
+/// Changes the caller's password: every session and token of the account ends, and a new
+/// browser session is returned.
+pub async fn change_password(state: &AppState, who: &Principal, req: ChangePassword) -> Result<SessionView> {
+    if !auth::verify_password(&req.current_password, &who.user.password_hash).await {
+        return Err(Error::Forbidden("the current password is wrong".into()));
+    }
+    let hash = auth::hash_password(req.new_password.expose()).await?;
+    let mut tx = state.store.begin().await?;
+    users::set_password(&mut tx, who.user.id, &hash).await?;
+    let ended = users::delete_sessions_of(&mut tx, who.user.id).await?;
+    let session = new_session(&mut tx, &who.user, SessionKind::Browser, &who.client).await?;
+    let ch = Change::new("user.password_change", "user", who.user.id, None)
+        .after(serde_json::json!({"sessions_ended": ended}));
+    audit::record(&mut tx, who, ch).await?;
+    tx.commit().await?;
+    Ok(SessionView {
+        csrf_token: auth::csrf_token(&session.0),
+        token: session.0,
+        expires_at: session.1,
+        user: UserView::from(&who.user),
+        organizations: membership_views(&who.memberships),
+    })
+}
+
+/// One of a person's sessions, as they see it.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct SessionInfo {
+    pub id: String,
+    /// `browser` (expires, idles out) or `token` (a personal API token).
+    pub kind: String,
+    /// The session this request was made with.
+    pub current: bool,
+    pub created_at: String,
+    pub last_seen_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
 pub fn me(who: &Principal) -> MeView {
-    MeView { user: UserView::from(&who.user), organizations: membership_views(&who.memberships) }
+    MeView {
+        user: UserView::from(&who.user),
+        organizations: membership_views(&who.memberships),
+        csrf_token: who.csrf_token.clone(),
+    }
 }
 
 /// What `portico admin create` prints.
@@ -193,7 +324,9 @@ pub async fn create_admin(store: &Store, email: &Email, password: Option<&str>) 
             (u, generated, true)
         }
     };
-    let (token, _) = new_session(&mut tx, &user, SessionKind::Token).await?;
+    let (token, _) = new_session(&mut tx, &user, SessionKind::Token, &ClientInfo::default()).await?;
+    let ch = Change::new("admin.create", "user", user.id, None).after(serde_json::json!({"created": created}));
+    audit::record_as(&mut tx, None, "system (portico admin create)", &ClientInfo::default(), ch).await?;
     tx.commit().await?;
     Ok(NewAdmin { email: email.clone(), generated_password: generated, token, created })
 }
@@ -232,5 +365,5 @@ pub async fn ensure_member(
 /// as a user (the demo seeding). Never exposed over HTTP.
 pub async fn issue_token(store: &Store, user: &users::User) -> Result<String> {
     let mut c = store.conn().await?;
-    Ok(new_session(&mut c, user, SessionKind::Token).await?.0)
+    Ok(new_session(&mut c, user, SessionKind::Token, &ClientInfo::default()).await?.0)
 }

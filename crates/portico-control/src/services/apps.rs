@@ -3,6 +3,7 @@
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::services::audit::{self, Change};
 use crate::services::{parse_id, publish, visible_api};
 use crate::state::AppState;
 use crate::views::{AppView, CreatedKey, KeyView, SubscriptionView, UsageDayView, UsageReport};
@@ -114,8 +115,10 @@ pub async fn create(state: &AppState, who: &Principal, req: CreateApp) -> Result
     };
     let mut tx = state.store.begin().await?;
     let app = apps::insert_app(&mut tx, org, &slug, &req.name, &req.description).await?;
+    let view = AppView::from(&app);
+    audit::record(&mut tx, who, Change::new("app.create", "app", app.id, Some(org)).after(&view)).await?;
     tx.commit().await?;
-    Ok(AppView::from(&app))
+    Ok(view)
 }
 
 pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<AppView> {
@@ -124,21 +127,28 @@ pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<AppView>
 
 pub async fn update(state: &AppState, who: &Principal, id: &str, req: UpdateApp) -> Result<AppView> {
     let mut app = managed_app(state, who, id).await?;
+    let before = AppView::from(&app);
     if let Some(n) = req.name {
         app.name = n;
     }
     if let Some(d) = req.description {
         app.description = d;
     }
-    let mut c = state.store.conn().await?;
-    apps::update_app(&mut c, app.id, &app.name, &app.description).await?;
-    Ok(AppView::from(&app))
+    let mut tx = state.store.begin().await?;
+    apps::update_app(&mut tx, app.id, &app.name, &app.description).await?;
+    let view = AppView::from(&app);
+    audit::record(&mut tx, who, Change::new("app.update", "app", app.id, Some(app.org_id)).before(before).after(&view))
+        .await?;
+    tx.commit().await?;
+    Ok(view)
 }
 
 pub async fn delete(state: &AppState, who: &Principal, id: &str) -> Result<()> {
     let app = managed_app(state, who, id).await?;
     let mut tx = state.store.begin().await?;
     apps::delete_app(&mut tx, app.id).await?;
+    audit::record(&mut tx, who, Change::new("app.delete", "app", app.id, Some(app.org_id)).before(AppView::from(&app)))
+        .await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
@@ -163,10 +173,12 @@ pub async fn create_key(state: &AppState, who: &Principal, app: &str, req: Creat
     let rec =
         apps::insert_key(&mut tx, app.id, name.trim(), &key.display_prefix(), &key.last4(), &key.hash(&state.pepper))
             .await?;
+    let info = KeyView::from(&rec);
+    audit::record(&mut tx, who, Change::new("key.create", "key", rec.id, Some(app.org_id)).after(&info)).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
-    Ok(CreatedKey { key: key.expose_secret().to_owned(), info: KeyView::from(&rec) })
+    Ok(CreatedKey { key: key.expose_secret().to_owned(), info })
 }
 
 pub async fn revoke_key(state: &AppState, who: &Principal, app: &str, key: &str) -> Result<()> {
@@ -177,6 +189,7 @@ pub async fn revoke_key(state: &AppState, who: &Principal, app: &str, key: &str)
         portico_store::Error::NotFound => Error::not_found(format_args!("key `{key}`")),
         other => other.into(),
     })?;
+    audit::record(&mut tx, who, Change::new("key.revoke", "key", key, Some(app.org_id))).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
@@ -215,10 +228,17 @@ pub async fn subscribe(state: &AppState, who: &Principal, req: CreateSubscriptio
         })?;
     let mut tx = state.store.begin().await?;
     let sub = apps::insert_subscription(&mut tx, app.id, api.id, plan.id).await?;
+    let view = SubscriptionView::from(&sub, api.slug.as_str(), plan.slug.as_str());
+    audit::record(
+        &mut tx,
+        who,
+        Change::new("subscription.create", "subscription", sub.id, Some(app.org_id)).after(&view),
+    )
+    .await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
-    Ok(SubscriptionView::from(&sub, api.slug.as_str(), plan.slug.as_str()))
+    Ok(view)
 }
 
 /// Subscriptions of the caller's apps (all, for platform admins), optionally of one app.
@@ -271,9 +291,10 @@ pub async fn get_subscription(state: &AppState, who: &Principal, id: &str) -> Re
 
 pub async fn cancel_subscription(state: &AppState, who: &Principal, id: &str) -> Result<SubscriptionView> {
     let s = readable_subscription(state, who, id).await?;
-    managed_app(state, who, &s.app_id.to_string()).await?;
+    let app = managed_app(state, who, &s.app_id.to_string()).await?;
     let mut tx = state.store.begin().await?;
     apps::cancel_subscription(&mut tx, s.id).await?;
+    audit::record(&mut tx, who, Change::new("subscription.cancel", "subscription", s.id, Some(app.org_id))).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;

@@ -2,6 +2,7 @@
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::services::audit::{self, Change};
 use crate::services::{managed_api, publish, visible_api};
 use crate::state::AppState;
 use crate::views::{ApiDetail, ApiView, PlanView, VersionView};
@@ -215,10 +216,12 @@ pub async fn create_api(state: &AppState, who: &Principal, req: CreateApi) -> Re
         visibility: req.visibility,
     };
     let api = catalog::insert_api(&mut tx, org, &req.slug, &fields).await?;
+    let view = ApiView::from(&api, o.name.as_str(), None);
+    audit::record(&mut tx, who, Change::new("api.create", "api", api.id, Some(org)).after(&view)).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
-    Ok(ApiView::from(&api, o.name.as_str(), None))
+    Ok(view)
 }
 
 pub async fn get_api(state: &AppState, who: Option<&Principal>, slug: &str) -> Result<ApiDetail> {
@@ -263,6 +266,10 @@ pub async fn update_api(state: &AppState, who: &Principal, slug: &str, req: Upda
     }
     let mut tx = state.store.begin().await?;
     catalog::update_api(&mut tx, api.id, &f).await?;
+    let ch = Change::new("api.update", "api", api.id, Some(api.org_id))
+        .before(fields_json(&api.fields))
+        .after(fields_json(&f));
+    audit::record(&mut tx, who, ch).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
@@ -297,10 +304,12 @@ pub async fn create_version(state: &AppState, who: &Principal, slug: &str, req: 
         openapi: &req.openapi,
     };
     let v = catalog::insert_version(&mut tx, api.id, input).await?;
+    let view = VersionView::from(&v, true);
+    audit::record(&mut tx, who, Change::new("version.create", "version", v.id, Some(api.org_id)).after(&view)).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
-    Ok(VersionView::from(&v, true))
+    Ok(view)
 }
 
 async fn find_version(state: &AppState, api: &Api, version: &str) -> Result<catalog::ApiVersion> {
@@ -348,6 +357,7 @@ pub async fn update_version(
 ) -> Result<VersionView> {
     let api = managed_api(state, who, slug).await?;
     let mut v = find_version(state, &api, version).await?;
+    let before = VersionView::from(&v, true);
     if let Some(s) = req.state {
         if !v.state.can_move_to(s) {
             return Err(Error::Invalid(format!(
@@ -375,10 +385,13 @@ pub async fn update_version(
     }
     let mut tx = state.store.begin().await?;
     catalog::update_version(&mut tx, &v).await?;
+    let view = VersionView::from(&v, true);
+    let ch = Change::new("version.update", "version", v.id, Some(api.org_id)).before(before).after(&view);
+    audit::record(&mut tx, who, ch).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
-    Ok(VersionView::from(&v, true))
+    Ok(view)
 }
 
 pub async fn list_plans(state: &AppState, who: Option<&Principal>, slug: &str) -> Result<Vec<PlanView>> {
@@ -401,10 +414,12 @@ pub async fn create_plan(state: &AppState, who: &Principal, slug: &str, req: Cre
     };
     let mut tx = state.store.begin().await?;
     let plan = catalog::insert_plan(&mut tx, api.id, &req.slug, &f).await?;
+    let view = PlanView::from(&plan);
+    audit::record(&mut tx, who, Change::new("plan.create", "plan", plan.id, Some(api.org_id)).after(&view)).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
-    Ok(PlanView::from(&plan))
+    Ok(view)
 }
 
 pub async fn update_plan(
@@ -422,6 +437,7 @@ pub async fn update_plan(
         .find(|p| p.slug.as_str() == plan)
         .ok_or_else(|| Error::not_found(format_args!("plan `{plan}` of API `{slug}`")))?;
     drop(c);
+    let before = PlanView::from(&p);
     if let Some(n) = req.name {
         p.fields.name = n;
     }
@@ -446,8 +462,22 @@ pub async fn update_plan(
     }
     let mut tx = state.store.begin().await?;
     catalog::update_plan(&mut tx, p.id, &p.fields).await?;
+    let view = PlanView::from(&p);
+    let ch = Change::new("plan.update", "plan", p.id, Some(api.org_id)).before(before).after(&view);
+    audit::record(&mut tx, who, ch).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
-    Ok(PlanView::from(&p))
+    Ok(view)
+}
+
+/// An API's editable fields as the audit log shows them.
+fn fields_json(f: &ApiFields) -> serde_json::Value {
+    serde_json::json!({
+        "name": f.name.as_str(),
+        "description": f.description,
+        "category": f.category,
+        "tags": f.tags,
+        "visibility": f.visibility.to_string(),
+    })
 }

@@ -64,6 +64,10 @@ pub async fn apply(state: &AppState, who: &Principal, doc: Document, dry_run: bo
     if dry_run || changes.is_empty() {
         tx.rollback().await?;
     } else {
+        let summary: Vec<String> = changes.iter().map(|c| format!("{} {} {}", c.action, c.kind, c.name)).collect();
+        let ch = crate::services::audit::Change { action: "config.apply", object_type: "config", ..Default::default() }
+            .after(serde_json::json!({"changes": summary}));
+        crate::services::audit::record(&mut tx, who, ch).await?;
         portico_store::bump_generation(&mut tx).await?;
         tx.commit().await?;
         publish(state).await;

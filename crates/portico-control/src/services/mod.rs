@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod analytics;
 pub mod apps;
+pub mod audit;
 pub mod catalog;
 pub mod declarative;
 pub mod orgs;

@@ -54,8 +54,11 @@ pub async fn create(state: &AppState, who: &Principal, req: CreateOrg) -> Result
     };
     let org = orgs::insert(&mut tx, &slug, &req.name, req.kind).await?;
     orgs::add_member(&mut tx, org.id, who.user.id, MemberRole::Owner).await?;
+    let view = OrgView::from(&org, Some(MemberRole::Owner.to_string()));
+    let ch = crate::services::audit::Change::new("org.create", "organization", org.id, Some(org.id)).after(&view);
+    crate::services::audit::record(&mut tx, who, ch).await?;
     tx.commit().await?;
-    Ok(OrgView::from(&org, Some(MemberRole::Owner.to_string())))
+    Ok(view)
 }
 
 pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<OrgView> {
