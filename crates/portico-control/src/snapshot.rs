@@ -93,7 +93,8 @@ pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
     let subs = apps::active_subscriptions(&mut tx).await?;
     let today = time::OffsetDateTime::now_utc().date();
     let month_start = today.replace_day(1).unwrap_or(today);
-    let used = portico_store::usage::calls_by_subscription_since(&mut tx, &month_start.to_string()).await?;
+    let month_start_ms = (month_start.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let used = portico_store::rollups::units_by_subscription_since(&mut tx, month_start_ms).await?;
     tx.commit().await?;
 
     let mut by_api: HashMap<ApiId, Vec<VersionRoute>> = HashMap::new();

@@ -13,6 +13,7 @@ pub mod model;
 pub mod openapi;
 pub mod operations;
 pub mod policy;
+pub mod sketch;
 pub mod snapshot;
 pub mod upstream;
 pub mod usage;

@@ -24,6 +24,10 @@ pub struct UsageEvent {
     pub latency_micros: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Billable units: the operation's weight when the upstream answered (or the cache did);
+    /// 0 when Portico answered itself (a limit, a refusal, an unreachable upstream) — such calls
+    /// are metered but never billed.
+    pub units: u32,
 }
 
 impl UsageEvent {

@@ -294,6 +294,7 @@ impl Gateway {
             latency_micros: 0,
             bytes_in: 0,
             bytes_out: 0,
+            units,
         };
         let mut meter = Meter::new(inner.sink.clone(), event, started, bytes_in.clone());
 
@@ -320,7 +321,7 @@ impl Gateway {
                 let wait = state.rate.map(|r| r.2).or(state.quota.map(|q| q.2)).unwrap_or(1);
                 let mut resp = errors::rate_limited(wait, &detail);
                 proxy::rate_limit_headers(resp.headers_mut(), &state);
-                meter.respond(resp.status().as_u16());
+                meter.refuse(resp.status().as_u16());
                 return resp;
             }
         };
@@ -382,7 +383,7 @@ impl Gateway {
                 Ok(b) => {
                     let b = b.to_bytes();
                     if screen::json_too_deep(&b, max) {
-                        meter.respond(400);
+                        meter.refuse(400);
                         return errors::bad_request(&format!(
                             "the JSON body is nested deeper than {max} levels, the limit of API `{api_slug}`"
                         ));
@@ -390,11 +391,11 @@ impl Gateway {
                     http_body_util::Full::new(b).map_err(|never| match never {}).boxed_unsync()
                 }
                 Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                    meter.respond(413);
+                    meter.refuse(413);
                     return errors::payload_too_large(inner.config.max_body_bytes);
                 }
                 Err(_) => {
-                    meter.respond(400);
+                    meter.refuse(400);
                     return errors::bad_request("the request body could not be read");
                 }
             },
@@ -441,16 +442,16 @@ impl Gateway {
                 Response::from_parts(parts, MeteredBody::new(body.boxed_unsync(), meter).boxed_unsync())
             }
             Err(forward::Failure::BodyTooLarge) => {
-                meter.respond(413);
+                meter.refuse(413);
                 errors::payload_too_large(inner.config.max_body_bytes)
             }
             Err(forward::Failure::BadPath) => {
-                meter.respond(400);
+                meter.refuse(400);
                 errors::bad_request("the request path cannot be forwarded as given")
             }
             Err(forward::Failure::NoTarget) => {
                 inner.metrics.upstream_errors.increment(1);
-                meter.respond(503);
+                meter.refuse(503);
                 let mut r = errors::service_unavailable(&format!(
                     "no upstream target of API `{api_slug}` is healthy right now; retry shortly"
                 ));
@@ -460,7 +461,7 @@ impl Gateway {
             Err(forward::Failure::Unreachable) => {
                 inner.metrics.upstream_errors.increment(1);
                 tracing::warn!(api = %api_slug, "upstream request failed");
-                meter.respond(502);
+                meter.refuse(502);
                 let mut r = errors::bad_gateway(&format!(
                     "the upstream of API `{api_slug}` could not be reached or answered badly"
                 ));
@@ -470,7 +471,7 @@ impl Gateway {
             Err(forward::Failure::Timeout) => {
                 inner.metrics.upstream_errors.increment(1);
                 tracing::warn!(api = %api_slug, "upstream timed out");
-                meter.respond(504);
+                meter.refuse(504);
                 let mut r =
                     errors::gateway_timeout(&format!("the upstream of API `{api_slug}` did not answer in time"));
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);

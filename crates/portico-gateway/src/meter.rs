@@ -41,6 +41,15 @@ impl Meter {
         }
     }
 
+    /// Portico answered itself (a limit, a refusal, no upstream answer): the call is metered
+    /// with no billable units.
+    pub fn refuse(&mut self, status: u16) {
+        self.respond(status);
+        if let Some(e) = self.event.as_mut() {
+            e.units = 0;
+        }
+    }
+
     fn finish(&mut self, bytes_out: u64) {
         if let Some(mut e) = self.event.take() {
             e.bytes_in = self.bytes_in.load(Ordering::Relaxed);

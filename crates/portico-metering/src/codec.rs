@@ -49,6 +49,7 @@ pub fn encode(kind: u8, event: Option<&UsageEvent>, buf: &mut Vec<u8>) {
         let op = &op[..op.len().min(u16::MAX as usize)];
         buf.extend_from_slice(&(op.len() as u16).to_le_bytes());
         buf.extend_from_slice(op);
+        buf.extend_from_slice(&e.units.to_le_bytes());
     }
     let body_len = (buf.len() - start - 8) as u32;
     let crc = crc32fast::hash(&buf[start + 8..]);
@@ -84,7 +85,12 @@ fn decode_call(body: &[u8]) -> Option<CallRecord> {
     let status = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
     let (latency, bytes_in, bytes_out) = (r.u64()?, r.u64()?, r.u64()?);
     let op_len = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
-    let op = std::str::from_utf8(r.take(op_len)?).ok()?;
+    let op = std::str::from_utf8(r.take(op_len)?).ok()?.to_owned();
+    // Records written before units existed end here: one unit each.
+    let units = match r.take(4) {
+        Some(b) => u32::from_le_bytes(b.try_into().ok()?),
+        None => 1,
+    };
     let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     Some(CallRecord {
         request_id,
@@ -95,11 +101,12 @@ fn decode_call(body: &[u8]) -> Option<CallRecord> {
         app_id: AppId::from_uuid(app),
         consumer_org_id: OrgId::from_uuid(org),
         plan_id: PlanId::from_uuid(plan),
-        operation: (!op.is_empty()).then(|| op.to_owned()),
+        operation: (!op.is_empty()).then_some(op),
         status: i64::from(status),
         latency_micros: big(latency),
         bytes_in: big(bytes_in),
         bytes_out: big(bytes_out),
+        units: i64::from(units),
         orphaned: false,
     })
 }
@@ -153,6 +160,7 @@ mod tests {
             latency_micros: 1234,
             bytes_in: 10,
             bytes_out: 20,
+            units: 3,
         }
     }
 

@@ -13,7 +13,7 @@ pub mod journal;
 pub mod shipper;
 
 pub use journal::Journal;
-pub use shipper::{Shipped, Shipper};
+pub use shipper::{RequestLog, Shipped, Shipper};
 
 /// `YYYY-MM-DD`, as the store keys days.
 pub fn day_string(d: time::Date) -> String {

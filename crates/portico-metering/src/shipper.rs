@@ -37,6 +37,31 @@ pub struct Shipper {
     files: HashMap<PathBuf, Progress>,
     /// Largest read from one segment per round, to bound a transaction.
     max_read: usize,
+    request_log: RequestLog,
+}
+
+/// Which calls the request log (`usage_events`) keeps. The rollups, which analytics, quotas
+/// and billing read, always count every call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestLog {
+    /// Every call (the default): any request id can be looked up.
+    #[default]
+    All,
+    /// Calls that failed (4xx, 5xx), were refused by Portico, or were cut off.
+    Errors,
+    /// None.
+    Off,
+}
+
+impl RequestLog {
+    fn keeps(self, c: &CallRecord) -> bool {
+        match self {
+            RequestLog::All => true,
+            RequestLog::Errors => c.orphaned || c.status >= 400 || c.units == 0,
+            RequestLog::Off => false,
+        }
+    }
 }
 
 /// What one round shipped.
@@ -91,7 +116,14 @@ impl Shipper {
             store,
             files: HashMap::new(),
             max_read: 4 << 20,
+            request_log: RequestLog::All,
         }
+    }
+
+    /// Which calls go to the request log.
+    pub fn with_request_log(mut self, mode: RequestLog) -> Self {
+        self.request_log = mode;
+        self
     }
 
     fn segments(&self) -> std::io::Result<Vec<PathBuf>> {
@@ -194,7 +226,8 @@ impl Shipper {
         Ok(out)
     }
 
-    /// One transaction: the request log, the rollups, and the offsets that account for them.
+    /// One transaction: the request log, the daily and minute rollups, and the offsets that account
+    /// for them.
     async fn store_round(&self, calls: &[CallRecord], steps: &[Step]) -> Result<(u64, u64), String> {
         let mut rows: HashMap<(SubscriptionId, String), DailyUsage> = HashMap::new();
         let (mut metered, mut orphaned) = (0, 0);
@@ -210,8 +243,14 @@ impl Shipper {
             rows.into_iter().map(|((s, day), u)| (s, DailyUsage { subscription_id: Some(s), day, ..u })).collect();
         let run = async {
             let mut tx = self.store.begin().await?;
-            portico_store::usage::insert_calls(&mut tx, calls).await?;
+            if self.request_log == RequestLog::All {
+                portico_store::usage::insert_calls(&mut tx, calls).await?;
+            } else {
+                let kept: Vec<CallRecord> = calls.iter().filter(|c| self.request_log.keeps(c)).cloned().collect();
+                portico_store::usage::insert_calls(&mut tx, &kept).await?;
+            }
             portico_store::usage::add(&mut tx, &batch).await?;
+            portico_store::rollups::add(&mut tx, &self.instance, calls).await?;
             for s in steps.iter().filter(|s| s.moved) {
                 portico_store::usage::set_journal_offset(&mut tx, &s.name, s.progress.shipped_to, s.done).await?;
             }

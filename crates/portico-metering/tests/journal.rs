@@ -27,6 +27,7 @@ fn event(sub: SubscriptionId, status: u16) -> UsageEvent {
         latency_micros: 100,
         bytes_in: 1,
         bytes_out: 2,
+        units: 1,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod apps;
 pub mod audit;
 pub mod catalog;
 pub mod orgs;
+pub mod rollups;
 pub mod testing;
 pub mod usage;
 pub mod users;

@@ -95,27 +95,6 @@ pub async fn calls_since(c: &mut Conn, sub: SubscriptionId, from_day: &str) -> R
     get(&r, t(), "n")
 }
 
-/// Calls of every subscription since `from_day` (inclusive), without orphans: where the
-/// gateway's quota counters start after a restart.
-pub async fn calls_by_subscription_since(
-    c: &mut Conn,
-    from_day: &str,
-) -> Result<std::collections::HashMap<SubscriptionId, u64>> {
-    let rows = sqlx::query(
-        "SELECT subscription_id, CAST(COALESCE(SUM(calls), 0) AS BIGINT) AS n FROM usage_daily WHERE day >= $1 GROUP BY subscription_id",
-    )
-    .bind(from_day)
-    .fetch_all(c)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let sub: SubscriptionId = parse(r, t(), "subscription_id")?;
-            let n: i64 = get(r, t(), "n")?;
-            Ok((sub, n.max(0) as u64))
-        })
-        .collect()
-}
-
 fn t() -> &'static str {
     "usage_daily"
 }
@@ -136,13 +115,15 @@ pub struct CallRecord {
     pub latency_micros: i64,
     pub bytes_in: i64,
     pub bytes_out: i64,
+    /// Billable units (0: Portico answered itself; never billed).
+    pub units: i64,
     pub orphaned: bool,
 }
 
 /// Writes calls to the request log, 500 per statement; a request id already there is skipped.
 /// Exactly-once counting does not rest on this table but on [`set_journal_offset`].
 pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
-    const COLS: usize = 14;
+    const COLS: usize = 15;
     for chunk in calls.chunks(500) {
         let rows: Vec<String> = (0..chunk.len())
             .map(|r| {
@@ -152,7 +133,7 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
             .collect();
         let q = format!(
             "INSERT INTO usage_events (request_id, at, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, operation, \
-             status, latency_micros, bytes_in, bytes_out, orphaned) VALUES {} ON CONFLICT (request_id) DO NOTHING",
+             status, latency_micros, bytes_in, bytes_out, orphaned, units) VALUES {} ON CONFLICT (request_id) DO NOTHING",
             rows.join(", ")
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
@@ -171,7 +152,8 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
                 .bind(r.latency_micros)
                 .bind(r.bytes_in)
                 .bind(r.bytes_out)
-                .bind(i64::from(r.orphaned));
+                .bind(i64::from(r.orphaned))
+                .bind(r.units);
         }
         query.execute(&mut *c).await?;
     }
@@ -275,7 +257,7 @@ pub async fn list_calls(
     let filter = if clauses.is_empty() { "1 = 1".to_owned() } else { clauses.join(" AND ") };
     let q = format!(
         "SELECT e.request_id, e.at, e.subscription_id, e.api_id, e.version_id, e.app_id, e.consumer_org_id, e.plan_id, e.operation, \
-         e.status, e.latency_micros, e.bytes_in, e.bytes_out, e.orphaned, a.slug AS api_slug \
+         e.status, e.latency_micros, e.bytes_in, e.bytes_out, e.orphaned, e.units, a.slug AS api_slug \
          FROM usage_events e LEFT JOIN apis a ON a.id = e.api_id WHERE {filter} ORDER BY e.request_id DESC LIMIT $1 OFFSET $2"
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(page.limit).bind(page.offset);
@@ -304,6 +286,7 @@ pub async fn list_calls(
                     latency_micros: get(r, t, "latency_micros")?,
                     bytes_in: get(r, t, "bytes_in")?,
                     bytes_out: get(r, t, "bytes_out")?,
+                    units: get(r, t, "units")?,
                     orphaned: get::<i64>(r, t, "orphaned")? != 0,
                 },
                 api_slug: get::<Option<String>>(r, t, "api_slug")?.unwrap_or_default(),

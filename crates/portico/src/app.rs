@@ -25,6 +25,8 @@ pub struct App {
     metrics_listener: Option<TcpListener>,
     pub metrics_addr: Option<SocketAddr>,
     journal: Arc<Journal>,
+    request_log: portico_metering::RequestLog,
+    retention: crate::settings::Retention,
 }
 
 /// How often the shipper moves the usage journal into the store.
@@ -105,6 +107,8 @@ impl App {
             metrics_listener,
             metrics_addr,
             journal,
+            request_log: settings.request_log,
+            retention: settings.retention.clone(),
         })
     }
 
@@ -125,14 +129,26 @@ impl App {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let App { state, gateway, gateway_listener, api_listener, metrics_listener, journal, .. } = self;
+        let App {
+            state,
+            gateway,
+            gateway_listener,
+            api_listener,
+            metrics_listener,
+            journal,
+            request_log: self_request_log,
+            retention,
+            ..
+        } = self;
         let metrics = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.store.clone(), stopped())));
         let watcher = state.snapshot.clone().watch(state.store.clone(), SNAPSHOT_POLL_EVERY);
         let (ship_stop, ship_stopped) = tokio::sync::oneshot::channel::<()>();
-        let shipper =
-            Shipper::new(journal.dir(), journal.instance(), state.store.clone()).spawn(USAGE_SHIP_EVERY, async move {
+        let shipper = Shipper::new(journal.dir(), journal.instance(), state.store.clone())
+            .with_request_log(self_request_log)
+            .spawn(USAGE_SHIP_EVERY, async move {
                 let _ = ship_stopped.await;
             });
+        let pruner = tokio::spawn(prune_usage(state.store.clone(), retention));
         let router = portico_control::router(state.clone())
             .merge(portico_portal::router(state.clone()))
             .layer(axum::middleware::map_response(portico_control::security_headers));
@@ -147,6 +163,7 @@ impl App {
         let _ = stop_tx.send(true);
         let (a, g) = tokio::join!(api, gw);
         watcher.abort();
+        pruner.abort();
         if let Some(m) = metrics {
             let _ = m.await;
         }
@@ -230,6 +247,31 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Deletes usage detail past its retention, at start and then hourly.
+async fn prune_usage(store: portico_store::Store, r: crate::settings::Retention) {
+    use portico_store::rollups::{self, Granularity};
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let now = portico_store::now_millis();
+        let days = |n: u32| now - i64::from(n) * 86_400_000;
+        let run = async {
+            let mut c = store.conn().await?;
+            let minutes = rollups::prune(&mut c, Granularity::Minute, days(r.minute_days)).await?;
+            let day_rows = rollups::prune(&mut c, Granularity::Day, days(r.day_days)).await?;
+            let calls = rollups::prune_request_log(&mut c, days(r.request_log_days)).await?;
+            Ok::<_, portico_store::Error>((minutes, day_rows, calls))
+        };
+        match run.await {
+            Ok((m, d, c)) if m + d + c > 0 => {
+                tracing::info!(minute_rows = m, day_rows = d, request_log_rows = c, "usage past its retention deleted");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning old usage failed; retrying in an hour"),
+        }
+    }
 }
 
 #[cfg(test)]

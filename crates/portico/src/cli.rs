@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// addresses or CIDR networks (e.g. 10.0.0.0/8)
     #[arg(long, env = "PORTICO_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
+    /// Which calls the request log keeps: all, errors or off [default: all]
+    #[arg(long, env = "PORTICO_REQUEST_LOG", value_parser = ["all", "errors", "off"])]
+    pub request_log: Option<String>,
     /// Load the demo marketplace (two providers, three APIs, a consumer with a key) and run
     /// its upstream in this process.
     #[arg(long, env = "PORTICO_DEMO")]

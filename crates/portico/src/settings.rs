@@ -27,7 +27,30 @@ pub struct Settings {
     /// Networks of proxies in front of the gateway whose `X-Forwarded-For` is believed (CIDR
     /// or single addresses). Empty: the connection's peer is the client.
     pub trusted_proxies: Vec<String>,
+    /// Which calls the request log keeps: `all` (default), `errors` or `off`. Rollups (analytics,
+    /// quotas, billing) always count every call.
+    pub request_log: portico_metering::RequestLog,
+    /// How long usage detail is kept.
+    pub retention: Retention,
     pub demo: bool,
+}
+
+/// `[retention]`: days of usage detail kept; older rows are deleted hourly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Per-minute rollups (analytics at minute and hour granularity).
+    pub minute_days: u32,
+    /// Per-day rollups (analytics at day granularity, quotas).
+    pub day_days: u32,
+    /// The request log (one row per call).
+    pub request_log_days: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { minute_days: 14, day_days: 400, request_log_days: 14 }
+    }
 }
 
 impl Default for Settings {
@@ -42,6 +65,8 @@ impl Default for Settings {
             metrics_addr: "0.0.0.0:9464".into(),
             upstream_ca_file: None,
             trusted_proxies: Vec::new(),
+            request_log: portico_metering::RequestLog::All,
+            retention: Retention::default(),
             demo: false,
         }
     }
@@ -68,6 +93,8 @@ struct Overrides {
     upstream_ca_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     trusted_proxies: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_log: Option<portico_metering::RequestLog>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     demo: bool,
 }
@@ -84,8 +111,14 @@ impl Settings {
             metrics_addr,
             upstream_ca_file,
             trusted_proxies,
+            request_log,
             demo,
         } = args.clone();
+        let request_log = request_log.map(|s| match s.as_str() {
+            "errors" => portico_metering::RequestLog::Errors,
+            "off" => portico_metering::RequestLog::Off,
+            _ => portico_metering::RequestLog::All,
+        });
         let overrides = Overrides {
             data_dir,
             database,
@@ -96,6 +129,7 @@ impl Settings {
             metrics_addr,
             upstream_ca_file,
             trusted_proxies,
+            request_log,
             demo,
         };
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
@@ -138,6 +172,13 @@ impl Settings {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.trusted_networks()?;
+        let r = &self.retention;
+        if r.minute_days == 0 || r.day_days == 0 || r.request_log_days == 0 {
+            bail!("retention: minute_days, day_days and request_log_days must be at least 1 (days)");
+        }
+        if r.minute_days > r.day_days {
+            bail!("retention: minute_days ({}) cannot exceed day_days ({})", r.minute_days, r.day_days);
+        }
         let mut addrs = vec![("gateway_addr", &self.gateway_addr), ("api_addr", &self.api_addr)];
         if self.metrics_addr != "off" {
             addrs.push(("metrics_addr", &self.metrics_addr));

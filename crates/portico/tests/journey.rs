@@ -195,6 +195,12 @@ async fn journey(backend: Backend) {
             .sum()
     };
     assert_eq!((total(&ts, "2xx"), total(&ts, "4xx")), (5, 1), "{ts}");
+    // The 429 is metered but carries no billable units.
+    let (_, all) = app.get("/analytics/usage?granularity=minute", Some(&consumer)).await;
+    let sum = |field: &str| -> u64 {
+        all["series"][0]["points"].as_array().unwrap().iter().map(|p| p[field].as_u64().unwrap()).sum()
+    };
+    assert_eq!((sum("calls"), sum("units"), sum("refused")), (6, 5, 1), "{all}");
     let (s, top) = app.get("/analytics/top?group_by=operation", Some(&provider)).await;
     assert_eq!(s, 200, "{top}");
     assert_eq!(top["entries"][0]["group"], "getThing");

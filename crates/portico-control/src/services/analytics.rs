@@ -3,15 +3,16 @@
 //! sees its apps' calls, a provider the calls to its APIs (across consumers), a platform admin
 //! everything.
 //!
-//! Computed from the per-call rows in the requested range; the metering issue adds minute and
-//! day rollups with mergeable latency sketches so long ranges stay cheap.
+//! Read from the rollups (per minute, kept `retention.minute_days`; per day, kept
+//! `retention.day_days`), never from the request log: latency percentiles come from merging the
+//! rows' sketches (within 1%), so any range costs the same whatever the traffic.
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::services::parse_id;
 use crate::state::AppState;
-use portico_store::Page;
-use portico_store::usage::{CallFilter, LoggedCall};
+use portico_core::sketch::LatencySketch;
+use portico_store::rollups::{self, Granularity, Rollup};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
@@ -25,13 +26,16 @@ pub struct AnalyticsQuery {
     pub to: Option<String>,
     /// `minute`, `hour` (default) or `day`.
     pub granularity: Option<String>,
-    /// `api`, `app`, `plan`, `operation`, `status_class` or `consumer`; none: one series.
+    /// `api`, `version`, `app`, `plan`, `operation`, `status_class` or `consumer`; none: one
+    /// series.
     pub group_by: Option<String>,
     /// Only this API (slug).
     pub api: Option<String>,
     pub app_id: Option<String>,
     pub plan_id: Option<String>,
-    /// `2xx`, `4xx` or `5xx`.
+    /// Only this operation (`operationId` or `METHOD /template`).
+    pub operation: Option<String>,
+    /// `2xx`, `4xx`, `5xx` or `orphaned`.
     pub status_class: Option<String>,
     /// `json` (default) or `csv`.
     pub format: Option<String>,
@@ -41,7 +45,12 @@ pub struct AnalyticsQuery {
 
 #[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct Stats {
+    /// Calls answered (orphans excluded), billable or not.
     pub calls: u64,
+    /// Billable units (an operation's weight per call that the upstream answered).
+    pub units: u64,
+    /// Calls Portico answered itself (limits, refusals, upstream unreachable): never billed.
+    pub refused: u64,
     pub success: u64,
     pub client_errors: u64,
     pub server_errors: u64,
@@ -125,93 +134,97 @@ fn range(q: &AnalyticsQuery) -> Result<Range> {
     Ok(Range { from, to })
 }
 
-fn class(status: i64) -> &'static str {
-    match status {
-        500.. => "5xx",
-        400..=499 => "4xx",
-        _ => "2xx",
-    }
-}
-
-fn group_of(by: Option<&str>, c: &LoggedCall) -> String {
+fn group_of(by: Option<&str>, r: &Rollup, slugs: &BTreeMap<String, String>) -> String {
     match by {
-        Some("api") => c.api_slug.clone(),
-        Some("app") => c.call.app_id.to_string(),
-        Some("plan") => c.call.plan_id.to_string(),
-        Some("operation") => c.call.operation.clone().unwrap_or_else(|| "(unmatched)".into()),
-        Some("status_class") => if c.call.orphaned { "orphaned" } else { class(c.call.status) }.into(),
-        Some("consumer") => c.call.consumer_org_id.to_string(),
+        Some("api") => slugs.get(&r.api_id.to_string()).cloned().unwrap_or_else(|| r.api_id.to_string()),
+        Some("version") => r.version_id.to_string(),
+        Some("app") => r.app_id.to_string(),
+        Some("plan") => r.plan_id.to_string(),
+        Some("operation") if r.operation.is_empty() => "(unmatched)".into(),
+        Some("operation") => r.operation.clone(),
+        Some("status_class") => r.status_class.clone(),
+        Some("consumer") => r.consumer_org_id.to_string(),
         _ => "all".into(),
     }
 }
 
 fn check_group(by: Option<&str>) -> Result<()> {
     match by {
-        None | Some("api" | "app" | "plan" | "operation" | "status_class" | "consumer") => Ok(()),
+        None | Some("api" | "version" | "app" | "plan" | "operation" | "status_class" | "consumer") => Ok(()),
         Some(other) => Err(Error::Invalid(format!(
-            "group_by: `{other}` is not one of api, app, plan, operation, status_class, consumer"
+            "group_by: `{other}` is not one of api, version, app, plan, operation, status_class, consumer"
         ))),
     }
 }
 
-fn percentile(sorted: &[i64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let idx = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Some(sorted[idx] as f64 / 1000.0)
-}
-
-fn stats(calls: &[&LoggedCall]) -> Stats {
+/// Adds rows up into the numbers the API shows.
+fn stats(rows: &[&Rollup]) -> Stats {
     let mut s = Stats::default();
-    let mut latencies: Vec<i64> = Vec::with_capacity(calls.len());
-    for c in calls {
-        let c = &c.call;
-        if c.orphaned {
-            s.orphaned += 1;
-            continue;
+    let mut sketch = LatencySketch::new();
+    for r in rows {
+        let n = r.calls.max(0) as u64;
+        s.calls += n;
+        s.units += r.units.max(0) as u64;
+        s.refused += r.refused.max(0) as u64;
+        s.orphaned += r.orphaned.max(0) as u64;
+        match r.status_class.as_str() {
+            "5xx" => s.server_errors += n,
+            "4xx" => s.client_errors += n,
+            "2xx" => s.success += n,
+            _ => {}
         }
-        s.calls += 1;
-        match class(c.status) {
-            "5xx" => s.server_errors += 1,
-            "4xx" => s.client_errors += 1,
-            _ => s.success += 1,
-        }
-        s.bytes_in += c.bytes_in.max(0) as u64;
-        s.bytes_out += c.bytes_out.max(0) as u64;
-        latencies.push(c.latency_micros);
+        s.bytes_in += r.bytes_in.max(0) as u64;
+        s.bytes_out += r.bytes_out.max(0) as u64;
+        sketch.merge(&r.sketch);
     }
-    latencies.sort_unstable();
-    s.p50_ms = percentile(&latencies, 0.50);
-    s.p95_ms = percentile(&latencies, 0.95);
-    s.p99_ms = percentile(&latencies, 0.99);
+    let ms = |q: f64| sketch.quantile(q).map(|us| (us / 1000.0 * 1000.0).round() / 1000.0);
+    s.p50_ms = ms(0.50);
+    s.p95_ms = ms(0.95);
+    s.p99_ms = ms(0.99);
     s
 }
 
-async fn calls(state: &AppState, who: &Principal, q: &AnalyticsQuery, r: &Range) -> Result<Vec<LoggedCall>> {
-    let mut f = CallFilter { from_millis: Some(r.from), to_millis: Some(r.to), ..Default::default() };
+/// The rollup rows in range that `who` may see, at the granularity that serves `step`.
+async fn rows(state: &AppState, who: &Principal, q: &AnalyticsQuery, r: &Range, step: i64) -> Result<Vec<Rollup>> {
+    let g = if step >= Granularity::Day.millis() { Granularity::Day } else { Granularity::Minute };
+    let mut f = rollups::Filter {
+        from_millis: r.from.div_euclid(g.millis()) * g.millis(),
+        to_millis: r.to,
+        operation: q.operation.clone(),
+        ..Default::default()
+    };
     if let Some(app) = q.app_id.as_deref() {
         f.app_id = Some(parse_id(app, "app")?);
     }
-    if let Some(slug) = q.api.as_deref() {
-        let mut c = state.store.conn().await?;
-        f.api_id = Some(portico_store::catalog::api_by_slug(&mut c, slug).await?.map(|a| a.id).unwrap_or_default());
+    if let Some(plan) = q.plan_id.as_deref() {
+        f.plan_id = Some(parse_id(plan, "plan")?);
     }
-    let plan: Option<portico_core::ids::PlanId> = q.plan_id.as_deref().map(|p| parse_id(p, "plan")).transpose()?;
-    if let Some(sc) = q.status_class.as_deref()
-        && !matches!(sc, "2xx" | "4xx" | "5xx")
-    {
-        return Err(Error::Invalid(format!("status_class: `{sc}` is not one of 2xx, 4xx, 5xx")));
+    if let Some(sc) = q.status_class.as_deref() {
+        if !matches!(sc, "2xx" | "4xx" | "5xx" | "orphaned") {
+            return Err(Error::Invalid(format!("status_class: `{sc}` is not one of 2xx, 4xx, 5xx, orphaned")));
+        }
+        f.status_class = Some(sc.to_owned());
+    }
+    let mut c = state.store.conn().await?;
+    if let Some(slug) = q.api.as_deref() {
+        // An unknown API matches nothing (and says nothing about whether it exists).
+        f.api_id = Some(portico_store::catalog::api_by_slug(&mut c, slug).await?.map(|a| a.id).unwrap_or_default());
     }
     let orgs = who.org_ids();
     let visible = if who.is_admin() { None } else { Some(orgs.as_slice()) };
+    Ok(rollups::read(&mut c, g, &f, visible).await?)
+}
+
+/// API id → slug, for grouping by API.
+async fn api_slugs(state: &AppState, by: Option<&str>) -> Result<BTreeMap<String, String>> {
+    if by != Some("api") {
+        return Ok(BTreeMap::new());
+    }
     let mut c = state.store.conn().await?;
-    let rows = portico_store::usage::list_calls(&mut c, &f, visible, Page::all()).await?;
-    Ok(rows
-        .into_iter()
-        .filter(|l| plan.is_none_or(|p| l.call.plan_id == p))
-        .filter(|l| q.status_class.as_deref().is_none_or(|sc| !l.call.orphaned && class(l.call.status) == sc))
-        .collect())
+    let apis =
+        portico_store::catalog::list_apis(&mut c, portico_store::catalog::ApiScope::All, portico_store::Page::all())
+            .await?;
+    Ok(apis.into_iter().map(|a| (a.id.to_string(), a.slug.to_string())).collect())
 }
 
 pub async fn time_series(state: &AppState, who: &Principal, q: &AnalyticsQuery) -> Result<TimeSeries> {
@@ -228,17 +241,18 @@ pub async fn time_series(state: &AppState, who: &Principal, q: &AnalyticsQuery) 
             "that range has more than 10000 buckets at this granularity: choose a coarser one".into(),
         ));
     }
-    let rows = calls(state, who, q, &r).await?;
-    let mut groups: BTreeMap<String, BTreeMap<i64, Vec<&LoggedCall>>> = BTreeMap::new();
-    for c in &rows {
-        let bucket = c.call.at_millis.div_euclid(step) * step;
-        groups.entry(group_of(q.group_by.as_deref(), c)).or_default().entry(bucket).or_default().push(c);
+    let rows = rows(state, who, q, &r, step).await?;
+    let slugs = api_slugs(state, q.group_by.as_deref()).await?;
+    let mut groups: BTreeMap<String, BTreeMap<i64, Vec<&Rollup>>> = BTreeMap::new();
+    for row in &rows {
+        let bucket = row.bucket.div_euclid(step) * step;
+        groups.entry(group_of(q.group_by.as_deref(), row, &slugs)).or_default().entry(bucket).or_default().push(row);
     }
     let series = groups
         .into_iter()
         .map(|(group, buckets)| Series {
             group,
-            points: buckets.into_iter().map(|(t, cs)| Point { t: rfc3339(t), stats: stats(&cs) }).collect(),
+            points: buckets.into_iter().map(|(t, rs)| Point { t: rfc3339(t), stats: stats(&rs) }).collect(),
         })
         .collect();
     Ok(TimeSeries {
@@ -254,13 +268,16 @@ pub async fn top(state: &AppState, who: &Principal, q: &AnalyticsQuery) -> Resul
     let r = range(q)?;
     let by = q.group_by.clone().unwrap_or_else(|| "operation".into());
     check_group(Some(&by))?;
-    let rows = calls(state, who, q, &r).await?;
-    let mut groups: BTreeMap<String, Vec<&LoggedCall>> = BTreeMap::new();
-    for c in &rows {
-        groups.entry(group_of(Some(&by), c)).or_default().push(c);
+    // Minute rows cover the last days exactly; longer ranges read the day rows.
+    let step = if r.to - r.from > 2 * 86_400_000 { 86_400_000 } else { 60_000 };
+    let rows = rows(state, who, q, &r, step).await?;
+    let slugs = api_slugs(state, Some(&by)).await?;
+    let mut groups: BTreeMap<String, Vec<&Rollup>> = BTreeMap::new();
+    for row in &rows {
+        groups.entry(group_of(Some(&by), row, &slugs)).or_default().push(row);
     }
     let mut entries: Vec<TopEntry> =
-        groups.into_iter().map(|(group, cs)| TopEntry { group, stats: stats(&cs) }).collect();
+        groups.into_iter().map(|(group, rs)| TopEntry { group, stats: stats(&rs) }).collect();
     entries.sort_by(|a, b| b.stats.calls.cmp(&a.stats.calls).then_with(|| a.group.cmp(&b.group)));
     entries.truncate(q.limit.unwrap_or(10).clamp(1, 100));
     Ok(Top { from: rfc3339(r.from), to: rfc3339(r.to), by, entries })
@@ -273,7 +290,7 @@ fn opt(v: Option<f64>) -> String {
 /// CSV of a time series: one row per group and bucket.
 pub fn to_csv(ts: &TimeSeries) -> String {
     let mut out = String::from(
-        "group,t,calls,success,client_errors,server_errors,orphaned,bytes_in,bytes_out,p50_ms,p95_ms,p99_ms\n",
+        "group,t,calls,units,refused,success,client_errors,server_errors,orphaned,bytes_in,bytes_out,p50_ms,p95_ms,p99_ms\n",
     );
     for s in &ts.series {
         let group = if s.group.contains([',', '"', '\n']) {
@@ -284,9 +301,11 @@ pub fn to_csv(ts: &TimeSeries) -> String {
         for p in &s.points {
             let st = &p.stats;
             out.push_str(&format!(
-                "{group},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{group},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 p.t,
                 st.calls,
+                st.units,
+                st.refused,
                 st.success,
                 st.client_errors,
                 st.server_errors,
@@ -307,12 +326,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_nearest_rank() {
-        let v: Vec<i64> = (1..=100).map(|x| x * 1000).collect();
-        assert_eq!(percentile(&v, 0.5), Some(50.0));
-        assert_eq!(percentile(&v, 0.95), Some(95.0));
-        assert_eq!(percentile(&v, 0.99), Some(99.0));
-        assert_eq!(percentile(&[7000], 0.99), Some(7.0));
-        assert_eq!(percentile(&[], 0.5), None);
+    fn stats_add_rows_and_merge_their_sketches() {
+        let row = |class: &str, calls: i64, units: i64, refused: i64, lat: &[u64]| {
+            let mut sketch = LatencySketch::new();
+            for l in lat {
+                sketch.add(*l);
+            }
+            Rollup {
+                bucket: 0,
+                subscription_id: Default::default(),
+                api_id: Default::default(),
+                version_id: Default::default(),
+                app_id: Default::default(),
+                consumer_org_id: Default::default(),
+                plan_id: Default::default(),
+                operation: String::new(),
+                status_class: class.into(),
+                calls,
+                units,
+                refused,
+                orphaned: 0,
+                bytes_in: 1,
+                bytes_out: 2,
+                latency_micros_sum: lat.iter().sum::<u64>() as i64,
+                sketch,
+            }
+        };
+        let a = row("2xx", 3, 6, 0, &[1000, 2000, 3000]);
+        let b = row("4xx", 1, 0, 1, &[100_000]);
+        let s = stats(&[&a, &b]);
+        assert_eq!((s.calls, s.units, s.refused, s.success, s.client_errors), (4, 6, 1, 3, 1));
+        assert!((s.p50_ms.unwrap() - 2.0).abs() < 0.03, "{:?}", s.p50_ms);
+        assert!((s.p99_ms.unwrap() - 100.0).abs() < 1.1, "{:?}", s.p99_ms);
+        assert_eq!(stats(&[]).p50_ms, None);
     }
 }
