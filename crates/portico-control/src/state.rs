@@ -13,6 +13,9 @@ pub struct ControlConfig {
     pub gateway_url: String,
     /// Largest accepted request body (OpenAPI documents included).
     pub max_body_bytes: usize,
+    /// Which addresses upstream URLs may point at; a version whose upstream is refused is not
+    /// saved (the gateway's connect-time check is the real guard).
+    pub outbound: portico_core::outbound::OutboundPolicy,
 }
 
 impl Default for ControlConfig {
@@ -21,6 +24,7 @@ impl Default for ControlConfig {
             secure_cookies: false,
             gateway_url: "http://127.0.0.1:8080".into(),
             max_body_bytes: 5 * 1024 * 1024,
+            outbound: portico_core::outbound::OutboundPolicy::default(),
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod identify;
 pub mod limit;
 pub mod meter;
 pub mod metrics;
+mod outbound;
 pub mod pool;
 pub mod proxy;
 pub mod route;
@@ -80,6 +81,9 @@ pub struct GatewayConfig {
     /// Proxies in front of the gateway (load balancers) whose `X-Forwarded-For` is believed:
     /// the client's address, for IP lists and for the upstream, is read through them.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which addresses upstream connections (calls and health checks) may go to: loopback,
+    /// private, link-local and other special ranges are refused unless allowed here.
+    pub outbound: portico_core::outbound::OutboundPolicy,
 }
 
 impl Default for GatewayConfig {
@@ -92,6 +96,7 @@ impl Default for GatewayConfig {
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             upstream_roots: Vec::new(),
             trusted_proxies: Vec::new(),
+            outbound: portico_core::outbound::OutboundPolicy::default(),
         }
     }
 }
@@ -104,6 +109,8 @@ struct Inner {
     limiter: limit::Limiter,
     metrics: metrics::GatewayMetrics,
     tls: rustls::ClientConfig,
+    /// The same policy as `config.outbound`, shared by every worker's connector.
+    outbound: Arc<portico_core::outbound::OutboundPolicy>,
     pool: pool::Pool,
 }
 
@@ -135,6 +142,7 @@ impl Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 tls: client::tls_config(&config.upstream_roots),
+                outbound: Arc::new(config.outbound.clone()),
                 snapshot,
                 pepper,
                 sink,
@@ -463,6 +471,15 @@ impl Gateway {
                 meter.respond(502);
                 let mut r = errors::bad_gateway(&format!(
                     "the upstream of API `{api_slug}` could not be reached or answered badly"
+                ));
+                r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
+                r
+            }
+            Err(forward::Failure::Refused) => {
+                inner.metrics.upstream_errors.increment(1);
+                meter.respond(502);
+                let mut r = errors::bad_gateway(&format!(
+                    "the upstream address of API `{api_slug}` is not allowed by this gateway's outbound policy"
                 ));
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
                 r
