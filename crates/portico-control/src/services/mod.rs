@@ -9,6 +9,7 @@ pub mod apps;
 pub mod catalog;
 pub mod declarative;
 pub mod orgs;
+pub(crate) mod outbound;
 pub mod requests;
 
 use crate::auth::Principal;
