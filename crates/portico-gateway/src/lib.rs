@@ -11,7 +11,8 @@
 //! [`identify`] (API key → grant), [`limit`] (GCRA rate limit and monthly quota per
 //! subscription), [`proxy`] (header rewriting), [`forward`] and [`pool`] (upstream targets,
 //! timeouts, retries, breakers, health checks), [`meter`] (byte counting and the usage event),
-//! [`cors`], [`metrics`]; `serve` runs the listener.
+//! [`cors`], [`metrics`]; `outbound` (the SSRF guard every upstream connection goes through);
+//! `serve` runs the listener.
 //!
 //! A version's `policies` (IP lists, JSON depth, operation weights, header and path rewriting,
 //! the provider's credential, `Portico-Signature`, CORS) are applied here and in [`proxy`] /
