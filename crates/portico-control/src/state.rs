@@ -16,6 +16,9 @@ pub struct ControlConfig {
     /// Proxies in front of Portico whose `X-Forwarded-For` is believed (sign-in throttling and
     /// the audit log record the client's address).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which addresses upstream URLs may point at; a version whose upstream is refused is not
+    /// saved (the gateway's connect-time check is the real guard).
+    pub outbound: portico_core::outbound::OutboundPolicy,
 }
 
 impl Default for ControlConfig {
@@ -25,6 +28,7 @@ impl Default for ControlConfig {
             gateway_url: "http://127.0.0.1:8080".into(),
             max_body_bytes: 5 * 1024 * 1024,
             trusted_proxies: Vec::new(),
+            outbound: portico_core::outbound::OutboundPolicy::default(),
         }
     }
 }

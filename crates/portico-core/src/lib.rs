@@ -12,6 +12,7 @@ pub mod ids;
 pub mod model;
 pub mod openapi;
 pub mod operations;
+pub mod outbound;
 pub mod policy;
 pub mod sketch;
 pub mod snapshot;

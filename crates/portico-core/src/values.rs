@@ -390,6 +390,16 @@ impl UpstreamUrl {
     pub fn has_path(&self) -> bool {
         self.0.split_once("://").is_some_and(|(_, rest)| rest.contains('/'))
     }
+    /// The host, without the port and without an IPv6 literal's brackets (`::1`,
+    /// `api.example.com`, `10.0.0.1`).
+    pub fn host(&self) -> &str {
+        let rest = self.0.split_once("://").map_or(self.0.as_str(), |(_, rest)| rest);
+        let authority = rest.split('/').next().unwrap_or_default();
+        if let Some(v6) = authority.strip_prefix('[') {
+            return v6.split(']').next().unwrap_or_default();
+        }
+        authority.split(':').next().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -446,6 +456,15 @@ mod tests {
         assert!(UpstreamUrl::parse("http://").is_err());
         assert!(UpstreamUrl::parse("http://u:p@x").is_err());
         assert!(UpstreamUrl::parse("http://x/?a=1").is_err());
+        for (url, host) in [
+            ("http://127.0.0.1:9000/v1", "127.0.0.1"),
+            ("https://api.example.com", "api.example.com"),
+            ("http://[::ffff:127.0.0.1]:8080/x", "::ffff:127.0.0.1"),
+            ("http://[::1]", "::1"),
+            ("http://localhost:1", "localhost"),
+        ] {
+            assert_eq!(UpstreamUrl::parse(url).unwrap().host(), host, "{url}");
+        }
     }
 
     #[test]

@@ -1,22 +1,25 @@
 //! The pooled client the gateway forwards with: HTTP or HTTPS upstreams (rustls with ring,
-//! the webpki roots plus configured CAs), one per worker thread.
+//! the webpki roots plus configured CAs), one per worker thread, over the SSRF guard
+//! ([`crate::outbound`]).
 
 use crate::UpBody;
+use crate::outbound::Guarded;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use portico_core::outbound::OutboundPolicy;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>;
+pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<Guarded>, UpBody>;
 
 /// A pooled keep-alive client to upstreams, HTTP or HTTPS (rustls, SNI, HTTP/2 by ALPN); one
-/// per worker thread.
-pub(crate) fn upstream_client(tls: &rustls::ClientConfig) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    http.enforce_http(false);
+/// per worker thread. It connects only to addresses the outbound policy permits.
+pub(crate) fn upstream_client(tls: &rustls::ClientConfig, outbound: &Arc<OutboundPolicy>) -> UpstreamClient {
+    let http = Guarded::new(outbound.clone(), |http| {
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.enforce_http(false);
+    });
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.clone())
         .https_or_http()

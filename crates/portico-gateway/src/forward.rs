@@ -17,6 +17,8 @@ pub enum Failure {
     /// No target is available (all unhealthy or their breakers open).
     NoTarget,
     Unreachable,
+    /// The outbound policy refused the target's address (SSRF protection).
+    Refused,
     Timeout,
     /// The path could not be joined to a target's URL.
     BadPath,
@@ -66,7 +68,7 @@ fn retryable_status(s: StatusCode) -> bool {
     matches!(s, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
 }
 
-pub async fn send(
+pub(crate) async fn send(
     pool: &Pool,
     client: &UpstreamClient,
     primary: &UpstreamUrl,
@@ -129,6 +131,10 @@ pub async fn send(
                 return Ok(resp);
             }
             Ok(Err(e)) if crate::body_too_large(&e) => return Err(Failure::BodyTooLarge),
+            Ok(Err(e)) if crate::outbound::is_refused(&e) => {
+                // Not the target's health: its address is refused, and it stays refused.
+                last = Failure::Refused;
+            }
             Ok(Err(e)) => {
                 if state.failure() {
                     tracing::warn!(target = %pool::target(primary, policy, i), "upstream target's circuit breaker opened");

@@ -1,7 +1,8 @@
 //! Active health checks: every target of a version whose policy has a `health_check` is asked
 //! `GET {target}{path}` every `interval_secs`; 2xx/3xx counts as healthy. A target goes out of
 //! rotation after `unhealthy_threshold` failed checks in a row and back after
-//! `healthy_threshold` good ones. Runs once per gateway process.
+//! `healthy_threshold` good ones. Runs once per gateway process, through the same outbound
+//! guard as calls: a target at a refused address never passes.
 
 use crate::Gateway;
 use crate::pool;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) async fn run(gw: Gateway, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let client = crate::upstream_client(&gw.inner.tls);
+    let client = crate::upstream_client(&gw.inner.tls, &gw.inner.outbound);
     let mut last: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -11,7 +11,8 @@
 //! [`identify`] (API key → grant), [`limit`] (GCRA rate limit and monthly quota per
 //! subscription), [`proxy`] (header rewriting), [`forward`] and [`pool`] (upstream targets,
 //! timeouts, retries, breakers, health checks), [`meter`] (byte counting and the usage event),
-//! [`cors`], [`metrics`]; `serve` runs the listener.
+//! [`cors`], [`metrics`]; `outbound` (the SSRF guard every upstream connection goes through);
+//! `serve` runs the listener.
 //!
 //! A version's `policies` (IP lists, JSON depth, operation weights, header and path rewriting,
 //! the provider's credential, `Portico-Signature`, CORS) are applied here and in [`proxy`] /
@@ -29,6 +30,7 @@ pub mod identify;
 pub mod limit;
 pub mod meter;
 pub mod metrics;
+mod outbound;
 pub mod pool;
 pub mod proxy;
 pub mod route;
@@ -80,6 +82,9 @@ pub struct GatewayConfig {
     /// Proxies in front of the gateway (load balancers) whose `X-Forwarded-For` is believed:
     /// the client's address, for IP lists and for the upstream, is read through them.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which addresses upstream connections (calls and health checks) may go to: loopback,
+    /// private, link-local and other special ranges are refused unless allowed here.
+    pub outbound: portico_core::outbound::OutboundPolicy,
 }
 
 impl Default for GatewayConfig {
@@ -92,6 +97,7 @@ impl Default for GatewayConfig {
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             upstream_roots: Vec::new(),
             trusted_proxies: Vec::new(),
+            outbound: portico_core::outbound::OutboundPolicy::default(),
         }
     }
 }
@@ -104,6 +110,8 @@ struct Inner {
     limiter: limit::Limiter,
     metrics: metrics::GatewayMetrics,
     tls: rustls::ClientConfig,
+    /// The same policy as `config.outbound`, shared by every worker's connector.
+    outbound: Arc<portico_core::outbound::OutboundPolicy>,
     pool: pool::Pool,
 }
 
@@ -135,6 +143,7 @@ impl Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 tls: client::tls_config(&config.upstream_roots),
+                outbound: Arc::new(config.outbound.clone()),
                 snapshot,
                 pepper,
                 sink,
@@ -464,6 +473,15 @@ impl Gateway {
                 meter.refuse(502);
                 let mut r = errors::bad_gateway(&format!(
                     "the upstream of API `{api_slug}` could not be reached or answered badly"
+                ));
+                r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
+                r
+            }
+            Err(forward::Failure::Refused) => {
+                inner.metrics.upstream_errors.increment(1);
+                meter.respond(502);
+                let mut r = errors::bad_gateway(&format!(
+                    "the upstream address of API `{api_slug}` is not allowed by this gateway's outbound policy"
                 ));
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
                 r

@@ -59,7 +59,7 @@ impl Gateway {
 
     async fn worker(self, socket: std::net::TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::from_std(socket)?;
-        let client = upstream_client(&self.inner.tls);
+        let client = upstream_client(&self.inner.tls, &self.inner.outbound);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

@@ -98,7 +98,7 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> u16 {
 
 #[tokio::test]
 async fn malformed_and_hostile_requests_are_refused() {
-    let e = env(GatewayConfig::default()).await;
+    let e = env(common::config()).await;
     let k = &e.key;
     let ok = format!("GET /echo/v1/a HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\n\r\n");
     assert_eq!(raw(e.addr, ok.as_bytes()).await, 200);
@@ -162,7 +162,7 @@ async fn malformed_and_hostile_requests_are_refused() {
 
 #[tokio::test]
 async fn an_oversized_chunked_body_is_cut_off_with_413() {
-    let e = env(GatewayConfig { max_body_bytes: 1024, ..Default::default() }).await;
+    let e = env(GatewayConfig { max_body_bytes: 1024, ..common::config() }).await;
     let mut req =
         format!("POST /echo/v1/a HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ntransfer-encoding: chunked\r\n\r\n", e.key)
             .into_bytes();
@@ -177,7 +177,7 @@ async fn an_oversized_chunked_body_is_cut_off_with_413() {
 
 #[tokio::test]
 async fn a_slow_client_is_cut_off_by_the_header_timeout() {
-    let e = env(GatewayConfig { header_read_timeout: Duration::from_millis(300), ..Default::default() }).await;
+    let e = env(GatewayConfig { header_read_timeout: Duration::from_millis(300), ..common::config() }).await;
     let mut s = TcpStream::connect(e.addr).await.unwrap();
     s.write_all(b"GET /echo/v1/a HTTP/1.1\r\nho").await.unwrap();
     let mut buf = [0u8; 1024];

@@ -87,7 +87,7 @@ async fn fixture(upstream: &str) -> Fixture {
         snapshot.clone(),
         pepper,
         events.clone(),
-        GatewayConfig { max_body_bytes: 4 * 1024 * 1024, ..Default::default() },
+        GatewayConfig { max_body_bytes: 4 * 1024 * 1024, ..common::config() },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -59,7 +59,7 @@ async fn tls_upstream() -> (String, CertificateDer<'static>) {
 }
 
 async fn gateway(upstream: &str, roots: Vec<CertificateDer<'static>>) -> (String, String) {
-    let config = GatewayConfig { upstream_roots: roots, ..Default::default() };
+    let config = GatewayConfig { upstream_roots: roots, ..common::config() };
     let r = common::start(common::Setup { config, ..common::Setup::new("secure", upstream) }).await;
     (format!("http://{}", r.addr), r.key)
 }

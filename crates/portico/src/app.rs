@@ -75,10 +75,16 @@ impl App {
 
         let publisher = Arc::new(SnapshotPublisher::new());
         publisher.refresh(&store).await.context("compiling the gateway's first config snapshot")?;
+        let outbound = settings.outbound_policy()?;
+        if !outbound.allowed().is_empty() {
+            let allowed: Vec<String> = outbound.allowed().iter().map(ToString::to_string).collect();
+            tracing::info!(allow = %allowed.join(", "), "outbound calls may reach these special-purpose networks");
+        }
         let config = ControlConfig {
             gateway_url: settings.public_gateway_url.clone().unwrap_or_else(|| url_of(gateway_addr)),
             secure_cookies: settings.public_api_url.as_deref().is_some_and(|u| u.starts_with("https://")),
             trusted_proxies: settings.trusted_networks()?,
+            outbound: outbound.clone(),
             ..ControlConfig::default()
         };
         let journal = Journal::open(&settings.data_dir.join("journal"), JOURNAL_SEGMENT_BYTES)
@@ -87,8 +93,12 @@ impl App {
             None => Vec::new(),
             Some(path) => read_ca_file(path)?,
         };
-        let gateway_config =
-            GatewayConfig { upstream_roots, trusted_proxies: settings.trusted_networks()?, ..GatewayConfig::default() };
+        let gateway_config = GatewayConfig {
+            upstream_roots,
+            trusted_proxies: settings.trusted_networks()?,
+            outbound,
+            ..GatewayConfig::default()
+        };
         let gateway = Gateway::new(publisher.handle(), pepper.clone(), journal.clone(), gateway_config);
         let state = AppState {
             store,

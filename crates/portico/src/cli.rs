@@ -71,6 +71,12 @@ pub struct ServeArgs {
     /// Which calls the request log keeps: all, errors or off [default: all]
     #[arg(long, env = "PORTICO_REQUEST_LOG", value_parser = ["all", "errors", "off"])]
     pub request_log: Option<String>,
+    /// Networks that upstream calls may reach although they are loopback, private,
+    /// link-local or cloud metadata (refused otherwise, against SSRF), comma-separated
+    /// addresses or CIDR networks (e.g. 127.0.0.0/8). `--demo` adds 127.0.0.0/8. In the config
+    /// file: `[outbound]` `allow_cidrs = ["127.0.0.0/8"]`.
+    #[arg(long, env = "PORTICO_OUTBOUND_ALLOW_CIDRS", value_delimiter = ',')]
+    pub outbound_allow_cidrs: Option<Vec<String>>,
     /// Load the demo marketplace (two providers, three APIs, a consumer with a key) and run
     /// its upstream in this process.
     #[arg(long, env = "PORTICO_DEMO")]

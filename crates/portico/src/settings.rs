@@ -32,6 +32,8 @@ pub struct Settings {
     pub request_log: portico_metering::RequestLog,
     /// How long usage detail is kept.
     pub retention: Retention,
+    /// What outbound calls (upstreams, health checks) may reach: the `[outbound]` section.
+    pub outbound: Outbound,
     pub demo: bool,
 }
 
@@ -53,6 +55,17 @@ impl Default for Retention {
     }
 }
 
+/// The `[outbound]` section: SSRF protection of every call Portico makes on someone's behalf.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// Networks that outbound calls may reach although they are loopback, private,
+    /// link-local, metadata or otherwise special-purpose (CIDR or single addresses), e.g.
+    /// `["127.0.0.0/8"]` for upstreams on this machine. Empty: only public addresses.
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -67,6 +80,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             request_log: portico_metering::RequestLog::All,
             retention: Retention::default(),
+            outbound: Outbound::default(),
             demo: false,
         }
     }
@@ -95,6 +109,8 @@ struct Overrides {
     trusted_proxies: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_log: Option<portico_metering::RequestLog>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbound: Option<Outbound>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     demo: bool,
 }
@@ -112,6 +128,7 @@ impl Settings {
             upstream_ca_file,
             trusted_proxies,
             request_log,
+            outbound_allow_cidrs,
             demo,
         } = args.clone();
         let request_log = request_log.map(|s| match s.as_str() {
@@ -130,6 +147,7 @@ impl Settings {
             upstream_ca_file,
             trusted_proxies,
             request_log,
+            outbound: outbound_allow_cidrs.map(|allow_cidrs| Outbound { allow_cidrs }),
             demo,
         };
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
@@ -157,17 +175,18 @@ impl Settings {
 
     /// `trusted_proxies` as networks (a single address is a /32 or /128).
     pub fn trusted_networks(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
-        self.trusted_proxies
-            .iter()
-            .map(|s| {
-                let s = s.trim();
-                s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).map_err(
-                    |_| {
-                        anyhow::anyhow!("trusted_proxies: `{s}` is not an address or a CIDR network such as 10.0.0.0/8")
-                    },
-                )
-            })
-            .collect()
+        networks("trusted_proxies", &self.trusted_proxies, "10.0.0.0/8")
+    }
+
+    /// The outbound policy: `outbound.allow_cidrs`, plus loopback for `serve --demo` (its
+    /// upstream runs on this machine).
+    pub fn outbound_policy(&self) -> anyhow::Result<portico_core::outbound::OutboundPolicy> {
+        let mut allow = networks("outbound.allow_cidrs", &self.outbound.allow_cidrs, "127.0.0.0/8")?;
+        let loopback = ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0), 8));
+        if self.demo && !allow.contains(&loopback) {
+            allow.push(loopback);
+        }
+        Ok(portico_core::outbound::OutboundPolicy::new(allow))
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -179,6 +198,7 @@ impl Settings {
         if r.minute_days > r.day_days {
             bail!("retention: minute_days ({}) cannot exceed day_days ({})", r.minute_days, r.day_days);
         }
+        self.outbound_policy()?;
         let mut addrs = vec![("gateway_addr", &self.gateway_addr), ("api_addr", &self.api_addr)];
         if self.metrics_addr != "off" {
             addrs.push(("metrics_addr", &self.metrics_addr));
@@ -207,6 +227,18 @@ impl Settings {
             None => format!("sqlite://{}", self.data_dir.join("portico.db").display()),
         }
     }
+}
+
+/// A list of networks (a single address is a /32 or /128), or an error naming the setting.
+fn networks(setting: &str, list: &[String], example: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    list.iter()
+        .map(|s| {
+            let s = s.trim();
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| anyhow::anyhow!("{setting}: `{s}` is not an address or a CIDR network such as {example}"))
+        })
+        .collect()
 }
 
 /// The pepper that API keys are hashed under: `PORTICO_KEY_PEPPER` (64 hex characters; every
@@ -257,6 +289,34 @@ mod tests {
         args.gateway_addr = Some("127.0.0.1:9100".into());
         assert_eq!(Settings::load(&args).unwrap().gateway_addr, "127.0.0.1:9100", "a flag beats the file");
         assert_eq!(Settings::load(&args).unwrap().api_addr, "127.0.0.1:9001");
+    }
+
+    #[test]
+    fn outbound_allow_cidrs_from_the_file_the_flag_and_the_demo() {
+        use std::net::IpAddr;
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let private: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(!Settings::load(&ServeArgs::default()).unwrap().outbound_policy().unwrap().permits(loopback));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portico.toml");
+        std::fs::write(&file, "[outbound]\nallow_cidrs = [\"127.0.0.0/8\"]\n").unwrap();
+        let mut args =
+            ServeArgs { store: StoreArgs { config: Some(file.clone()), ..Default::default() }, ..Default::default() };
+        let p = Settings::load(&args).unwrap().outbound_policy().unwrap();
+        assert!(p.permits(loopback) && !p.permits(private));
+        args.outbound_allow_cidrs = Some(vec!["10.0.0.0/8".into(), "192.168.1.7".into()]);
+        let p = Settings::load(&args).unwrap().outbound_policy().unwrap();
+        assert!(p.permits(private) && !p.permits(loopback), "the flag replaces the file's list");
+        let demo = ServeArgs { demo: true, ..Default::default() };
+        assert!(Settings::load(&demo).unwrap().outbound_policy().unwrap().permits(loopback), "--demo allows loopback");
+
+        let args = ServeArgs { outbound_allow_cidrs: Some(vec!["localhost".into()]), ..Default::default() };
+        let e = format!("{:#}", Settings::load(&args).unwrap_err());
+        assert!(e.contains("outbound.allow_cidrs: `localhost`") && e.contains("127.0.0.0/8"), "{e}");
+        std::fs::write(&file, "[outbound]\nallow = [\"127.0.0.0/8\"]\n").unwrap();
+        let args = ServeArgs { store: StoreArgs { config: Some(file), ..Default::default() }, ..Default::default() };
+        let e = format!("{:#}", Settings::load(&args).unwrap_err());
+        assert!(e.contains("allow"), "an unknown key in [outbound] is refused: {e}");
     }
 
     #[test]

@@ -91,6 +91,9 @@ async fn setup(database: Option<String>, store_url: Option<String>) -> Harness {
         format!("127.0.0.1:{gw_port}"),
         "--metrics-addr".into(),
         "127.0.0.1:0".into(),
+        // The counting upstream runs on loopback.
+        "--outbound-allow-cidrs".into(),
+        "127.0.0.0/8".into(),
     ]);
     let mut store_args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
     if let Some(db) = &database {

@@ -3,7 +3,7 @@
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::services::audit::{self, Change};
-use crate::services::{managed_api, publish, visible_api};
+use crate::services::{managed_api, outbound, publish, visible_api};
 use crate::state::AppState;
 use crate::views::{ApiDetail, ApiView, PlanView, VersionView};
 use portico_core::ids::OrgId;
@@ -293,6 +293,7 @@ pub async fn create_version(state: &AppState, who: &Principal, slug: &str, req: 
     if !matches!(stateval, LifecycleState::Draft | LifecycleState::Published) {
         return Err(Error::Invalid("a new version starts as `draft` or `published`".into()));
     }
+    outbound::check_version(&state.config.outbound, &req.upstream_url, req.upstream.as_ref()).await?;
     let mut tx = state.store.begin().await?;
     let policy = req.upstream.unwrap_or_default();
     let input = catalog::VersionInput {
@@ -367,6 +368,7 @@ pub async fn update_version(
         }
         v.state = s;
     }
+    let upstream_changed = req.upstream_url.is_some() || req.upstream.is_some();
     if let Some(u) = req.upstream_url {
         v.upstream_url = u;
     }
@@ -382,6 +384,9 @@ pub async fn update_version(
     if let Some(doc) = req.openapi {
         OpenApiDoc::parse(doc.clone())?;
         v.openapi = doc;
+    }
+    if upstream_changed {
+        outbound::check_version(&state.config.outbound, &v.upstream_url, Some(&v.policy)).await?;
     }
     let mut tx = state.store.begin().await?;
     catalog::update_version(&mut tx, &v).await?;

@@ -4,10 +4,12 @@
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::services::outbound::{Verdicts, version_urls};
 use crate::services::publish;
 use crate::state::AppState;
 use portico_core::declarative::*;
 use portico_core::model::{OrgKind, SubscriptionStatus};
+use portico_core::values::UpstreamUrl;
 use portico_store::catalog::{self, ApiFields, PlanFields};
 use portico_store::{Conn, Page, apps, orgs};
 use serde::{Deserialize, Serialize};
@@ -53,10 +55,15 @@ fn require_admin(who: &Principal) -> Result<()> {
 pub async fn apply(state: &AppState, who: &Principal, doc: Document, dry_run: bool) -> Result<ApplyReport> {
     require_admin(who)?;
     doc.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+    // Names are resolved before the transaction, never while it holds the store.
+    let versions = doc.providers.iter().flat_map(|p| &p.apis).flat_map(|a| &a.versions);
+    let urls: Vec<&UpstreamUrl> =
+        versions.flat_map(|v| version_urls(&v.upstream_url, Some(&v.upstream)).map(|(_, u)| u)).collect();
+    let verdicts = Verdicts::resolve(&state.config.outbound, urls).await;
     let mut tx = state.store.begin().await?;
     let mut changes = Vec::new();
     for p in &doc.providers {
-        apply_provider(&mut tx, p, &mut changes).await?;
+        apply_provider(&mut tx, p, &verdicts, &mut changes).await?;
     }
     for c in &doc.consumers {
         apply_consumer(&mut tx, c, &mut changes).await?;
@@ -105,7 +112,15 @@ async fn ensure_org(
     }
 }
 
-async fn apply_provider(c: &mut Conn, p: &ProviderSpec, out: &mut Vec<Change>) -> Result<()> {
+/// A version's URLs against the outbound policy's verdicts, the error naming the version.
+fn check_upstreams(verdicts: &Verdicts, name: &str, v: &VersionSpec) -> Result<()> {
+    for (field, url) in version_urls(&v.upstream_url, Some(&v.upstream)) {
+        verdicts.check(&format!("{name}: {field}"), url)?;
+    }
+    Ok(())
+}
+
+async fn apply_provider(c: &mut Conn, p: &ProviderSpec, verdicts: &Verdicts, out: &mut Vec<Change>) -> Result<()> {
     let org = ensure_org(c, &p.slug, &p.name, OrgKind::Provider, out).await?;
     for a in &p.apis {
         let fields = ApiFields {
@@ -169,6 +184,9 @@ async fn apply_provider(c: &mut Conn, p: &ProviderSpec, out: &mut Vec<Change>) -
                     if e.policy != v.upstream {
                         diff.push("upstream")
                     }
+                    if e.upstream_url != v.upstream_url || e.policy != v.upstream {
+                        check_upstreams(verdicts, &name, v)?;
+                    }
                     let policies = v.policies.keeping_secrets_of(&e.policies);
                     policies.validate().map_err(|err| Error::Invalid(format!("{name}: {err}")))?;
                     if e.policies != policies {
@@ -192,6 +210,7 @@ async fn apply_provider(c: &mut Conn, p: &ProviderSpec, out: &mut Vec<Change>) -
                 }
                 None => {
                     v.policies.validate().map_err(|err| Error::Invalid(format!("{name}: {err}")))?;
+                    check_upstreams(verdicts, &name, v)?;
                     let input = catalog::VersionInput {
                         version: v.version,
                         state: v.state,

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod catalog;
 pub mod declarative;
 pub mod orgs;
+pub(crate) mod outbound;
 pub mod requests;
 
 use crate::auth::Principal;

@@ -48,6 +48,16 @@ pub async fn echo_upstream() -> String {
     format!("http://{addr}")
 }
 
+/// The outbound policy of the tests: loopback allowed, since every test upstream runs on it.
+pub fn loopback() -> portico_core::outbound::OutboundPolicy {
+    portico_core::outbound::OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap()])
+}
+
+/// The gateway's defaults with loopback upstreams allowed.
+pub fn config() -> GatewayConfig {
+    GatewayConfig { outbound: loopback(), ..GatewayConfig::default() }
+}
+
 pub struct Setup {
     pub slug: &'static str,
     pub upstream: String,
@@ -70,7 +80,7 @@ impl Setup {
             rate_limit: None,
             monthly_quota: None,
             operations: None,
-            config: GatewayConfig::default(),
+            config: config(),
             sink: Arc::new(DiscardUsage),
         }
     }

@@ -4,7 +4,7 @@
 use axum::extract::Request;
 use axum::routing::any;
 use portico::app::App;
-use portico::settings::Settings;
+use portico::settings::{Outbound, Settings};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,12 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    // The test upstreams run on loopback.
+    spawn_app_with(backend, Outbound { allow_cidrs: vec!["127.0.0.0/8".into()] }).await
+}
+
+/// [`spawn_app`] with another `[outbound]` section (e.g. the default, which refuses loopback).
+pub async fn spawn_app_with(backend: Backend, outbound: Outbound) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database = match backend {
         Backend::Sqlite => None,
@@ -40,6 +46,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         gateway_addr: "127.0.0.1:0".into(),
         api_addr: "127.0.0.1:0".into(),
         metrics_addr: "127.0.0.1:0".into(),
+        outbound,
         ..Settings::default()
     };
     let app = App::build(&settings).await.unwrap();

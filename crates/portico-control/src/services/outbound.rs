@@ -1,0 +1,132 @@
+//! Upstream URLs judged by the outbound policy when a version is saved, so that a provider
+//! learns at once that `http://10.1.2.3` or `http://169.254.169.254` will never be called. An IP
+//! literal is judged as it is; a name is resolved (with a short timeout) and refused when every
+//! address it resolves to is refused. A name that does not resolve is accepted: the gateway's
+//! connect-time check is the real guard, this one only says it early.
+//!
+//! Names are resolved before any transaction begins (never while holding the store's write
+//! lock) into [`Verdicts`], which are then read without I/O.
+
+use crate::error::{Error, Result};
+use portico_core::outbound::{OutboundPolicy, Refusal, literal_ip};
+use portico_core::upstream::UpstreamPolicy;
+use portico_core::values::UpstreamUrl;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long all the names of one request may take to resolve, together.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every URL of a version: its `upstream_url` and the upstream policy's targets, each with the
+/// field that holds it.
+pub(crate) fn version_urls<'a>(
+    upstream_url: &'a UpstreamUrl,
+    upstream: Option<&'a UpstreamPolicy>,
+) -> impl Iterator<Item = (String, &'a UpstreamUrl)> {
+    let targets = upstream.map(|p| p.targets.as_slice()).unwrap_or_default();
+    std::iter::once(("upstream_url".to_owned(), upstream_url))
+        .chain(targets.iter().enumerate().map(|(i, t)| (format!("upstream.targets[{i}]"), t)))
+}
+
+/// The policy's verdict on each host: `Some(why)` when refused.
+#[derive(Debug, Default)]
+pub(crate) struct Verdicts(HashMap<String, Option<Refusal>>);
+
+impl Verdicts {
+    /// Judges the hosts of `urls`, resolving names concurrently within [`RESOLVE_TIMEOUT`].
+    pub(crate) async fn resolve<'a>(policy: &OutboundPolicy, urls: impl IntoIterator<Item = &'a UpstreamUrl>) -> Self {
+        let mut verdicts = HashMap::new();
+        let mut lookups = tokio::task::JoinSet::new();
+        for url in urls {
+            let host = url.host();
+            if verdicts.contains_key(host) {
+                continue;
+            }
+            match literal_ip(host) {
+                Some(ip) => {
+                    verdicts.insert(host.to_owned(), policy.check(ip).err());
+                }
+                None => {
+                    verdicts.insert(host.to_owned(), None);
+                    let name = host.to_owned();
+                    lookups.spawn(async move {
+                        let addrs =
+                            tokio::net::lookup_host(format!("{name}:0")).await.ok().map(|a| a.collect::<Vec<_>>());
+                        (name, addrs)
+                    });
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + RESOLVE_TIMEOUT;
+        while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, lookups.join_next()).await {
+            let Ok((name, Some(addrs))) = joined else { continue };
+            verdicts.insert(name, refused_all(policy, &addrs));
+        }
+        Verdicts(verdicts)
+    }
+
+    /// `Ok` unless the policy refuses `url`'s host; the error names `field`.
+    pub(crate) fn check(&self, field: &str, url: &UpstreamUrl) -> Result<()> {
+        match self.0.get(url.host()) {
+            Some(Some(reason)) => Err(Error::Invalid(format!(
+                "{field}: `{url}` points at an address that outbound calls may not reach ({reason}); use a public \
+                 address, or ask a platform admin to allow its network with the `outbound.allow_cidrs` setting"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why every one of `addrs` is refused; `None` when one is permitted or there are none.
+fn refused_all(policy: &OutboundPolicy, addrs: &[std::net::SocketAddr]) -> Option<Refusal> {
+    let mut why = None;
+    for a in addrs {
+        match policy.check(a.ip()) {
+            Ok(()) => return None,
+            Err(r) => why = why.or(Some(r)),
+        }
+    }
+    why
+}
+
+/// Checks a version's URLs against the policy (resolving names), naming the field refused.
+pub(crate) async fn check_version(
+    policy: &OutboundPolicy,
+    upstream_url: &UpstreamUrl,
+    upstream: Option<&UpstreamPolicy>,
+) -> Result<()> {
+    let urls: Vec<&UpstreamUrl> = version_urls(upstream_url, upstream).map(|(_, u)| u).collect();
+    let verdicts = Verdicts::resolve(policy, urls).await;
+    for (field, url) in version_urls(upstream_url, upstream) {
+        verdicts.check(&field, url)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> UpstreamUrl {
+        UpstreamUrl::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn literals_and_names_are_judged_and_the_field_is_named() {
+        let strict = OutboundPolicy::default();
+        let e = check_version(&strict, &url("http://169.254.169.254/latest"), None).await.unwrap_err().to_string();
+        assert!(e.starts_with("upstream_url: ") && e.contains("cloud metadata") && e.contains("outbound.allow_cidrs"));
+        let policy = UpstreamPolicy { targets: vec![url("http://[::ffff:10.0.0.1]:8080")], ..Default::default() };
+        let e = check_version(&strict, &url("https://api.example.com"), Some(&policy)).await.unwrap_err().to_string();
+        assert!(e.starts_with("upstream.targets[0]: ") && e.contains("private"), "{e}");
+        let e = check_version(&strict, &url("http://localhost:9000"), None).await.unwrap_err().to_string();
+        assert!(e.contains("loopback"), "a name that resolves only to loopback: {e}");
+        check_version(&strict, &url("http://portico-no-such-host.invalid"), None).await.unwrap();
+        check_version(&strict, &url("http://203.0.113.7"), None).await.unwrap();
+
+        let open = OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+        check_version(&open, &url("http://localhost:9000"), None).await.unwrap();
+        check_version(&open, &url("http://127.0.0.1:9000"), None).await.unwrap();
+        assert!(check_version(&open, &url("http://10.1.2.3"), None).await.is_err());
+    }
+}
