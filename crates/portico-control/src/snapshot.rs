@@ -93,6 +93,12 @@ pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
     let subs = apps::active_subscriptions(&mut tx).await?;
     let today = time::OffsetDateTime::now_utc().date();
     let month_start = today.replace_day(1).unwrap_or(today);
+    let token_keys = portico_store::oauth::signing_keys(&mut tx, crate::services::oauth::RETIRED_KEY_KEEP_MS)
+        .await?
+        .into_iter()
+        .filter_map(|k| Some((k.kid, crate::services::oauth::raw_public_key(&k.public_key)?)))
+        .collect();
+    let oauth_clients = portico_store::oauth::active_client_ids(&mut tx).await?.into_iter().collect();
     let month_start_ms = (month_start.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let used = portico_store::rollups::units_by_subscription_since(&mut tx, month_start_ms).await?;
     tx.commit().await?;
@@ -160,5 +166,5 @@ pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
             ))
         })
         .collect();
-    Ok(Snapshot { generation, apis, keys, subscriptions })
+    Ok(Snapshot { generation, apis, keys, subscriptions, token_keys, oauth_clients })
 }

@@ -9,8 +9,11 @@ use std::sync::Arc;
 pub struct ControlConfig {
     /// Mark session cookies `Secure` (set when Portico is served over HTTPS).
     pub secure_cookies: bool,
-    /// The gateway's public base URL, shown in the portal and in code samples.
+    /// The gateway's public base URL, shown in the portal and in code samples; the `aud` of
+    /// access tokens.
     pub gateway_url: String,
+    /// The API's public base URL: the `iss` of access tokens.
+    pub token_issuer: String,
     /// Largest accepted request body (OpenAPI documents included).
     pub max_body_bytes: usize,
     /// Proxies in front of Portico whose `X-Forwarded-For` is believed (sign-in throttling and
@@ -26,6 +29,7 @@ impl Default for ControlConfig {
         ControlConfig {
             secure_cookies: false,
             gateway_url: "http://127.0.0.1:8080".into(),
+            token_issuer: "http://127.0.0.1:8081".into(),
             max_body_bytes: 5 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             outbound: portico_core::outbound::OutboundPolicy::default(),

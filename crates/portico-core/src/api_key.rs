@@ -128,6 +128,13 @@ impl Pepper {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// `HMAC-SHA256(pepper, secret)`: how other random secrets (OAuth client secrets) are kept.
+    pub fn mac(&self, secret: &str) -> KeyHash {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any size");
+        mac.update(secret.as_bytes());
+        KeyHash(mac.finalize().into_bytes().into())
+    }
 }
 
 impl fmt::Debug for Pepper {

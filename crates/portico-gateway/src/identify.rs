@@ -13,8 +13,8 @@ pub enum Credential<'a> {
         value: &'a str,
         from_authorization: bool,
     },
-    /// A bearer that is not a key: a token (accepted once the identity issue lands).
-    Token,
+    /// A bearer that is not a key: an access token (JWT).
+    Token(&'a str),
 }
 
 pub fn credential(headers: &HeaderMap) -> Credential<'_> {
@@ -25,7 +25,7 @@ pub fn credential(headers: &HeaderMap) -> Credential<'_> {
         let bearer = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::trim);
         return match bearer {
             Some(b) if ApiKey::looks_like_key(b) => Credential::Key { value: b, from_authorization: true },
-            Some(_) => Credential::Token,
+            Some(t) => Credential::Token(t),
             None => Credential::None,
         };
     }
@@ -60,7 +60,7 @@ mod tests {
         h.insert("authorization", format!("Bearer {}", key.expose_secret()).parse().unwrap());
         assert_eq!(credential(&h), Credential::Key { value: key.expose_secret(), from_authorization: true });
         h.insert("authorization", "Bearer eyJhbGciOi.x.y".parse().unwrap());
-        assert_eq!(credential(&h), Credential::Token);
+        assert_eq!(credential(&h), Credential::Token("eyJhbGciOi.x.y"));
         h.insert("x-api-key", "ptc_x".parse().unwrap());
         assert_eq!(credential(&h), Credential::Key { value: "ptc_x", from_authorization: false });
     }

@@ -36,6 +36,7 @@ pub mod proxy;
 pub mod route;
 pub mod screen;
 mod serve;
+pub mod token;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -79,6 +80,9 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// CA certificates trusted for HTTPS upstreams besides the webpki roots.
     pub upstream_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Where Portico's access tokens come from and who they are for (`iss`, `aud`); `None`:
+    /// tokens are refused.
+    pub token_trust: Option<token::TokenTrust>,
     /// Proxies in front of the gateway (load balancers) whose `X-Forwarded-For` is believed:
     /// the client's address, for IP lists and for the upstream, is read through them.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -98,6 +102,7 @@ impl Default for GatewayConfig {
             upstream_roots: Vec::new(),
             trusted_proxies: Vec::new(),
             outbound: portico_core::outbound::OutboundPolicy::default(),
+            token_trust: None,
         }
     }
 }
@@ -119,6 +124,13 @@ struct Inner {
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
+}
+
+/// Who is calling, from a key or an access token.
+struct Caller {
+    app_id: portico_core::ids::AppId,
+    consumer_org_id: portico_core::ids::OrgId,
+    consumer_slug: Slug,
 }
 
 /// The `RateLimit` state to report on a refusal: the exhausted policy, nothing left.
@@ -261,27 +273,49 @@ impl Gateway {
                 return errors::method_not_allowed(&allow, &format!("this path of API `{}` accepts {allow}", api.slug));
             }
         };
-        let (key_value, key_in_authorization) = match identify::credential(req.headers()) {
-            Credential::Key { value, from_authorization } => (value, from_authorization),
-            Credential::Token => {
-                return errors::unauthenticated("bearer tokens are not accepted yet; send your API key in X-Api-Key");
+        let (caller, key_in_authorization) = match identify::credential(req.headers()) {
+            Credential::Key { value, from_authorization } => match identify::lookup(&snapshot, &inner.pepper, value) {
+                Ok(g) => (
+                    Caller {
+                        app_id: g.app_id,
+                        consumer_org_id: g.consumer_org_id,
+                        consumer_slug: g.consumer_slug.clone(),
+                    },
+                    from_authorization,
+                ),
+                Err(KeyError::Malformed) => {
+                    return errors::unauthenticated("that is not a valid Portico API key (check it was copied whole)");
+                }
+                Err(KeyError::Unknown) => {
+                    return errors::unauthenticated("the API key is not valid (unknown or revoked)");
+                }
+            },
+            Credential::Token(t) => match token::verify(&snapshot, inner.config.token_trust.as_ref(), t) {
+                Ok(tc) if !tc.allows(api.slug.as_str()) => {
+                    return errors::forbidden(&format!(
+                        "this access token's scope does not include API `{}`",
+                        api.slug
+                    ));
+                }
+                Ok(tc) => (
+                    Caller { app_id: tc.app_id, consumer_org_id: tc.consumer_org_id, consumer_slug: tc.consumer_slug },
+                    true,
+                ),
+                Err(token::Refused(why)) => return errors::unauthenticated(why),
+            },
+            Credential::None => {
+                return errors::unauthenticated(
+                    "send your API key in the X-Api-Key header, or an access token as Authorization: Bearer",
+                );
             }
-            Credential::None => return errors::unauthenticated("send your API key in the X-Api-Key header"),
         };
-        let grant = match identify::lookup(&snapshot, &inner.pepper, key_value) {
-            Ok(g) => g,
-            Err(KeyError::Malformed) => {
-                return errors::unauthenticated("that is not a valid Portico API key (check it was copied whole)");
-            }
-            Err(KeyError::Unknown) => return errors::unauthenticated("the API key is not valid (unknown or revoked)"),
-        };
+        let grant = &caller;
         let Some(sub) = snapshot.subscriptions.get(&(grant.app_id, api.api_id)) else {
             return errors::forbidden(&format!(
                 "this app has no active subscription to API `{}`; subscribe to one of its plans",
                 api.slug
             ));
         };
-
         let units = policies.weight(operation.as_deref());
         let request_id = proxy::request_id(req.headers());
         // Portico's own id of the call: the metering key, never taken from the client.
@@ -346,7 +380,6 @@ impl Gateway {
         let api_slug = api.slug.clone();
         let (primary, policy) = (version.upstream.clone(), version.policy.clone());
         let policies = policies.clone();
-        let consumer = grant.consumer_slug.clone();
         let hash = pool::hash_key(&policy, req.headers(), grant.consumer_slug.as_str());
         meter.begin();
         // WebSocket and other upgrades: forwarded, and on a 101 the two connections are joined.
@@ -411,8 +444,10 @@ impl Gateway {
             _ => limited.boxed_unsync(),
         };
         let body = CountingBody::new(body, bytes_in).boxed_unsync();
-        let signer =
-            policies.signing_secret.is_some().then(|| forward::Signer { policies: policies.clone(), consumer });
+        let signer = policies
+            .signing_secret
+            .is_some()
+            .then(|| forward::Signer { policies: policies.clone(), consumer: caller.consumer_slug.clone() });
         let out = forward::Outgoing {
             method: parts.method,
             version: parts.version,

@@ -81,6 +81,7 @@ async fn fixture(upstream: &str) -> Fixture {
         apis,
         keys,
         subscriptions: HashMap::from([((app, api_id), sub)]),
+        ..Default::default()
     }));
     let events = Arc::new(Collect::default());
     let gw = Gateway::new(

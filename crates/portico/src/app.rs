@@ -73,6 +73,7 @@ impl App {
         let api_addr = api_listener.local_addr()?;
         let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
+        portico_control::services::oauth::ensure_signing_key(&store).await.context("creating the token signing key")?;
         let publisher = Arc::new(SnapshotPublisher::new());
         publisher.refresh(&store).await.context("compiling the gateway's first config snapshot")?;
         let outbound = settings.outbound_policy()?;
@@ -82,6 +83,7 @@ impl App {
         }
         let config = ControlConfig {
             gateway_url: settings.public_gateway_url.clone().unwrap_or_else(|| url_of(gateway_addr)),
+            token_issuer: settings.public_api_url.clone().unwrap_or_else(|| url_of(api_addr)),
             secure_cookies: settings.public_api_url.as_deref().is_some_and(|u| u.starts_with("https://")),
             trusted_proxies: settings.trusted_networks()?,
             outbound: outbound.clone(),
@@ -97,6 +99,10 @@ impl App {
             upstream_roots,
             trusted_proxies: settings.trusted_networks()?,
             outbound,
+            token_trust: Some(portico_gateway::token::TokenTrust {
+                issuer: config.token_issuer.trim_end_matches('/').to_owned(),
+                audience: config.gateway_url.trim_end_matches('/').to_owned(),
+            }),
             ..GatewayConfig::default()
         };
         let gateway = Gateway::new(publisher.handle(), pepper.clone(), journal.clone(), gateway_config);

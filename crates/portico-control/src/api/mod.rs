@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod apis;
 pub mod apps;
 pub mod auth;
+pub mod oauth;
 pub mod orgs;
 pub mod requests;
 pub mod subscriptions;
@@ -175,6 +176,10 @@ pub fn router() -> axum::Router<AppState> {
         .routes(routes!(apps::list_keys, apps::create_key))
         .routes(routes!(apps::revoke_key))
         .routes(routes!(apps::usage))
+        .routes(routes!(oauth::list_clients, oauth::create_client))
+        .routes(routes!(oauth::revoke_client))
+        .routes(routes!(oauth::app_token))
+        .routes(routes!(oauth::rotate_key))
         .routes(routes!(subscriptions::list, subscriptions::create))
         .routes(routes!(subscriptions::get, subscriptions::cancel))
         .routes(routes!(subscriptions::usage))

@@ -9,6 +9,7 @@ pub mod apps;
 pub mod audit;
 pub mod catalog;
 pub mod declarative;
+pub mod oauth;
 pub mod orgs;
 pub(crate) mod outbound;
 pub mod requests;

@@ -128,6 +128,7 @@ pub async fn start(s: Setup) -> Running {
         apis: HashMap::from([(slug.clone(), ApiRoute { api_id, slug, majors: BTreeMap::from([(1, version)]) })]),
         keys: HashMap::from([(key.hash(&pepper), grant)]),
         subscriptions: HashMap::from([((app, api_id), sub)]),
+        ..Default::default()
     }));
     let gw = Gateway::new(snapshot.clone(), pepper, s.sink, s.config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
