@@ -44,6 +44,8 @@ pub struct AppState {
     pub snapshot: Arc<SnapshotPublisher>,
     pub config: Arc<ControlConfig>,
     pub throttle: Arc<crate::throttle::LoginThrottle>,
+    /// E-mail out (SMTP or the outbox directory).
+    pub mailer: Arc<crate::services::mail::Mailer>,
 }
 
 impl std::fmt::Debug for AppState {

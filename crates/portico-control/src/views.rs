@@ -60,6 +60,8 @@ pub struct UserView {
     pub name: String,
     pub is_platform_admin: bool,
     pub created_at: String,
+    /// Whether the e-mail address has been verified (the link in the verification e-mail).
+    pub email_verified: bool,
 }
 
 impl From<&users::User> for UserView {
@@ -69,6 +71,7 @@ impl From<&users::User> for UserView {
             email: u.email.to_string(),
             name: u.name.to_string(),
             is_platform_admin: u.is_platform_admin,
+            email_verified: u.email_verified_at.is_some(),
             created_at: ts(u.created_at),
         }
     }

@@ -20,6 +20,7 @@ fn templates() -> Environment<'static> {
         ("home.html", include_str!("../templates/home.html")),
         ("api.html", include_str!("../templates/api.html")),
         ("reference.html", include_str!("../templates/reference.html")),
+        ("token_action.html", include_str!("../templates/token_action.html")),
     ] {
         env.add_template(name, src).expect("the portal's templates parse");
     }
@@ -45,6 +46,8 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/", get(home))
         .route("/apis/{slug}", get(api_page))
         .route("/apis/{slug}/reference/{version}", get(reference))
+        .route("/verify-email", get(verify_email_page))
+        .route("/reset-password", get(reset_password_page))
         .with_state(portal)
 }
 
@@ -130,4 +133,51 @@ async fn reference(
             server => format!("{}/{slug}/v{}", p.state.config.gateway_url.trim_end_matches('/'), v.major),
         },
     )
+}
+
+#[derive(serde::Deserialize)]
+struct TokenParam {
+    #[serde(default)]
+    token: String,
+}
+
+/// Only the characters a Portico e-mail token has: anything else is not one of ours.
+fn clean_token(t: &str) -> String {
+    t.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(80).collect()
+}
+
+/// The page an e-mail verification link opens: a button that confirms (a GET never changes
+/// anything, so mail scanners that open links verify nothing).
+async fn verify_email_page(
+    State(p): State<Portal>,
+    axum::extract::Query(q): axum::extract::Query<TokenParam>,
+) -> Response {
+    let mut r = render(
+        &p,
+        "token_action.html",
+        context! {
+            title => "Confirm your e-mail address", token => clean_token(&q.token), reset => false,
+            button => "Confirm", endpoint => "/api/v1/auth/verify-email", done => "Thank you: your address is confirmed.",
+        },
+    );
+    r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// The page a password-reset link opens.
+async fn reset_password_page(
+    State(p): State<Portal>,
+    axum::extract::Query(q): axum::extract::Query<TokenParam>,
+) -> Response {
+    let mut r = render(
+        &p,
+        "token_action.html",
+        context! {
+            title => "Choose a new password", token => clean_token(&q.token), reset => true,
+            button => "Set the password", endpoint => "/api/v1/auth/password-reset/confirm",
+            done => "Your password is changed. Sign in with it; every other session has ended.",
+        },
+    );
+    r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
 }

@@ -119,3 +119,15 @@ pub async fn member_count(c: &mut Conn, org: OrgId) -> Result<i64> {
         .await?;
     get(&r, "memberships", "n")
 }
+
+/// E-mail addresses of an organization's members with `role` (for notices).
+pub async fn member_emails(c: &mut Conn, org: OrgId, role: MemberRole) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT u.email FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = $1 AND m.role = $2 ORDER BY u.email",
+    )
+    .bind(org.to_string())
+    .bind(role.as_str())
+    .fetch_all(c)
+    .await?;
+    rows.iter().map(|r| crate::row::get(r, "users", "email")).collect()
+}

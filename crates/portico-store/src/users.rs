@@ -14,10 +14,12 @@ pub struct User {
     pub password_hash: String,
     pub is_platform_admin: bool,
     pub created_at: time::OffsetDateTime,
+    /// When the person proved the address is theirs (the link in the verification e-mail).
+    pub email_verified_at: Option<time::OffsetDateTime>,
 }
 
 const T: &str = "users";
-const COLS: &str = "id, email, name, password_hash, is_platform_admin, created_at";
+const COLS: &str = "id, email, name, password_hash, is_platform_admin, created_at, email_verified_at";
 
 fn decode(r: &AnyRow) -> Result<User> {
     Ok(User {
@@ -27,6 +29,7 @@ fn decode(r: &AnyRow) -> Result<User> {
         password_hash: get(r, T, "password_hash")?,
         is_platform_admin: get::<i64>(r, T, "is_platform_admin")? != 0,
         created_at: time(r, T, "created_at")?,
+        email_verified_at: opt_time(r, T, "email_verified_at")?,
     })
 }
 
@@ -50,6 +53,7 @@ pub async fn insert(c: &mut Conn, email: &Email, name: &Name, password_hash: &st
         password_hash: password_hash.into(),
         is_platform_admin: admin,
         created_at: crate::from_millis(now),
+        email_verified_at: None,
     })
 }
 

@@ -112,6 +112,14 @@ impl App {
             snapshot: publisher,
             config: Arc::new(config),
             throttle: Arc::default(),
+            mailer: Arc::new(
+                portico_control::services::mail::Mailer::new(
+                    settings.smtp.url.as_deref(),
+                    &settings.smtp.from,
+                    settings.data_dir.join("outbox"),
+                )
+                .map_err(anyhow::Error::msg)?,
+            ),
         };
         Ok(App {
             state,
@@ -165,6 +173,9 @@ impl App {
                 let _ = ship_stopped.await;
             });
         let pruner = tokio::spawn(prune_usage(state.store.clone(), retention));
+        let dispatcher =
+            portico_control::services::webhooks::spawn_dispatcher(state.store.clone(), state.config.outbound.clone());
+        let alerts = portico_control::services::alerts::spawn(state.clone());
         let router = portico_control::router(state.clone())
             .merge(portico_portal::router(state.clone()))
             .layer(axum::middleware::map_response(portico_control::security_headers));
@@ -180,6 +191,8 @@ impl App {
         let (a, g) = tokio::join!(api, gw);
         watcher.abort();
         pruner.abort();
+        dispatcher.abort();
+        alerts.abort();
         if let Some(m) = metrics {
             let _ = m.await;
         }

@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// file: `[outbound]` `allow_cidrs = ["127.0.0.0/8"]`.
     #[arg(long, env = "PORTICO_OUTBOUND_ALLOW_CIDRS", value_delimiter = ',')]
     pub outbound_allow_cidrs: Option<Vec<String>>,
+    /// SMTP server for e-mail, e.g. smtp://user:pass@mail.example.com:587?tls=required
+    /// [default: none — mail is written to <data-dir>/outbox/ as .eml files]
+    #[arg(long, env = "PORTICO_SMTP_URL")]
+    pub smtp_url: Option<String>,
     /// Load the demo marketplace (two providers, three APIs, a consumer with a key) and run
     /// its upstream in this process.
     #[arg(long, env = "PORTICO_DEMO")]

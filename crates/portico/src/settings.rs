@@ -34,7 +34,25 @@ pub struct Settings {
     pub retention: Retention,
     /// What outbound calls (upstreams, health checks) may reach: the `[outbound]` section.
     pub outbound: Outbound,
+    /// E-mail: the `[smtp]` section. Without a URL, mail is written to `<data-dir>/outbox/`.
+    pub smtp: Smtp,
     pub demo: bool,
+}
+
+/// `[smtp]`: where e-mail goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// `smtp://[user:password@]host[:port][?tls=required]` or `smtps://host`; none: the outbox.
+    pub url: Option<String>,
+    /// The sender, e.g. `Portico <no-reply@example.com>`.
+    pub from: String,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp { url: None, from: "Portico <no-reply@portico.localhost>".into() }
+    }
 }
 
 /// `[retention]`: days of usage detail kept; older rows are deleted hourly.
@@ -81,6 +99,7 @@ impl Default for Settings {
             request_log: portico_metering::RequestLog::All,
             retention: Retention::default(),
             outbound: Outbound::default(),
+            smtp: Smtp::default(),
             demo: false,
         }
     }
@@ -111,8 +130,16 @@ struct Overrides {
     request_log: Option<portico_metering::RequestLog>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outbound: Option<Outbound>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    smtp: Option<SmtpOverride>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     demo: bool,
+}
+
+/// `--smtp-url` over the file's `[smtp] url` (the sender stays the file's).
+#[derive(Serialize)]
+struct SmtpOverride {
+    url: String,
 }
 
 impl Settings {
@@ -129,6 +156,7 @@ impl Settings {
             trusted_proxies,
             request_log,
             outbound_allow_cidrs,
+            smtp_url,
             demo,
         } = args.clone();
         let request_log = request_log.map(|s| match s.as_str() {
@@ -148,6 +176,7 @@ impl Settings {
             trusted_proxies,
             request_log,
             outbound: outbound_allow_cidrs.map(|allow_cidrs| Outbound { allow_cidrs }),
+            smtp: smtp_url.map(|url| SmtpOverride { url }),
             demo,
         };
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));

@@ -142,3 +142,42 @@ pub async fn update_plan(
 ) -> Result<axum::Json<PlanView>> {
     Ok(axum::Json(catalog::update_plan(&state, &who, &slug, &plan, req).await?))
 }
+
+/// The API's alert rules (its provider's).
+#[utoipa::path(get, path = "/apis/{slug}/alerts", tag = "catalog", params(("slug" = String, Path)),
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = Vec<crate::services::alerts::RuleView>), (status = 404, body = Problem)))]
+pub async fn list_alerts(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(slug): Path<String>,
+) -> Result<axum::Json<Vec<crate::services::alerts::RuleView>>> {
+    Ok(axum::Json(crate::services::alerts::list_rules(&state, &who, &slug).await?))
+}
+
+/// Add an alert rule: `error_rate` (percent of 5xx) or `p95_latency` (ms) over a window; it
+/// fires at most once per window, as an `alert.triggered` webhook and an e-mail to the owners.
+#[utoipa::path(post, path = "/apis/{slug}/alerts", tag = "catalog", params(("slug" = String, Path)),
+    request_body = crate::services::alerts::CreateRule, security(("bearer" = []), ("session" = [])),
+    responses((status = 201, body = crate::services::alerts::RuleView), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn create_alert(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(slug): Path<String>,
+    Json(req): Json<crate::services::alerts::CreateRule>,
+) -> Result<axum::response::Response> {
+    Ok(crate::api::created(crate::services::alerts::create_rule(&state, &who, &slug, req).await?))
+}
+
+/// Remove an alert rule.
+#[utoipa::path(delete, path = "/apis/{slug}/alerts/{rule_id}", tag = "catalog",
+    params(("slug" = String, Path), ("rule_id" = String, Path)), security(("bearer" = []), ("session" = [])),
+    responses((status = 204), (status = 404, body = Problem)))]
+pub async fn delete_alert(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<axum::http::StatusCode> {
+    crate::services::alerts::delete_rule(&state, &who, &slug, &id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

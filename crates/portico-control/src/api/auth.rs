@@ -3,7 +3,9 @@
 use crate::api::{Json, Path, Query, created};
 use crate::auth::{self, Auth, ClientInfo, SESSION_TTL_SECS};
 use crate::error::{Problem, Result};
-use crate::services::accounts::{self, ChangePassword, LoginRequest, SessionInfo, SignupRequest};
+use crate::services::accounts::{
+    self, ChangePassword, LoginRequest, ResetConfirm, ResetRequest, SessionInfo, SignupRequest, TokenRequest,
+};
 use crate::services::audit::{self, AuditEntryView, AuditQuery};
 use crate::state::AppState;
 use crate::views::{MeView, SessionView};
@@ -113,4 +115,50 @@ pub async fn audit_log(
     Query(q): Query<AuditQuery>,
 ) -> Result<axum::Json<Vec<AuditEntryView>>> {
     Ok(axum::Json(audit::list(&state, &who, q).await?))
+}
+
+/// Confirm an e-mail address with the token from the verification e-mail (single use).
+#[utoipa::path(post, path = "/auth/verify-email", tag = "auth", request_body = TokenRequest,
+    responses((status = 204), (status = 400, body = Problem, description = "invalid, used or expired token")))]
+pub async fn verify_email(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    Json(req): Json<TokenRequest>,
+) -> Result<StatusCode> {
+    accounts::verify_email(&state, req, &client).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Send the verification e-mail again.
+#[utoipa::path(post, path = "/me/verify-email", tag = "auth", security(("bearer" = []), ("session" = [])),
+    responses((status = 202), (status = 409, body = Problem, description = "already verified")))]
+pub async fn resend_verification(State(state): State<AppState>, Auth(who): Auth) -> Result<StatusCode> {
+    accounts::resend_verification(&state, &who).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Ask for a password-reset link by e-mail. The answer is 202 whether or not the address has
+/// an account.
+#[utoipa::path(post, path = "/auth/password-reset", tag = "auth", request_body = ResetRequest,
+    responses((status = 202), (status = 429, body = Problem)))]
+pub async fn request_reset(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    Json(req): Json<ResetRequest>,
+) -> Result<StatusCode> {
+    accounts::request_reset(&state, req, &client).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Set a new password with the token from the reset e-mail (single use); every session of the
+/// account ends.
+#[utoipa::path(post, path = "/auth/password-reset/confirm", tag = "auth", request_body = ResetConfirm,
+    responses((status = 204), (status = 400, body = Problem)))]
+pub async fn confirm_reset(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    Json(req): Json<ResetConfirm>,
+) -> Result<StatusCode> {
+    accounts::confirm_reset(&state, req, &client).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -10,6 +10,7 @@ pub mod oauth;
 pub mod orgs;
 pub mod requests;
 pub mod subscriptions;
+pub mod webhooks;
 
 use crate::error::{Error, Problem};
 use crate::state::AppState;
@@ -162,8 +163,17 @@ pub fn router() -> axum::Router<AppState> {
         .routes(routes!(auth::revoke_session))
         .routes(routes!(auth::change_password))
         .routes(routes!(auth::audit_log))
+        .routes(routes!(auth::verify_email))
+        .routes(routes!(auth::resend_verification))
+        .routes(routes!(auth::request_reset))
+        .routes(routes!(auth::confirm_reset))
         .routes(routes!(orgs::list, orgs::create))
         .routes(routes!(orgs::get))
+        .routes(routes!(webhooks::list, webhooks::create))
+        .routes(routes!(webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::test))
+        .routes(routes!(webhooks::resend))
         .routes(routes!(apis::list, apis::create))
         .routes(routes!(apis::get, apis::update))
         .routes(routes!(apis::list_versions, apis::create_version))
@@ -171,6 +181,8 @@ pub fn router() -> axum::Router<AppState> {
         .routes(routes!(apis::openapi_document))
         .routes(routes!(apis::list_plans, apis::create_plan))
         .routes(routes!(apis::update_plan))
+        .routes(routes!(apis::list_alerts, apis::create_alert))
+        .routes(routes!(apis::delete_alert))
         .routes(routes!(apps::list, apps::create))
         .routes(routes!(apps::get, apps::update, apps::delete))
         .routes(routes!(apps::list_keys, apps::create_key))

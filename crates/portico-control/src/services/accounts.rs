@@ -76,10 +76,12 @@ pub async fn signup(state: &AppState, req: SignupRequest, client: &ClientInfo) -
     let org = orgs::insert(&mut tx, &slug, &org_name, req.account_type).await?;
     orgs::add_member(&mut tx, org.id, user.id, MemberRole::Owner).await?;
     let session = new_session(&mut tx, &user, SessionKind::Browser, client).await?;
+    let verify = email_token(&mut tx, user.id, VERIFY_EMAIL, VERIFY_TTL_MS).await?;
     let ch = Change::new("user.signup", "user", user.id, Some(org.id))
         .after(serde_json::json!({"email": user.email.as_str(), "organization": org.slug.as_str(), "kind": org.kind.to_string()}));
     audit::record_as(&mut tx, None, user.email.as_str(), client, ch).await?;
     tx.commit().await?;
+    send_verification(state, &user, &verify);
     let ms = {
         let mut c = state.store.conn().await?;
         orgs::memberships(&mut c, user.id).await?
@@ -366,4 +368,143 @@ pub async fn ensure_member(
 pub async fn issue_token(store: &Store, user: &users::User) -> Result<String> {
     let mut c = store.conn().await?;
     Ok(new_session(&mut c, user, SessionKind::Token, &ClientInfo::default()).await?.0)
+}
+
+/// Purposes of single-use e-mail tokens.
+const VERIFY_EMAIL: &str = "verify_email";
+const PASSWORD_RESET: &str = "password_reset";
+/// A verification link works for two days, a reset link for 30 minutes.
+const VERIFY_TTL_MS: i64 = 48 * 3600 * 1000;
+const RESET_TTL_MS: i64 = 30 * 60 * 1000;
+
+/// A new single-use token for `purpose`; only its SHA-256 is stored.
+async fn email_token(
+    c: &mut portico_store::Conn,
+    user: portico_core::ids::UserId,
+    purpose: &str,
+    ttl_ms: i64,
+) -> Result<String> {
+    let token = format!("pte_{}", &auth::new_token()[4..]);
+    portico_store::notify::insert_email_token(c, &auth::token_hash(&token), user, purpose, ttl_ms).await?;
+    Ok(token)
+}
+
+fn link(state: &AppState, page: &str, token: &str) -> String {
+    format!("{}/{page}?token={token}", state.config.token_issuer.trim_end_matches('/'))
+}
+
+fn send_verification(state: &AppState, user: &users::User, token: &str) {
+    let body = format!(
+        "Hello {},\n\nconfirm that {} is your address by opening this link within 48 hours:\n\n{}\n\nIf you did not sign up for Portico, ignore this message.\n",
+        user.name.as_str(),
+        user.email.as_str(),
+        link(state, "verify-email", token)
+    );
+    state.mailer.send(user.email.as_str(), "Confirm your e-mail address", body);
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The token from the e-mail's link.
+    pub token: String,
+}
+
+/// Confirms an address with the token from the verification e-mail (single use).
+pub async fn verify_email(state: &AppState, req: TokenRequest, client: &ClientInfo) -> Result<()> {
+    let mut tx = state.store.begin().await?;
+    let user = portico_store::notify::use_email_token(&mut tx, &auth::token_hash(req.token.trim()), VERIFY_EMAIL)
+        .await?
+        .ok_or_else(|| {
+            Error::Invalid("the link is invalid, already used or expired; ask for a new one from your account".into())
+        })?;
+    portico_store::notify::mark_email_verified(&mut tx, user).await?;
+    let u = users::by_id(&mut tx, user).await?.ok_or_else(|| Error::not_found("the account"))?;
+    audit::record_as(&mut tx, None, u.email.as_str(), client, Change::new("user.verify_email", "user", user, None))
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Sends a new verification e-mail to the caller (when not verified yet).
+pub async fn resend_verification(state: &AppState, who: &Principal) -> Result<()> {
+    if who.user.email_verified_at.is_some() {
+        return Err(Error::Conflict("your e-mail address is already verified".into()));
+    }
+    let mut tx = state.store.begin().await?;
+    portico_store::notify::void_email_tokens(&mut tx, who.user.id, VERIFY_EMAIL).await?;
+    let token = email_token(&mut tx, who.user.id, VERIFY_EMAIL, VERIFY_TTL_MS).await?;
+    tx.commit().await?;
+    send_verification(state, &who.user, &token);
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    #[schema(value_type = String, example = "ada@example.com")]
+    pub email: String,
+}
+
+/// Starts a password reset. The answer is the same whether or not the account exists (so it
+/// tells nobody which addresses have accounts); the link goes to the address only.
+pub async fn request_reset(state: &AppState, req: ResetRequest, client: &ClientInfo) -> Result<()> {
+    if let Err(wait) = state.throttle.check(&format!("reset:{}", req.email), client.ip) {
+        return Err(Error::TooManyRequests(
+            format!("too many reset requests; try again in {} minutes", wait.div_ceil(60)),
+            wait,
+        ));
+    }
+    // Counted like a failure, so one address cannot be flooded with reset mails.
+    state.throttle.failed(&format!("reset:{}", req.email), None);
+    let Ok(email) = Email::parse(&req.email) else { return Ok(()) };
+    let mut tx = state.store.begin().await?;
+    let Some(user) = users::by_email(&mut tx, &email).await? else { return Ok(()) };
+    portico_store::notify::void_email_tokens(&mut tx, user.id, PASSWORD_RESET).await?;
+    let token = email_token(&mut tx, user.id, PASSWORD_RESET, RESET_TTL_MS).await?;
+    audit::record_as(
+        &mut tx,
+        None,
+        user.email.as_str(),
+        client,
+        Change::new("user.password_reset_request", "user", user.id, None),
+    )
+    .await?;
+    tx.commit().await?;
+    let body = format!(
+        "Hello {},\n\nsomeone (hopefully you) asked to reset the password of your Portico account. Choose a new one within 30 minutes here:\n\n{}\n\nThe link works once. If you did not ask, ignore this message: your password stays as it is.\n",
+        user.name.as_str(),
+        link(state, "reset-password", &token)
+    );
+    state.mailer.send(user.email.as_str(), "Reset your Portico password", body);
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetConfirm {
+    pub token: String,
+    /// At least 8 characters, not a common password.
+    #[schema(value_type = String, format = Password)]
+    pub new_password: Password,
+}
+
+/// Sets a new password with the reset token (single use); every session of the account ends.
+pub async fn confirm_reset(state: &AppState, req: ResetConfirm, client: &ClientInfo) -> Result<()> {
+    let hash = auth::hash_password(req.new_password.expose()).await?;
+    let mut tx = state.store.begin().await?;
+    let user = portico_store::notify::use_email_token(&mut tx, &auth::token_hash(req.token.trim()), PASSWORD_RESET)
+        .await?
+        .ok_or_else(|| {
+            Error::Invalid("the reset link is invalid, already used or expired; ask for a new one".into())
+        })?;
+    users::set_password(&mut tx, user, &hash).await?;
+    let ended = users::delete_sessions_of(&mut tx, user).await?;
+    // The link proved the address too.
+    portico_store::notify::mark_email_verified(&mut tx, user).await?;
+    let u = users::by_id(&mut tx, user).await?.ok_or_else(|| Error::not_found("the account"))?;
+    let ch = Change::new("user.password_reset", "user", user, None).after(serde_json::json!({"sessions_ended": ended}));
+    audit::record_as(&mut tx, None, u.email.as_str(), client, ch).await?;
+    tx.commit().await?;
+    Ok(())
 }

@@ -235,6 +235,9 @@ pub async fn subscribe(state: &AppState, who: &Principal, req: CreateSubscriptio
         Change::new("subscription.create", "subscription", sub.id, Some(app.org_id)).after(&view),
     )
     .await?;
+    let event = serde_json::to_value(&view).unwrap_or_default();
+    crate::services::webhooks::emit(&mut tx, app.org_id, "subscription.created", event.clone()).await?;
+    crate::services::webhooks::emit(&mut tx, api.org_id, "subscription.created", event).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
@@ -295,6 +298,11 @@ pub async fn cancel_subscription(state: &AppState, who: &Principal, id: &str) ->
     let mut tx = state.store.begin().await?;
     apps::cancel_subscription(&mut tx, s.id).await?;
     audit::record(&mut tx, who, Change::new("subscription.cancel", "subscription", s.id, Some(app.org_id))).await?;
+    let event = serde_json::json!({"id": s.id.to_string(), "app_id": s.app_id.to_string(), "api_id": s.api_id.to_string(), "plan_id": s.plan_id.to_string()});
+    crate::services::webhooks::emit(&mut tx, app.org_id, "subscription.cancelled", event.clone()).await?;
+    if let Some(api) = catalog::api_by_id(&mut tx, s.api_id).await? {
+        crate::services::webhooks::emit(&mut tx, api.org_id, "subscription.cancelled", event).await?;
+    }
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;

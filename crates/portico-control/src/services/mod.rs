@@ -4,15 +4,18 @@
 //! gateway's snapshot after the commit.
 
 pub mod accounts;
+pub mod alerts;
 pub mod analytics;
 pub mod apps;
 pub mod audit;
 pub mod catalog;
 pub mod declarative;
+pub mod mail;
 pub mod oauth;
 pub mod orgs;
 pub(crate) mod outbound;
 pub mod requests;
+pub mod webhooks;
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};

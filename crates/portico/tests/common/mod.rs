@@ -33,6 +33,11 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// [`spawn_app`] with another `[outbound]` section (e.g. the default, which refuses loopback).
 pub async fn spawn_app_with(backend: Backend, outbound: Outbound) -> TestApp {
+    spawn_app_configured(backend, |s| s.outbound = outbound).await
+}
+
+/// [`spawn_app`] with settings changed by `configure` (loopback allowed for outbound calls).
+pub async fn spawn_app_configured(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database = match backend {
         Backend::Sqlite => None,
@@ -46,9 +51,11 @@ pub async fn spawn_app_with(backend: Backend, outbound: Outbound) -> TestApp {
         gateway_addr: "127.0.0.1:0".into(),
         api_addr: "127.0.0.1:0".into(),
         metrics_addr: "127.0.0.1:0".into(),
-        outbound,
+        outbound: Outbound { allow_cidrs: vec!["127.0.0.0/8".into()] },
         ..Settings::default()
     };
+    let mut settings = settings;
+    configure(&mut settings);
     let app = App::build(&settings).await.unwrap();
     let (api, gateway, app_state) = (app.api_url(), app.gateway_url(), app.state.clone());
     let metrics = format!("http://{}/metrics", app.metrics_addr.unwrap());
