@@ -18,9 +18,13 @@
 //! the provider's credential, `Portico-Signature`, CORS) are applied here and in [`proxy`] /
 //! [`forward`] / [`cors`].
 //!
-//! Not here yet: bearer tokens (JWT), response caching, request validation against the API's
-//! document, a shared (Redis) limiter across gateway replicas.
+//! [`cache`] keeps answers of versions whose policies have a `cache` (per app, or shared when
+//! the route allows it and the upstream says `public`).
+//!
+//! Not here yet: request validation against the API's document, a shared (Redis) limiter
+//! across gateway replicas.
 
+pub mod cache;
 mod client;
 pub mod cors;
 pub mod errors;
@@ -89,6 +93,8 @@ pub struct GatewayConfig {
     /// Which addresses upstream connections (calls and health checks) may go to: loopback,
     /// private, link-local and other special ranges are refused unless allowed here.
     pub outbound: portico_core::outbound::OutboundPolicy,
+    /// The response cache's bound for the whole process (bodies, headers and keys).
+    pub cache_max_bytes: u64,
 }
 
 impl Default for GatewayConfig {
@@ -103,6 +109,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             outbound: portico_core::outbound::OutboundPolicy::default(),
             token_trust: None,
+            cache_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -118,6 +125,7 @@ struct Inner {
     /// The same policy as `config.outbound`, shared by every worker's connector.
     outbound: Arc<portico_core::outbound::OutboundPolicy>,
     pool: pool::Pool,
+    cache: cache::ResponseCache,
 }
 
 /// The gateway; cheap to clone.
@@ -155,6 +163,7 @@ impl Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 tls: client::tls_config(&config.upstream_roots),
+                cache: cache::ResponseCache::new(config.cache_max_bytes),
                 outbound: Arc::new(config.outbound.clone()),
                 snapshot,
                 pepper,
@@ -369,6 +378,29 @@ impl Gateway {
             }
         };
 
+        // The cache: a hit is a call (identified, entitled, limited, billed) that never reaches
+        // the upstream.
+        let cache_plan = policies.cache.as_ref().and_then(|c| {
+            let target = req.uri().path_and_query().map_or(path, |p| p.as_str());
+            cache::Plan::new(c, req.method(), req.headers(), version.version_id, target, grant.app_id)
+        });
+        if let Some(plan) = &cache_plan {
+            if let Some(mut resp) = plan.lookup(&inner.cache) {
+                inner.metrics.cache_hit.increment(1);
+                proxy::downstream_headers(resp.headers_mut(), request_id, call_id_header);
+                if !policies.response_headers.is_empty() {
+                    proxy::apply_rules(resp.headers_mut(), &policies.response_headers);
+                }
+                resp.headers_mut().insert(cache::X_CACHE.clone(), http::HeaderValue::from_static("HIT"));
+                proxy::rate_limit_headers(resp.headers_mut(), &admitted);
+                meter.respond(resp.status().as_u16());
+                let (parts, body) = resp.into_parts();
+                return Response::from_parts(parts, MeteredBody::new(body, meter).boxed_unsync());
+            }
+            inner.metrics.cache_miss.increment(1);
+        }
+
+        let cache_plan_used = cache_plan.is_some();
         let rest = policies.rewrite_path(target.rest);
         let mut path_and_query = String::with_capacity(rest.len() + 64);
         path_and_query.push_str(&rest);
@@ -469,8 +501,15 @@ impl Gateway {
                 };
                 let (mut parts, body) = resp.into_parts();
                 proxy::downstream_headers(&mut parts.headers, request_id, call_id_header);
+                let mut body = body.boxed_unsync();
+                if let Some(plan) = cache_plan {
+                    body = plan.fill(&inner.cache, parts.status, &parts.headers, body);
+                }
                 if !policies.response_headers.is_empty() {
                     proxy::apply_rules(&mut parts.headers, &policies.response_headers);
+                }
+                if cache_plan_used {
+                    parts.headers.insert(cache::X_CACHE.clone(), http::HeaderValue::from_static("MISS"));
                 }
                 if let Some((protocol, from_client, from_upstream)) = tunnel {
                     proxy::keep_upgrade(&mut parts.headers, protocol);
@@ -483,7 +522,7 @@ impl Gateway {
                 }
                 proxy::rate_limit_headers(&mut parts.headers, &admitted);
                 meter.respond(parts.status.as_u16());
-                Response::from_parts(parts, MeteredBody::new(body.boxed_unsync(), meter).boxed_unsync())
+                Response::from_parts(parts, MeteredBody::new(body, meter).boxed_unsync())
             }
             Err(forward::Failure::BodyTooLarge) => {
                 meter.refuse(413);
