@@ -1,4 +1,5 @@
-//! `portico-gateway` is Portico's data plane: a hyper 1 server (HTTP/1.1 and h2c) that takes a
+//! `portico-gateway` is Portico's data plane: a hyper 1 server (HTTP/1.1 and h2c, and HTTP/1.1 and
+//! HTTP/2 over TLS when the binary hands it a TLS listener) that takes a
 //! consumer's call through route → screen → identify → entitle → limit → proxy → meter, reading
 //! only an immutable [`Snapshot`] that the control plane swaps in through an `ArcSwap`.
 //!
@@ -182,6 +183,7 @@ impl Gateway {
         client: &UpstreamClient,
         req: Request<Incoming>,
         remote: SocketAddr,
+        https: bool,
     ) -> Response<GwBody> {
         let started = Instant::now();
         let slug = route::parse(req.uri().path()).ok().map(|t| t.slug);
@@ -191,7 +193,7 @@ impl Gateway {
             .for_api(slug, |s| Slug::parse(s).is_ok_and(|s| self.inner.snapshot.load().apis.contains_key(&s)));
         let origin = req.headers().get(http::header::ORIGIN).cloned();
         let cors = origin.as_ref().map(|_| self.policies_of(req.uri().path()));
-        let mut resp = self.handle(client, req, remote).await;
+        let mut resp = self.handle(client, req, remote, https).await;
         if let (Some(origin), Some(policies)) = (origin, cors) {
             cors::allow(resp.headers_mut(), &origin, policies.as_deref().and_then(|p| p.cors.as_ref()));
         }
@@ -213,6 +215,7 @@ impl Gateway {
         client: &UpstreamClient,
         mut req: Request<Incoming>,
         remote: SocketAddr,
+        https: bool,
     ) -> Response<GwBody> {
         let started = Instant::now();
         let inner = &self.inner;
@@ -417,6 +420,13 @@ impl Gateway {
         // WebSocket and other upgrades: forwarded, and on a 101 the two connections are joined.
         let upgrade = proxy::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
+        // HTTP/2 carries the host as `:authority`, not `Host`.
+        if !parts.headers.contains_key(http::header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(http::header::HOST, host);
+        }
         let traceparent = proxy::traceparent(&parts.headers);
         let original_host = match policies.host_header {
             portico_core::policy::HostHeader::Preserve => parts.headers.get(http::header::HOST).cloned(),
@@ -435,6 +445,7 @@ impl Gateway {
                 call_id: call_id_header.clone(),
                 traceparent,
                 key_in_authorization,
+                https,
             },
         );
         drop(snapshot);
@@ -482,7 +493,12 @@ impl Gateway {
             .then(|| forward::Signer { policies: policies.clone(), consumer: caller.consumer_slug.clone() });
         let out = forward::Outgoing {
             method: parts.method,
-            version: parts.version,
+            // The upstream connection's protocol is the connector's choice (ALPN), not the
+            // client's: an HTTP/2 call goes to an HTTP/1.1-only upstream as HTTP/1.1.
+            version: match parts.version {
+                http::Version::HTTP_10 => http::Version::HTTP_10,
+                _ => http::Version::HTTP_11,
+            },
             headers: parts.headers,
             body,
             path_and_query,
