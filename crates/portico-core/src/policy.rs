@@ -82,6 +82,64 @@ fn default_max_age() -> u32 {
     600
 }
 
+/// The response cache of a version: `GET` and `HEAD` calls answered `200` are kept in the
+/// gateway's memory and answered from there (`X-Cache: HIT`) until they expire. A cached
+/// answer still takes the caller's key, subscription and rate limit, and is billed like a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CachePolicy {
+    /// How long an answer is kept when the upstream gives no `max-age` / `s-maxage`, and the
+    /// most it is kept when it does.
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_secs: u32,
+    /// An answer the upstream marks `Cache-Control: public` is shared by every consumer;
+    /// otherwise (and always without this) each app has its own entries.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    /// Request headers whose values are part of the cache key (e.g. `accept`,
+    /// `accept-language`). An answer whose `Vary` names another header is not cached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vary_headers: Vec<String>,
+    /// Larger answers are not cached.
+    #[serde(default = "default_cache_body")]
+    pub max_body_bytes: u64,
+}
+
+fn default_cache_ttl() -> u32 {
+    60
+}
+
+fn default_cache_body() -> u64 {
+    1024 * 1024
+}
+
+/// The most a cached answer may weigh.
+pub const MAX_CACHE_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
+impl CachePolicy {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid("policies", format!("cache: {m}")));
+        if !(1..=86_400).contains(&self.ttl_secs) {
+            return bad("ttl_secs must be between 1 and 86400".into());
+        }
+        if !(1..=MAX_CACHE_BODY_BYTES).contains(&self.max_body_bytes) {
+            return bad(format!("max_body_bytes must be between 1 and {MAX_CACHE_BODY_BYTES}"));
+        }
+        if self.vary_headers.len() > 16 {
+            return bad("at most 16 vary_headers".into());
+        }
+        for h in &self.vary_headers {
+            if !header_name_ok(h) {
+                return bad(format!("vary_headers: `{h}` is not a header name (letters, digits, `-`, `_`)"));
+            }
+            if h.eq_ignore_ascii_case("x-api-key") {
+                return bad("vary_headers: `x-api-key` is never a cache key (entries are per app already)".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The policies of one API version.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +176,9 @@ pub struct Policies {
     pub signing_secret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
+    /// Answers of `GET` / `HEAD` kept by the gateway; none without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CachePolicy>,
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -246,6 +307,9 @@ impl Policies {
             if c.max_age_secs > 86_400 {
                 return bad("cors.max_age_secs must be at most 86400");
             }
+        }
+        if let Some(c) = &self.cache {
+            c.validate()?;
         }
         Ok(())
     }
@@ -450,6 +514,12 @@ mod tests {
             (serde_json::json!({"signing_secret": "short"}), "16 to 256"),
             (serde_json::json!({"path_rewrite": [{"from": "/a", "to": "/../etc"}]}), "without `..`"),
             (serde_json::json!({"cors": {"allow_origins": ["https://a.example/"]}}), "origin such as"),
+            (serde_json::json!({"cache": {"ttl_secs": 0}}), "cache: ttl_secs"),
+            (serde_json::json!({"cache": {"ttl_secs": 86_401}}), "cache: ttl_secs"),
+            (serde_json::json!({"cache": {"max_body_bytes": 0}}), "cache: max_body_bytes"),
+            (serde_json::json!({"cache": {"max_body_bytes": 17 * 1024 * 1024}}), "cache: max_body_bytes"),
+            (serde_json::json!({"cache": {"vary_headers": ["accept lang"]}}), "not a header name"),
+            (serde_json::json!({"cache": {"vary_headers": ["X-Api-Key"]}}), "never a cache key"),
             (
                 serde_json::json!({"upstream_auth": {"type": "header", "name": "X-Portico-Key", "value": "v"}}),
                 "does not manage",
@@ -493,6 +563,20 @@ mod tests {
         assert!(!ok(&s, "/base/x?y=1", 1_700_001_000), "too old");
         assert!(!ok("t=1700000000,v1=00", "/base/x?y=1", 1_700_000_000));
         assert!(!ok("garbage", "/", 0));
+    }
+
+    #[test]
+    fn cache_defaults_and_round_trip() {
+        let pol = p(serde_json::json!({"cache": {}}));
+        pol.validate().unwrap();
+        let c = pol.cache.clone().unwrap();
+        assert_eq!((c.ttl_secs, c.shared, c.max_body_bytes), (60, false, 1024 * 1024));
+        assert!(c.vary_headers.is_empty());
+        let pol = p(serde_json::json!({"cache": {"ttl_secs": 5, "shared": true, "vary_headers": ["Accept"]}}));
+        pol.validate().unwrap();
+        let back: Policies = serde_json::from_str(&serde_json::to_string(&pol).unwrap()).unwrap();
+        assert_eq!(back, pol);
+        assert!(serde_json::from_value::<Policies>(serde_json::json!({"cache": {"ttl": 5}})).is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `portico-gateway` is Portico's data plane: a hyper 1 server (HTTP/1.1 and h2c) that takes a
+//! `portico-gateway` is Portico's data plane: a hyper 1 server (HTTP/1.1 and h2c, and HTTP/1.1 and
+//! HTTP/2 over TLS when the binary hands it a TLS listener) that takes a
 //! consumer's call through route → screen → identify → entitle → limit → proxy → meter, reading
 //! only an immutable [`Snapshot`] that the control plane swaps in through an `ArcSwap`.
 //!
@@ -18,9 +19,13 @@
 //! the provider's credential, `Portico-Signature`, CORS) are applied here and in [`proxy`] /
 //! [`forward`] / [`cors`].
 //!
-//! Not here yet: bearer tokens (JWT), response caching, request validation against the API's
-//! document, a shared (Redis) limiter across gateway replicas.
+//! [`cache`] keeps answers of versions whose policies have a `cache` (per app, or shared when
+//! the route allows it and the upstream says `public`).
+//!
+//! Not here yet: request validation against the API's document, a shared (Redis) limiter
+//! across gateway replicas.
 
+pub mod cache;
 mod client;
 pub mod cors;
 pub mod errors;
@@ -89,6 +94,8 @@ pub struct GatewayConfig {
     /// Which addresses upstream connections (calls and health checks) may go to: loopback,
     /// private, link-local and other special ranges are refused unless allowed here.
     pub outbound: portico_core::outbound::OutboundPolicy,
+    /// The response cache's bound for the whole process (bodies, headers and keys).
+    pub cache_max_bytes: u64,
 }
 
 impl Default for GatewayConfig {
@@ -103,6 +110,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             outbound: portico_core::outbound::OutboundPolicy::default(),
             token_trust: None,
+            cache_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -118,6 +126,7 @@ struct Inner {
     /// The same policy as `config.outbound`, shared by every worker's connector.
     outbound: Arc<portico_core::outbound::OutboundPolicy>,
     pool: pool::Pool,
+    cache: cache::ResponseCache,
 }
 
 /// The gateway; cheap to clone.
@@ -155,6 +164,7 @@ impl Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 tls: client::tls_config(&config.upstream_roots),
+                cache: cache::ResponseCache::new(config.cache_max_bytes),
                 outbound: Arc::new(config.outbound.clone()),
                 snapshot,
                 pepper,
@@ -173,6 +183,7 @@ impl Gateway {
         client: &UpstreamClient,
         req: Request<Incoming>,
         remote: SocketAddr,
+        https: bool,
     ) -> Response<GwBody> {
         let started = Instant::now();
         let slug = route::parse(req.uri().path()).ok().map(|t| t.slug);
@@ -182,7 +193,7 @@ impl Gateway {
             .for_api(slug, |s| Slug::parse(s).is_ok_and(|s| self.inner.snapshot.load().apis.contains_key(&s)));
         let origin = req.headers().get(http::header::ORIGIN).cloned();
         let cors = origin.as_ref().map(|_| self.policies_of(req.uri().path()));
-        let mut resp = self.handle(client, req, remote).await;
+        let mut resp = self.handle(client, req, remote, https).await;
         if let (Some(origin), Some(policies)) = (origin, cors) {
             cors::allow(resp.headers_mut(), &origin, policies.as_deref().and_then(|p| p.cors.as_ref()));
         }
@@ -204,6 +215,7 @@ impl Gateway {
         client: &UpstreamClient,
         mut req: Request<Incoming>,
         remote: SocketAddr,
+        https: bool,
     ) -> Response<GwBody> {
         let started = Instant::now();
         let inner = &self.inner;
@@ -369,6 +381,29 @@ impl Gateway {
             }
         };
 
+        // The cache: a hit is a call (identified, entitled, limited, billed) that never reaches
+        // the upstream.
+        let cache_plan = policies.cache.as_ref().and_then(|c| {
+            let target = req.uri().path_and_query().map_or(path, |p| p.as_str());
+            cache::Plan::new(c, req.method(), req.headers(), version.version_id, target, grant.app_id)
+        });
+        if let Some(plan) = &cache_plan {
+            if let Some(mut resp) = plan.lookup(&inner.cache) {
+                inner.metrics.cache_hit.increment(1);
+                proxy::downstream_headers(resp.headers_mut(), request_id, call_id_header);
+                if !policies.response_headers.is_empty() {
+                    proxy::apply_rules(resp.headers_mut(), &policies.response_headers);
+                }
+                resp.headers_mut().insert(cache::X_CACHE.clone(), http::HeaderValue::from_static("HIT"));
+                proxy::rate_limit_headers(resp.headers_mut(), &admitted);
+                meter.respond(resp.status().as_u16());
+                let (parts, body) = resp.into_parts();
+                return Response::from_parts(parts, MeteredBody::new(body, meter).boxed_unsync());
+            }
+            inner.metrics.cache_miss.increment(1);
+        }
+
+        let cache_plan_used = cache_plan.is_some();
         let rest = policies.rewrite_path(target.rest);
         let mut path_and_query = String::with_capacity(rest.len() + 64);
         path_and_query.push_str(&rest);
@@ -385,6 +420,13 @@ impl Gateway {
         // WebSocket and other upgrades: forwarded, and on a 101 the two connections are joined.
         let upgrade = proxy::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
+        // HTTP/2 carries the host as `:authority`, not `Host`.
+        if !parts.headers.contains_key(http::header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(http::header::HOST, host);
+        }
         let traceparent = proxy::traceparent(&parts.headers);
         let original_host = match policies.host_header {
             portico_core::policy::HostHeader::Preserve => parts.headers.get(http::header::HOST).cloned(),
@@ -403,6 +445,7 @@ impl Gateway {
                 call_id: call_id_header.clone(),
                 traceparent,
                 key_in_authorization,
+                https,
             },
         );
         drop(snapshot);
@@ -450,7 +493,12 @@ impl Gateway {
             .then(|| forward::Signer { policies: policies.clone(), consumer: caller.consumer_slug.clone() });
         let out = forward::Outgoing {
             method: parts.method,
-            version: parts.version,
+            // The upstream connection's protocol is the connector's choice (ALPN), not the
+            // client's: an HTTP/2 call goes to an HTTP/1.1-only upstream as HTTP/1.1.
+            version: match parts.version {
+                http::Version::HTTP_10 => http::Version::HTTP_10,
+                _ => http::Version::HTTP_11,
+            },
             headers: parts.headers,
             body,
             path_and_query,
@@ -469,8 +517,15 @@ impl Gateway {
                 };
                 let (mut parts, body) = resp.into_parts();
                 proxy::downstream_headers(&mut parts.headers, request_id, call_id_header);
+                let mut body = body.boxed_unsync();
+                if let Some(plan) = cache_plan {
+                    body = plan.fill(&inner.cache, parts.status, &parts.headers, body);
+                }
                 if !policies.response_headers.is_empty() {
                     proxy::apply_rules(&mut parts.headers, &policies.response_headers);
+                }
+                if cache_plan_used {
+                    parts.headers.insert(cache::X_CACHE.clone(), http::HeaderValue::from_static("MISS"));
                 }
                 if let Some((protocol, from_client, from_upstream)) = tunnel {
                     proxy::keep_upgrade(&mut parts.headers, protocol);
@@ -483,7 +538,7 @@ impl Gateway {
                 }
                 proxy::rate_limit_headers(&mut parts.headers, &admitted);
                 meter.respond(parts.status.as_u16());
-                Response::from_parts(parts, MeteredBody::new(body.boxed_unsync(), meter).boxed_unsync())
+                Response::from_parts(parts, MeteredBody::new(body, meter).boxed_unsync())
             }
             Err(forward::Failure::BodyTooLarge) => {
                 meter.refuse(413);

@@ -41,6 +41,8 @@ pub struct GatewayMetrics {
     pub quota_exhausted: Counter,
     pub ip_refused: Counter,
     pub upstream_errors: Counter,
+    pub cache_hit: Counter,
+    pub cache_miss: Counter,
 }
 
 impl Default for GatewayMetrics {
@@ -52,6 +54,8 @@ impl Default for GatewayMetrics {
             quota_exhausted: metrics::counter!("portico_gateway_rejections_total", "reason" => "quota"),
             ip_refused: metrics::counter!("portico_gateway_rejections_total", "reason" => "ip"),
             upstream_errors: metrics::counter!("portico_gateway_upstream_errors_total"),
+            cache_hit: metrics::counter!("portico_gateway_cache_total", "result" => "hit"),
+            cache_miss: metrics::counter!("portico_gateway_cache_total", "result" => "miss"),
         }
     }
 }

@@ -127,6 +127,8 @@ pub struct Forwarded<'a> {
     pub call_id: HeaderValue,
     pub traceparent: HeaderValue,
     pub key_in_authorization: bool,
+    /// The call came over TLS: `X-Forwarded-Proto: https` and `Forwarded: proto=https`.
+    pub https: bool,
 }
 
 /// Rewrites the consumer's headers in place for the upstream.
@@ -166,7 +168,8 @@ pub fn upstream_headers(h: &mut HeaderMap, f: Forwarded<'_>) {
         IpAddr::V6(ip) => format!("\"[{ip}]\""),
     };
     let host = original_host.as_ref().and_then(|v| v.to_str().ok()).filter(|v| !v.contains(['"', ';', ',']));
-    let mut forwarded = format!("for={node};proto=http");
+    let proto = if f.https { "https" } else { "http" };
+    let mut forwarded = format!("for={node};proto={proto}");
     if let Some(host) = host {
         forwarded.push_str(";host=\"");
         forwarded.push_str(host);
@@ -189,7 +192,7 @@ pub fn upstream_headers(h: &mut HeaderMap, f: Forwarded<'_>) {
         h.insert("forwarded", v);
     }
     if !(f.trusted_peer && h.contains_key("x-forwarded-proto")) {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
     match original_host {
         Some(host) if !(f.trusted_peer && h.contains_key("x-forwarded-host")) => {
@@ -324,6 +327,7 @@ mod tests {
                 call_id: HeaderValue::from_static("c1"),
                 traceparent: traceparent(&HeaderMap::new()),
                 key_in_authorization: true,
+                https: false,
             },
         );
         assert!(h.get("x-api-key").is_none() && h.get("authorization").is_none());
@@ -349,6 +353,7 @@ mod tests {
             call_id: HeaderValue::from_static("c"),
             traceparent: traceparent(&HeaderMap::new()),
             key_in_authorization: false,
+            https: false,
         };
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer pts_0123456789".parse().unwrap());
@@ -358,6 +363,10 @@ mod tests {
         h.insert("authorization", "Bearer upstream-own-token".parse().unwrap());
         upstream_headers(&mut h, f());
         assert_eq!(h["authorization"], "Bearer upstream-own-token", "the consumer's own upstream credentials pass");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        upstream_headers(&mut h, Forwarded { https: true, ..f() });
+        assert_eq!(h["x-forwarded-proto"], "https", "a call that came over TLS");
+        assert_eq!(h["forwarded"], "for=127.0.0.1;proto=https");
     }
 
     #[test]
@@ -382,6 +391,7 @@ mod tests {
                 call_id: HeaderValue::from_static("c"),
                 traceparent: traceparent(&HeaderMap::new()),
                 key_in_authorization: false,
+                https: false,
             },
         );
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 203.0.113.9, 10.0.0.7, 10.0.0.2");

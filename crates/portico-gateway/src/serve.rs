@@ -1,32 +1,81 @@
 //! Accepting connections: worker threads, each with its own runtime and upstream pool, HTTP/1.1
-//! and h2c, and a graceful drain on shutdown.
+//! and h2c on the plain listener, HTTP/1.1 and HTTP/2 (ALPN) on the TLS one, and a graceful
+//! drain on shutdown.
 
-use crate::{Gateway, health, upstream_client};
+use crate::{Gateway, UpstreamClient, health, upstream_client};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+/// The sockets one worker accepts on: the plain one, and the TLS one if there is one.
+struct Sockets {
+    plain: std::net::TcpListener,
+    tls: Option<(std::net::TcpListener, TlsAcceptor)>,
+}
+
+impl Sockets {
+    fn try_clone(&self) -> std::io::Result<Sockets> {
+        let tls = match &self.tls {
+            Some((l, a)) => Some((l.try_clone()?, a.clone())),
+            None => None,
+        };
+        Ok(Sockets { plain: self.plain.try_clone()?, tls })
+    }
+}
+
+/// Accepts from `listener`, or waits forever when there is none.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
 
 impl Gateway {
-    /// Serves connections until `shutdown` resolves; then stops accepting and lets in-flight
-    /// connections finish (up to the drain timeout).
-    ///
-    /// Like nginx's workers, each of `config.workers` threads runs its own single-threaded
-    /// runtime, accepts from the shared socket and keeps its own upstream connection pool, so a
-    /// call is served start to end on one thread without cross-thread wake-ups.
+    /// Serves plain HTTP connections until `shutdown` resolves; see [`Gateway::serve_with_tls`].
     pub async fn serve(
         self,
-        listener: tokio::net::TcpListener,
+        listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let listener = listener.into_std()?;
-        listener.set_nonblocking(true)?;
+        self.serve_with_tls(listener, None, shutdown).await
+    }
+
+    /// Serves connections on the plain listener and, when given, on a TLS listener (its
+    /// `ServerConfig` chooses certificates and ALPN protocols) until `shutdown` resolves; then
+    /// stops accepting and lets in-flight connections finish (up to the drain timeout).
+    ///
+    /// Like nginx's workers, each of `config.workers` threads runs its own single-threaded
+    /// runtime, accepts from the shared sockets and keeps its own upstream connection pool, so
+    /// a call is served start to end on one thread without cross-thread wake-ups.
+    pub async fn serve_with_tls(
+        self,
+        listener: TcpListener,
+        tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let std_listener = |l: TcpListener| -> std::io::Result<std::net::TcpListener> {
+            let l = l.into_std()?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        };
+        let tls = match tls {
+            Some((l, config)) => Some((std_listener(l)?, TlsAcceptor::from(config))),
+            None => None,
+        };
+        let sockets = Sockets { plain: std_listener(listener)?, tls };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut finished = Vec::new();
         for i in 0..self.inner.config.workers.max(1) {
-            let socket = listener.try_clone()?;
+            let socket = sockets.try_clone()?;
             let gw = self.clone();
             let mut stop = stop_rx.clone();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -46,7 +95,7 @@ impl Gateway {
                 let _ = done_tx.send(());
             })?;
         }
-        drop(listener);
+        drop(sockets);
         let health = tokio::spawn(health::run(self.clone(), stop_rx.clone()));
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -57,10 +106,14 @@ impl Gateway {
         Ok(())
     }
 
-    async fn worker(self, socket: std::net::TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::from_std(socket)?;
+    async fn worker(self, sockets: Sockets, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let plain = TcpListener::from_std(sockets.plain)?;
+        let tls = match sockets.tls {
+            Some((l, acceptor)) => Some((TcpListener::from_std(l)?, acceptor)),
+            None => None,
+        };
         let client = upstream_client(&self.inner.tls, &self.inner.outbound);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -69,37 +122,72 @@ impl Gateway {
             .max_buf_size(64 * 1024);
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, remote) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let (gw, client) = (self.clone(), client.clone());
-                    let svc = service_fn(move |req| {
-                        let (gw, client) = (gw.clone(), client.clone());
-                        async move { Ok::<_, Infallible>(gw.handle_measured(&client, req, remote).await) }
-                    });
-                    let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
-                }
+            let (accepted, acceptor) = tokio::select! {
+                accepted = accept(Some(&plain)) => (accepted, None),
+                accepted = accept(tls.as_ref().map(|(l, _)| l)) => (accepted, tls.as_ref().map(|(_, a)| a.clone())),
                 _ = &mut shutdown => break,
+            };
+            match accepted {
+                Ok((stream, remote)) => self.connection(stream, remote, acceptor, &client, &builder, &graceful),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
-        drop(listener);
+        drop((plain, tls));
         tokio::select! {
             _ = graceful.shutdown() => {}
             _ = tokio::time::sleep(self.inner.config.drain_timeout) => tracing::warn!("drain timeout: closing the remaining gateway connections"),
         }
         Ok(())
+    }
+
+    /// Serves one accepted connection on its own task: at once when plain, after the TLS
+    /// handshake (bounded by the header read timeout) otherwise.
+    fn connection(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        client: &UpstreamClient,
+        builder: &auto::Builder<TokioExecutor>,
+        graceful: &GracefulShutdown,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let https = tls.is_some();
+        let (gw, client) = (self.clone(), client.clone());
+        let svc = service_fn(move |req| {
+            let (gw, client) = (gw.clone(), client.clone());
+            async move { Ok::<_, Infallible>(gw.handle_measured(&client, req, remote, https).await) }
+        });
+        let Some(acceptor) = tls else {
+            let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+            return;
+        };
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let handshake_timeout = self.inner.config.header_read_timeout;
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
     }
 }

@@ -1,5 +1,6 @@
 //! [`App`]: the whole of Portico in one process — store, control plane + portal on one
-//! listener, gateway on another, metering between them. `serve` and the tests build it alike.
+//! listener, gateway on another (each with an optional TLS twin, see [`crate::tls`]), metering
+//! between them. `serve` and the tests build it alike.
 
 use crate::settings::{Settings, load_pepper};
 use anyhow::Context;
@@ -19,7 +20,13 @@ pub struct App {
     pub state: AppState,
     pub gateway_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// The TLS listeners' addresses, when `[tls]` configures them.
+    pub gateway_tls_addr: Option<SocketAddr>,
+    pub api_tls_addr: Option<SocketAddr>,
     gateway: Gateway,
+    tls: Option<crate::tls::Tls>,
+    gateway_tls_listener: Option<TcpListener>,
+    api_tls_listener: Option<TcpListener>,
     gateway_listener: TcpListener,
     api_listener: TcpListener,
     metrics_listener: Option<TcpListener>,
@@ -35,6 +42,8 @@ const USAGE_SHIP_EVERY: Duration = Duration::from_millis(250);
 const JOURNAL_SEGMENT_BYTES: u64 = 64 << 20;
 /// How often the snapshot watcher checks for changes made by other processes.
 const SNAPSHOT_POLL_EVERY: Duration = Duration::from_secs(1);
+/// How long the API's TLS connections get to finish on shutdown.
+const API_DRAIN: Duration = Duration::from_secs(30);
 
 fn url_of(addr: SocketAddr) -> String {
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
@@ -69,6 +78,17 @@ impl App {
             "off" => None,
             addr => Some(bind(addr, "metrics").await?),
         };
+        let tls = crate::tls::Tls::load(&settings.tls)?;
+        let gateway_tls_listener = match &settings.tls.gateway_addr {
+            Some(addr) => Some(bind(addr, "tls-gateway").await?),
+            None => None,
+        };
+        let api_tls_listener = match &settings.tls.api_addr {
+            Some(addr) => Some(bind(addr, "tls-api").await?),
+            None => None,
+        };
+        let gateway_tls_addr = gateway_tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let api_tls_addr = api_tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let gateway_addr = gateway_listener.local_addr()?;
         let api_addr = api_listener.local_addr()?;
         let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -103,6 +123,7 @@ impl App {
                 issuer: config.token_issuer.trim_end_matches('/').to_owned(),
                 audience: config.gateway_url.trim_end_matches('/').to_owned(),
             }),
+            cache_max_bytes: settings.cache_max_bytes,
             ..GatewayConfig::default()
         };
         let gateway = Gateway::new(publisher.handle(), pepper.clone(), journal.clone(), gateway_config);
@@ -125,7 +146,12 @@ impl App {
             state,
             gateway_addr,
             api_addr,
+            gateway_tls_addr,
+            api_tls_addr,
             gateway,
+            tls,
+            gateway_tls_listener,
+            api_tls_listener,
             gateway_listener,
             api_listener,
             metrics_listener,
@@ -158,6 +184,9 @@ impl App {
             gateway,
             gateway_listener,
             api_listener,
+            tls,
+            gateway_tls_listener,
+            api_tls_listener,
             metrics_listener,
             journal,
             request_log: self_request_log,
@@ -179,16 +208,37 @@ impl App {
         let router = portico_control::router(state.clone())
             .merge(portico_portal::router(state.clone()))
             .layer(axum::middleware::map_response(portico_control::security_headers));
+        let api_tls = match (&tls, api_tls_listener) {
+            (Some(tls), Some(l)) => Some(tokio::spawn(crate::tls::serve_router(
+                l,
+                tls.server_config(),
+                router.clone(),
+                stopped(),
+                API_DRAIN,
+            ))),
+            _ => None,
+        };
         let api = tokio::spawn({
             let stop = stopped();
             let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
             async move { axum::serve(api_listener, router).with_graceful_shutdown(stop).await }
         });
-        let gw = tokio::spawn(gateway.serve(gateway_listener, stopped()));
+        let gateway_tls = match (&tls, gateway_tls_listener) {
+            (Some(tls), Some(l)) => Some((l, tls.server_config())),
+            _ => None,
+        };
+        let gw = tokio::spawn(gateway.serve_with_tls(gateway_listener, gateway_tls, stopped()));
+        let reloader = tls.map(|tls| tokio::spawn(tls.watch(stopped())));
         shutdown.await;
         tracing::info!("shutting down: draining connections");
         let _ = stop_tx.send(true);
         let (a, g) = tokio::join!(api, gw);
+        if let Some(t) = api_tls {
+            let _ = t.await;
+        }
+        if let Some(r) = reloader {
+            let _ = r.await;
+        }
         watcher.abort();
         pruner.abort();
         dispatcher.abort();

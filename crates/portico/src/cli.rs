@@ -14,6 +14,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: boxing `ServeArgs` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway, the REST API and the portal in one process.
@@ -81,6 +83,16 @@ pub struct ServeArgs {
     /// [default: none — mail is written to <data-dir>/outbox/ as .eml files]
     #[arg(long, env = "PORTICO_SMTP_URL")]
     pub smtp_url: Option<String>,
+    /// The gateway's response cache bound, in bytes, for the whole process [default: 64 MiB]
+    #[arg(long, env = "PORTICO_CACHE_MAX_BYTES")]
+    pub cache_max_bytes: Option<u64>,
+    /// The gateway's TLS listener (e.g. 0.0.0.0:8443); certificates come from the config
+    /// file's `[[tls.certificates]]`.
+    #[arg(long, env = "PORTICO_TLS_GATEWAY_ADDR")]
+    pub tls_gateway_addr: Option<String>,
+    /// The API and portal's TLS listener (e.g. 0.0.0.0:8444)
+    #[arg(long, env = "PORTICO_TLS_API_ADDR")]
+    pub tls_api_addr: Option<String>,
     /// Load the demo marketplace (two providers, three APIs, a consumer with a key) and run
     /// its upstream in this process.
     #[arg(long, env = "PORTICO_DEMO")]

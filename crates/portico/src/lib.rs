@@ -10,6 +10,7 @@ pub mod demo;
 pub mod document;
 pub mod settings;
 pub mod telemetry;
+pub mod tls;
 
 /// rustls needs a process-wide crypto provider before any TLS client (reqwest, sqlx) is built.
 pub fn install_crypto() {

@@ -36,6 +36,10 @@ pub struct Settings {
     pub outbound: Outbound,
     /// E-mail: the `[smtp]` section. Without a URL, mail is written to `<data-dir>/outbox/`.
     pub smtp: Smtp,
+    /// The gateway's response cache: the most it holds, in bytes, for the whole process.
+    pub cache_max_bytes: u64,
+    /// TLS listeners and their certificates: the `[tls]` section.
+    pub tls: crate::tls::TlsSettings,
     pub demo: bool,
 }
 
@@ -100,6 +104,8 @@ impl Default for Settings {
             retention: Retention::default(),
             outbound: Outbound::default(),
             smtp: Smtp::default(),
+            cache_max_bytes: 64 * 1024 * 1024,
+            tls: crate::tls::TlsSettings::default(),
             demo: false,
         }
     }
@@ -132,6 +138,10 @@ struct Overrides {
     outbound: Option<Outbound>,
     #[serde(skip_serializing_if = "Option::is_none")]
     smtp: Option<SmtpOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_max_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsOverrides>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     demo: bool,
 }
@@ -140,6 +150,15 @@ struct Overrides {
 #[derive(Serialize)]
 struct SmtpOverride {
     url: String,
+}
+
+/// The `[tls]` keys that flags set (certificates come from the file only).
+#[derive(Serialize)]
+struct TlsOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_addr: Option<String>,
 }
 
 impl Settings {
@@ -157,6 +176,9 @@ impl Settings {
             request_log,
             outbound_allow_cidrs,
             smtp_url,
+            cache_max_bytes,
+            tls_gateway_addr,
+            tls_api_addr,
             demo,
         } = args.clone();
         let request_log = request_log.map(|s| match s.as_str() {
@@ -177,6 +199,9 @@ impl Settings {
             request_log,
             outbound: outbound_allow_cidrs.map(|allow_cidrs| Outbound { allow_cidrs }),
             smtp: smtp_url.map(|url| SmtpOverride { url }),
+            cache_max_bytes,
+            tls: (tls_gateway_addr.is_some() || tls_api_addr.is_some())
+                .then_some(TlsOverrides { gateway_addr: tls_gateway_addr, api_addr: tls_api_addr }),
             demo,
         };
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
@@ -232,6 +257,12 @@ impl Settings {
         if self.metrics_addr != "off" {
             addrs.push(("metrics_addr", &self.metrics_addr));
         }
+        if let Some(a) = &self.tls.gateway_addr {
+            addrs.push(("tls.gateway_addr", a));
+        }
+        if let Some(a) = &self.tls.api_addr {
+            addrs.push(("tls.api_addr", a));
+        }
         for (name, v) in addrs {
             v.parse::<SocketAddr>().map_err(|_| anyhow::anyhow!("{name} `{v}` is not an address like 0.0.0.0:8080"))?;
         }
@@ -242,6 +273,10 @@ impl Settings {
                 bail!("{name} `{u}` must start with http:// or https://");
             }
         }
+        if !(1024 * 1024..=1 << 40).contains(&self.cache_max_bytes) {
+            bail!("cache_max_bytes must be at least 1048576 (1 MiB) and at most 1 TiB");
+        }
+        self.tls.validate()?;
         if let Some(db) = &self.database
             && !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://"))
         {
@@ -363,5 +398,36 @@ mod tests {
             ..Default::default()
         };
         assert!(format!("{:#}", Settings::load(&args).unwrap_err()).contains("sqlite://"));
+        let args = ServeArgs { tls_gateway_addr: Some("127.0.0.1:0".into()), ..Default::default() };
+        assert!(format!("{:#}", Settings::load(&args).unwrap_err()).contains("[[tls.certificates]]"));
+        let args = ServeArgs { cache_max_bytes: Some(10), ..Default::default() };
+        assert!(format!("{:#}", Settings::load(&args).unwrap_err()).contains("cache_max_bytes"));
+    }
+
+    #[test]
+    fn tls_from_the_file_and_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["api.example.com".into()]).unwrap().self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+        let file = dir.path().join("portico.toml");
+        let d = dir.path().display();
+        std::fs::write(
+            &file,
+            format!(
+                "[tls]\napi_addr = \"127.0.0.1:0\"\nreload_secs = 2\n[[tls.certificates]]\ncert = \"{d}/c.pem\"\nkey = \"{d}/k.pem\"\nhosts = [\"api.example.com\"]\n"
+            ),
+        )
+        .unwrap();
+        let mut args =
+            ServeArgs { store: StoreArgs { config: Some(file), ..Default::default() }, ..Default::default() };
+        let s = Settings::load(&args).unwrap();
+        assert_eq!((s.tls.api_addr.as_deref(), s.tls.gateway_addr.as_deref()), (Some("127.0.0.1:0"), None));
+        assert_eq!((s.tls.certificates.len(), s.tls.reload_secs), (1, 2));
+        args.tls_gateway_addr = Some("127.0.0.1:0".into());
+        let s = Settings::load(&args).unwrap();
+        assert_eq!(s.tls.gateway_addr.as_deref(), Some("127.0.0.1:0"), "a flag adds to the file's [tls]");
+        assert_eq!(s.tls.certificates.len(), 1, "and keeps its certificates");
     }
 }

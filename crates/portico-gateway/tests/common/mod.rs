@@ -68,6 +68,8 @@ pub struct Setup {
     pub operations: Option<Arc<portico_core::operations::OperationRouter>>,
     pub config: GatewayConfig,
     pub sink: Arc<dyn UsageSink>,
+    /// Consumer apps, each with its own key and subscription (`c1`, `c2`, …): at least one.
+    pub consumers: usize,
 }
 
 impl Setup {
@@ -82,6 +84,7 @@ impl Setup {
             operations: None,
             config: config(),
             sink: Arc::new(DiscardUsage),
+            consumers: 1,
         }
     }
 }
@@ -91,13 +94,14 @@ pub struct Running {
     /// `http://addr/{slug}/v1`
     pub base: String,
     pub key: String,
+    /// One key per consumer app; `key` is the first.
+    pub keys: Vec<String>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
 }
 
 pub async fn start(s: Setup) -> Running {
     let pepper = Pepper::generate();
-    let key = ApiKey::generate();
-    let (api_id, app) = (ApiId::new(), AppId::new());
+    let api_id = ApiId::new();
     let version = VersionRoute {
         version_id: VersionId::new(),
         version: VersionNumber::parse("1.0.0").unwrap(),
@@ -108,31 +112,38 @@ pub async fn start(s: Setup) -> Running {
         policies: Arc::new(s.policies),
     };
     let slug = Slug::parse(s.slug).unwrap();
-    let grant = KeyGrant {
-        key_id: KeyId::new(),
-        hash: key.hash(&pepper),
-        app_id: app,
-        consumer_org_id: OrgId::new(),
-        consumer_slug: Slug::parse("c1").unwrap(),
-    };
-    let sub = SubscriptionGrant {
-        subscription_id: SubscriptionId::new(),
-        plan_id: PlanId::new(),
-        plan_slug: Slug::parse("p1").unwrap(),
-        rate_limit: s.rate_limit,
-        monthly_quota: s.monthly_quota,
-        quota_used: 0,
-    };
+    let (mut keys, mut grants, mut subscriptions) = (Vec::new(), HashMap::new(), HashMap::new());
+    for i in 1..=s.consumers.max(1) {
+        let (key, app) = (ApiKey::generate(), AppId::new());
+        let grant = KeyGrant {
+            key_id: KeyId::new(),
+            hash: key.hash(&pepper),
+            app_id: app,
+            consumer_org_id: OrgId::new(),
+            consumer_slug: Slug::parse(&format!("c{i}")).unwrap(),
+        };
+        let sub = SubscriptionGrant {
+            subscription_id: SubscriptionId::new(),
+            plan_id: PlanId::new(),
+            plan_slug: Slug::parse("p1").unwrap(),
+            rate_limit: s.rate_limit,
+            monthly_quota: s.monthly_quota,
+            quota_used: 0,
+        };
+        grants.insert(key.hash(&pepper), grant);
+        subscriptions.insert((app, api_id), sub);
+        keys.push(key.expose_secret().to_owned());
+    }
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
         generation: 1,
         apis: HashMap::from([(slug.clone(), ApiRoute { api_id, slug, majors: BTreeMap::from([(1, version)]) })]),
-        keys: HashMap::from([(key.hash(&pepper), grant)]),
-        subscriptions: HashMap::from([((app, api_id), sub)]),
+        keys: grants,
+        subscriptions,
         ..Default::default()
     }));
     let gw = Gateway::new(snapshot.clone(), pepper, s.sink, s.config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(gw.serve(listener, std::future::pending()));
-    Running { addr, base: format!("http://{addr}/{}/v1", s.slug), key: key.expose_secret().to_owned(), snapshot }
+    Running { addr, base: format!("http://{addr}/{}/v1", s.slug), key: keys[0].clone(), keys, snapshot }
 }

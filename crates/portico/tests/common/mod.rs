@@ -19,6 +19,9 @@ pub struct TestApp {
     pub api: String,
     pub gateway: String,
     pub metrics: String,
+    /// The TLS listeners, when the settings have them.
+    pub gateway_tls: Option<std::net::SocketAddr>,
+    pub api_tls: Option<std::net::SocketAddr>,
     pub http: reqwest::Client,
     pub app_state: portico_control::AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -36,7 +39,7 @@ pub async fn spawn_app_with(backend: Backend, outbound: Outbound) -> TestApp {
     spawn_app_configured(backend, |s| s.outbound = outbound).await
 }
 
-/// [`spawn_app`] with settings changed by `configure` (loopback allowed for outbound calls).
+/// [`spawn_app`] with settings changed by `configure` (after the test defaults are set).
 pub async fn spawn_app_configured(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database = match backend {
@@ -45,7 +48,7 @@ pub async fn spawn_app_configured(backend: Backend, configure: impl FnOnce(&mut 
             Some(portico_store::testing::fresh_postgres_database().await.unwrap_or_else(|e| panic!("{e}")))
         }
     };
-    let settings = Settings {
+    let mut settings = Settings {
         data_dir: dir.path().to_path_buf(),
         database,
         gateway_addr: "127.0.0.1:0".into(),
@@ -54,16 +57,27 @@ pub async fn spawn_app_configured(backend: Backend, configure: impl FnOnce(&mut 
         outbound: Outbound { allow_cidrs: vec!["127.0.0.0/8".into()] },
         ..Settings::default()
     };
-    let mut settings = settings;
     configure(&mut settings);
     let app = App::build(&settings).await.unwrap();
     let (api, gateway, app_state) = (app.api_url(), app.gateway_url(), app.state.clone());
+    let (gateway_tls, api_tls) = (app.gateway_tls_addr, app.api_tls_addr);
     let metrics = format!("http://{}/metrics", app.metrics_addr.unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async move {
         let _ = rx.await;
     }));
-    TestApp { api, gateway, metrics, http: reqwest::Client::new(), app_state, stop: Some(tx), task: Some(task), dir }
+    TestApp {
+        api,
+        gateway,
+        metrics,
+        gateway_tls,
+        api_tls,
+        http: reqwest::Client::new(),
+        app_state,
+        stop: Some(tx),
+        task: Some(task),
+        dir,
+    }
 }
 
 impl TestApp {
