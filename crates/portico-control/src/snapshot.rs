@@ -15,6 +15,8 @@ use std::time::Duration;
 pub struct SnapshotPublisher {
     current: Arc<ArcSwap<Snapshot>>,
     compile: tokio::sync::Mutex<()>,
+    /// Opens the secrets in versions' policies (stored sealed).
+    secrets: Arc<portico_core::secret::Keyring>,
 }
 
 impl std::fmt::Debug for SnapshotPublisher {
@@ -24,10 +26,11 @@ impl std::fmt::Debug for SnapshotPublisher {
 }
 
 impl SnapshotPublisher {
-    pub fn new() -> Self {
+    pub fn new(secrets: Arc<portico_core::secret::Keyring>) -> Self {
         SnapshotPublisher {
             current: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             compile: tokio::sync::Mutex::new(()),
+            secrets,
         }
     }
 
@@ -44,7 +47,7 @@ impl SnapshotPublisher {
     /// compile can never overwrite a newer one.
     pub async fn refresh(&self, store: &Store) -> Result<u64, portico_store::Error> {
         let _one_at_a_time = self.compile.lock().await;
-        let snapshot = compile(store).await?;
+        let snapshot = compile(store, &self.secrets).await?;
         let generation = snapshot.generation;
         self.current.store(Arc::new(snapshot));
         tracing::debug!(generation, "config snapshot published");
@@ -76,14 +79,8 @@ impl SnapshotPublisher {
     }
 }
 
-impl Default for SnapshotPublisher {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Reads everything the gateway needs in one transaction, so the snapshot is consistent.
-pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
+pub async fn compile(store: &Store, secrets: &portico_core::secret::Keyring) -> Result<Snapshot, portico_store::Error> {
     let mut tx = store.begin().await?;
     let generation = portico_store::generation(&mut tx).await? as u64;
     let all_apis = catalog::list_apis(&mut tx, catalog::ApiScope::All, portico_store::Page::all()).await?;
@@ -123,7 +120,12 @@ pub async fn compile(store: &Store) -> Result<Snapshot, portico_store::Error> {
             state: v.state,
             upstream: v.upstream_url,
             policy: Arc::new(v.policy),
-            policies: Arc::new(v.policies),
+            policies: Arc::new(v.policies.map_secrets(|s| secrets.open(s)).map_err(|e| {
+                portico_store::Error::Corrupt {
+                    table: "api_versions",
+                    message: format!("policies of version {}: {e}", v.id),
+                }
+            })?),
             operations,
         });
     }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub snapshot: Arc<SnapshotPublisher>,
     pub config: Arc<ControlConfig>,
     pub throttle: Arc<crate::throttle::LoginThrottle>,
+    /// Seals and opens secrets stored in the database (AES-256-GCM under the master key).
+    pub secrets: Arc<portico_core::secret::Keyring>,
     /// E-mail out (SMTP or the outbox directory).
     pub mailer: Arc<crate::services::mail::Mailer>,
 }

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod operations;
 pub mod outbound;
 pub mod policy;
+pub mod secret;
 pub mod sketch;
 pub mod snapshot;
 pub mod upstream;

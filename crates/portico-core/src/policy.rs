@@ -371,6 +371,21 @@ impl Policies {
         p
     }
 
+    /// This with every secret (the upstream credential, the signing secret) passed through `f`:
+    /// how secrets are sealed before they are stored and opened after.
+    pub fn map_secrets(&self, f: impl Fn(&str) -> Result<String>) -> Result<Policies> {
+        let mut p = self.clone();
+        match &mut p.upstream_auth {
+            Some(UpstreamAuth::Header { value, .. }) => *value = f(value)?,
+            Some(UpstreamAuth::Basic { password, .. }) => *password = f(password)?,
+            None => {}
+        }
+        if let Some(s) = &mut p.signing_secret {
+            *s = f(s)?;
+        }
+        Ok(p)
+    }
+
     /// Whether a client address may call: not denied, and allowed when there is an allow list.
     pub fn ip_permitted(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);

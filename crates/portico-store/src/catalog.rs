@@ -397,3 +397,26 @@ pub async fn all_plans(c: &mut Conn) -> Result<Vec<Plan>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {PLAN_COLS} FROM plans"))).fetch_all(c).await?;
     rows.iter().map(decode_plan).collect()
 }
+
+/// Every version's policies (drafts and retired ones too): what re-sealing secrets walks.
+pub async fn all_version_policies(c: &mut Conn) -> Result<Vec<(VersionId, Policies)>> {
+    let rows = sqlx::query("SELECT id, policies FROM api_versions WHERE policies IS NOT NULL").fetch_all(c).await?;
+    let t = "api_versions";
+    rows.iter()
+        .map(|r| {
+            let json: String = get(r, t, "policies")?;
+            let p = serde_json::from_str(&json)
+                .map_err(|e| Error::Corrupt { table: t, message: format!("policies: {e}") })?;
+            Ok((parse(r, t, "id")?, p))
+        })
+        .collect()
+}
+
+pub async fn set_version_policies(c: &mut Conn, id: VersionId, p: &Policies) -> Result<()> {
+    sqlx::query("UPDATE api_versions SET policies = $1 WHERE id = $2")
+        .bind(policies_json(p))
+        .bind(id.to_string())
+        .execute(c)
+        .await?;
+    Ok(())
+}

@@ -380,3 +380,18 @@ pub async fn fire_once(c: &mut Conn, key: &str) -> Result<bool> {
     .rows_affected();
     Ok(n > 0)
 }
+
+/// Every endpoint's (id, stored secret), disabled ones too: what re-sealing walks.
+pub async fn all_endpoint_secrets(c: &mut Conn) -> Result<Vec<(uuid::Uuid, String)>> {
+    let rows = sqlx::query("SELECT id, secret FROM webhook_endpoints").fetch_all(c).await?;
+    rows.iter().map(|r| Ok((parse(r, "webhook_endpoints", "id")?, get(r, "webhook_endpoints", "secret")?))).collect()
+}
+
+pub async fn set_endpoint_secret(c: &mut Conn, id: uuid::Uuid, secret: &str) -> Result<()> {
+    sqlx::query("UPDATE webhook_endpoints SET secret = $1 WHERE id = $2")
+        .bind(secret)
+        .bind(id.to_string())
+        .execute(c)
+        .await?;
+    Ok(())
+}

@@ -175,3 +175,12 @@ pub async fn rotate_signing_key(
     .await?;
     Ok(())
 }
+
+pub async fn set_private_key(c: &mut Conn, kid: &str, private_key: &str) -> Result<()> {
+    sqlx::query("UPDATE signing_keys SET private_key = $1 WHERE kid = $2")
+        .bind(private_key)
+        .bind(kid)
+        .execute(c)
+        .await?;
+    Ok(())
+}

@@ -93,8 +93,11 @@ impl App {
         let api_addr = api_listener.local_addr()?;
         let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
-        portico_control::services::oauth::ensure_signing_key(&store).await.context("creating the token signing key")?;
-        let publisher = Arc::new(SnapshotPublisher::new());
+        let secrets = Arc::new(crate::settings::load_keyring(&settings.data_dir)?);
+        portico_control::services::oauth::ensure_signing_key(&store, &secrets)
+            .await
+            .context("creating the token signing key")?;
+        let publisher = Arc::new(SnapshotPublisher::new(secrets.clone()));
         publisher.refresh(&store).await.context("compiling the gateway's first config snapshot")?;
         let outbound = settings.outbound_policy()?;
         if !outbound.allowed().is_empty() {
@@ -133,6 +136,7 @@ impl App {
             snapshot: publisher,
             config: Arc::new(config),
             throttle: Arc::default(),
+            secrets,
             mailer: Arc::new(
                 portico_control::services::mail::Mailer::new(
                     settings.smtp.url.as_deref(),
@@ -202,8 +206,11 @@ impl App {
                 let _ = ship_stopped.await;
             });
         let pruner = tokio::spawn(prune_usage(state.store.clone(), retention));
-        let dispatcher =
-            portico_control::services::webhooks::spawn_dispatcher(state.store.clone(), state.config.outbound.clone());
+        let dispatcher = portico_control::services::webhooks::spawn_dispatcher(
+            state.store.clone(),
+            state.config.outbound.clone(),
+            state.secrets.clone(),
+        );
         let alerts = portico_control::services::alerts::spawn(state.clone());
         let router = portico_control::router(state.clone())
             .merge(portico_portal::router(state.clone()))

@@ -148,4 +148,17 @@ pub enum AdminCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Start sealing secrets with a new master key: adds one to `<data-dir>/master-keys` (the
+    /// old ones stay, to open what they sealed) and re-seals every stored secret with it.
+    /// With PORTICO_MASTER_KEY set, set a new key there (the old one in
+    /// PORTICO_MASTER_KEY_PREVIOUS) and run `portico admin reseal` instead.
+    RotateMasterKey {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Re-seal every stored secret with the current master key.
+    Reseal {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }

@@ -98,6 +98,44 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             store.close().await;
             Ok(())
         }
+        AdminCommand::RotateMasterKey { store: args } => {
+            if std::env::var_os("PORTICO_MASTER_KEY").is_some() {
+                anyhow::bail!(
+                    "the master key comes from PORTICO_MASTER_KEY: put a new key there (64 hex digits, e.g. from `openssl rand -hex 32`), \
+                     the old one in PORTICO_MASTER_KEY_PREVIOUS, restart, then run `portico admin reseal`"
+                );
+            }
+            let settings = Settings::for_store(&args)?;
+            let ring = crate::settings::load_keyring(&settings.data_dir)?;
+            let path = settings.data_dir.join("master-keys");
+            let old = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let key = portico_core::secret::Keyring::generate_key();
+            crate::settings::write_private(&path, &format!("{}\n{old}", hex::encode(key)))?;
+            let new_ring = crate::settings::load_keyring(&settings.data_dir)?;
+            let store = open_store(&args).await?;
+            let n = portico_control::services::secrets::reseal_all(&store, &new_ring)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.close().await;
+            println!(
+                "New master key {} (was {}); {n} secrets re-sealed. Restart running Portico processes to pick it up; keep the old key in {} until then.",
+                new_ring.current(),
+                ring.current(),
+                path.display()
+            );
+            Ok(())
+        }
+        AdminCommand::Reseal { store: args } => {
+            let settings = Settings::for_store(&args)?;
+            let ring = crate::settings::load_keyring(&settings.data_dir)?;
+            let store = open_store(&args).await?;
+            let n = portico_control::services::secrets::reseal_all(&store, &ring)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            store.close().await;
+            println!("{n} secrets re-sealed with master key {}.", ring.current());
+            Ok(())
+        }
     }
 }
 

@@ -322,6 +322,35 @@ pub fn load_pepper(data_dir: &Path) -> anyhow::Result<portico_core::api_key::Pep
     Ok(pepper)
 }
 
+/// The master keys that seal secrets at rest (newest first): `PORTICO_MASTER_KEY` (plus any
+/// `PORTICO_MASTER_KEY_PREVIOUS`, comma-separated, still needed to open older secrets) — every
+/// process of a cluster must share them — or `<data-dir>/master-keys`, one key per line, newest
+/// first, created on first start.
+pub fn load_keyring(data_dir: &Path) -> anyhow::Result<portico_core::secret::Keyring> {
+    use portico_core::secret::{Keyring, parse_key};
+    if let Ok(current) = std::env::var("PORTICO_MASTER_KEY") {
+        let mut keys = vec![parse_key(&current).map_err(|e| anyhow::anyhow!("PORTICO_MASTER_KEY: {e}"))?];
+        if let Ok(prev) = std::env::var("PORTICO_MASTER_KEY_PREVIOUS") {
+            for k in prev.split(',').filter(|k| !k.trim().is_empty()) {
+                keys.push(parse_key(k).map_err(|e| anyhow::anyhow!("PORTICO_MASTER_KEY_PREVIOUS: {e}"))?);
+            }
+        }
+        return Keyring::new(keys).map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    let path = data_dir.join("master-keys");
+    if !path.exists() {
+        write_private(&path, &format!("{}\n", hex::encode(Keyring::generate_key())))?;
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let keys = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| parse_key(l).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Keyring::new(keys).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
 /// Writes a file readable by its owner only.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;

@@ -160,7 +160,8 @@ async fn client_credentials_tokens_at_the_gateway() {
     let private = {
         let mut c = app.app_state.store.conn().await.unwrap();
         let keys = portico_store::oauth::signing_keys(&mut c, 0).await.unwrap();
-        base64::engine::general_purpose::STANDARD.decode(&keys[0].private_key).unwrap()
+        let opened = app.app_state.secrets.open(&keys[0].private_key).unwrap();
+        base64::engine::general_purpose::STANDARD.decode(opened).unwrap()
     };
     let ed = |msg: &[u8]| {
         use ed25519_dalek::Signer;

@@ -294,6 +294,7 @@ pub async fn create_version(state: &AppState, who: &Principal, slug: &str, req: 
         return Err(Error::Invalid("a new version starts as `draft` or `published`".into()));
     }
     outbound::check_version(&state.config.outbound, &req.upstream_url, req.upstream.as_ref()).await?;
+    let policies = policies.map_secrets(|x| Ok(state.secrets.seal(x)))?;
     let mut tx = state.store.begin().await?;
     let policy = req.upstream.unwrap_or_default();
     let input = catalog::VersionInput {
@@ -377,9 +378,10 @@ pub async fn update_version(
         v.policy = p;
     }
     if let Some(p) = req.policies {
-        let p = p.keeping_secrets_of(&v.policies);
+        let stored = v.policies.map_secrets(|x| state.secrets.open(x))?;
+        let p = p.keeping_secrets_of(&stored);
         p.validate()?;
-        v.policies = p;
+        v.policies = p.map_secrets(|x| Ok(state.secrets.seal(x)))?;
     }
     if let Some(doc) = req.openapi {
         OpenApiDoc::parse(doc.clone())?;

@@ -63,7 +63,7 @@ pub async fn apply(state: &AppState, who: &Principal, doc: Document, dry_run: bo
     let mut tx = state.store.begin().await?;
     let mut changes = Vec::new();
     for p in &doc.providers {
-        apply_provider(&mut tx, p, &verdicts, &mut changes).await?;
+        apply_provider(&mut tx, p, &verdicts, &state.secrets, &mut changes).await?;
     }
     for c in &doc.consumers {
         apply_consumer(&mut tx, c, &mut changes).await?;
@@ -120,7 +120,13 @@ fn check_upstreams(verdicts: &Verdicts, name: &str, v: &VersionSpec) -> Result<(
     Ok(())
 }
 
-async fn apply_provider(c: &mut Conn, p: &ProviderSpec, verdicts: &Verdicts, out: &mut Vec<Change>) -> Result<()> {
+async fn apply_provider(
+    c: &mut Conn,
+    p: &ProviderSpec,
+    verdicts: &Verdicts,
+    secrets: &portico_core::secret::Keyring,
+    out: &mut Vec<Change>,
+) -> Result<()> {
     let org = ensure_org(c, &p.slug, &p.name, OrgKind::Provider, out).await?;
     for a in &p.apis {
         let fields = ApiFields {
@@ -187,11 +193,13 @@ async fn apply_provider(c: &mut Conn, p: &ProviderSpec, verdicts: &Verdicts, out
                     if e.upstream_url != v.upstream_url || e.policy != v.upstream {
                         check_upstreams(verdicts, &name, v)?;
                     }
-                    let policies = v.policies.keeping_secrets_of(&e.policies);
+                    let stored = e.policies.map_secrets(|x| secrets.open(x))?;
+                    let policies = v.policies.keeping_secrets_of(&stored);
                     policies.validate().map_err(|err| Error::Invalid(format!("{name}: {err}")))?;
-                    if e.policies != policies {
+                    if stored != policies {
                         diff.push("policies")
                     }
+                    let policies = policies.map_secrets(|x| Ok(secrets.seal(x)))?;
                     if e.openapi != v.openapi {
                         diff.push("openapi")
                     }
@@ -211,12 +219,13 @@ async fn apply_provider(c: &mut Conn, p: &ProviderSpec, verdicts: &Verdicts, out
                 None => {
                     v.policies.validate().map_err(|err| Error::Invalid(format!("{name}: {err}")))?;
                     check_upstreams(verdicts, &name, v)?;
+                    let sealed = v.policies.map_secrets(|x| Ok(secrets.seal(x)))?;
                     let input = catalog::VersionInput {
                         version: v.version,
                         state: v.state,
                         upstream_url: &v.upstream_url,
                         policy: &v.upstream,
-                        policies: &v.policies,
+                        policies: &sealed,
                         openapi: &v.openapi,
                     };
                     catalog::insert_version(c, api.id, input).await?;
@@ -327,15 +336,17 @@ pub async fn export(state: &AppState, who: &Principal) -> Result<Document> {
             let mut versions: Vec<VersionSpec> = catalog::versions(c, a.id)
                 .await?
                 .into_iter()
-                .map(|v| VersionSpec {
-                    version: v.version,
-                    state: v.state,
-                    upstream_url: v.upstream_url,
-                    upstream: v.policy,
-                    policies: v.policies,
-                    openapi: v.openapi,
+                .map(|v| {
+                    Ok(VersionSpec {
+                        version: v.version,
+                        state: v.state,
+                        upstream_url: v.upstream_url,
+                        upstream: v.policy,
+                        policies: v.policies.map_secrets(|x| state.secrets.open(x))?,
+                        openapi: v.openapi,
+                    })
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             versions.sort_by_key(|v| v.version);
             let plans = catalog::plans(c, a.id)
                 .await?

@@ -15,6 +15,7 @@ pub mod oauth;
 pub mod orgs;
 pub(crate) mod outbound;
 pub mod requests;
+pub mod secrets;
 pub mod webhooks;
 
 use crate::auth::Principal;

@@ -65,11 +65,11 @@ fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
 
 /// Makes a new Ed25519 signing key the active one; the previous ones are retired (kept in the
 /// JWKS for a day). Returns the new `kid`.
-pub async fn rotate_signing_key(store: &Store) -> Result<String> {
+pub async fn rotate_signing_key(store: &Store, secrets: &portico_core::secret::Keyring) -> Result<String> {
     let seed: [u8; 32] = rand::random();
     let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     let kid = format!("ptk_{}", random_base62(16));
-    let private = base64::engine::general_purpose::STANDARD.encode(ed25519_pkcs8(&seed));
+    let private = secrets.seal(&base64::engine::general_purpose::STANDARD.encode(ed25519_pkcs8(&seed)));
     let mut tx = store.begin().await?;
     oauth::rotate_signing_key(&mut tx, &kid, "EdDSA", &private, &B64URL.encode(public)).await?;
     portico_store::bump_generation(&mut tx).await?;
@@ -78,12 +78,12 @@ pub async fn rotate_signing_key(store: &Store) -> Result<String> {
 }
 
 /// Makes sure there is a key to sign with (at start).
-pub async fn ensure_signing_key(store: &Store) -> Result<()> {
+pub async fn ensure_signing_key(store: &Store, secrets: &portico_core::secret::Keyring) -> Result<()> {
     let mut c = store.conn().await?;
     let keys = oauth::signing_keys(&mut c, RETIRED_KEY_KEEP_MS).await?;
     drop(c);
     if !keys.iter().any(|k| k.retired_at.is_none()) {
-        rotate_signing_key(store).await?;
+        rotate_signing_key(store, secrets).await?;
     }
     Ok(())
 }
@@ -127,8 +127,9 @@ async fn sign(state: &AppState, claims: &AccessClaims) -> Result<String> {
         .into_iter()
         .find(|k| k.retired_at.is_none())
         .ok_or_else(|| Error::Unavailable("no token signing key; restart Portico to create one".into()))?;
+    let opened = state.secrets.open(&key.private_key)?;
     let der = base64::engine::general_purpose::STANDARD
-        .decode(&key.private_key)
+        .decode(&opened)
         .map_err(|e| Error::Internal(format!("signing key {}: {e}", key.kid)))?;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some(key.kid);
@@ -388,7 +389,7 @@ pub async fn rotate(state: &AppState, who: &Principal) -> Result<serde_json::Val
     if !who.is_admin() {
         return Err(Error::Forbidden("only platform admins rotate the token signing key".into()));
     }
-    let kid = rotate_signing_key(&state.store).await?;
+    let kid = rotate_signing_key(&state.store, &state.secrets).await?;
     let mut c = state.store.conn().await?;
     audit::record(&mut c, who, Change::new("signing_key.rotate", "signing_key", &kid, None)).await?;
     drop(c);

@@ -180,7 +180,7 @@ pub async fn create_endpoint(
     }
     let secret = format!("whsec_{}", STD.encode(rand::random::<[u8; 24]>()));
     let mut tx = state.store.begin().await?;
-    let e = notify::insert_endpoint(&mut tx, org, url.as_str(), &secret, &events).await?;
+    let e = notify::insert_endpoint(&mut tx, org, url.as_str(), &state.secrets.seal(&secret), &events).await?;
     let view = EndpointView::from(&e);
     audit::record(&mut tx, who, Change::new("webhook.create", "webhook_endpoint", e.id, Some(org)).after(&view))
         .await?;
@@ -276,13 +276,15 @@ pub fn client(policy: OutboundPolicy) -> reqwest::Client {
 async fn attempt(
     client: &reqwest::Client,
     policy: &OutboundPolicy,
+    secrets: &portico_core::secret::Keyring,
     e: &Endpoint,
     d: &Delivery,
 ) -> std::result::Result<u16, String> {
     let url = check_url(policy, &e.url).map_err(|err| err.to_string())?;
     let ts = time::OffsetDateTime::now_utc().unix_timestamp();
     let id = d.id.to_string();
-    let sig = sign(&e.secret, &id, ts, &d.payload).ok_or("the endpoint's secret is unreadable")?;
+    let secret = secrets.open(&e.secret).map_err(|err| err.to_string())?;
+    let sig = sign(&secret, &id, ts, &d.payload).ok_or("the endpoint's secret is unreadable")?;
     let resp = client
         .post(url)
         .header("content-type", "application/json")
@@ -306,7 +308,12 @@ async fn attempt(
 }
 
 /// Sends what is due, once.
-pub async fn dispatch_once(store: &Store, client: &reqwest::Client, policy: &OutboundPolicy) -> Result<usize> {
+pub async fn dispatch_once(
+    store: &Store,
+    client: &reqwest::Client,
+    policy: &OutboundPolicy,
+    secrets: &portico_core::secret::Keyring,
+) -> Result<usize> {
     let mut c = store.conn().await?;
     let due = notify::due(&mut c, 50).await?;
     drop(c);
@@ -320,7 +327,7 @@ pub async fn dispatch_once(store: &Store, client: &reqwest::Client, policy: &Out
         let endpoint = notify::endpoint(&mut c, d.endpoint_id).await?;
         drop(c);
         let outcome = match &endpoint {
-            Some(e) if e.disabled_at.is_none() => attempt(client, policy, e, &d).await,
+            Some(e) if e.disabled_at.is_none() => attempt(client, policy, secrets, e, &d).await,
             _ => Err("the endpoint was deleted".to_owned()),
         };
         let n = d.attempts as usize;
@@ -346,14 +353,18 @@ pub async fn dispatch_once(store: &Store, client: &reqwest::Client, policy: &Out
 }
 
 /// Runs the dispatcher every second until the task is aborted.
-pub fn spawn_dispatcher(store: Store, policy: OutboundPolicy) -> tokio::task::JoinHandle<()> {
+pub fn spawn_dispatcher(
+    store: Store,
+    policy: OutboundPolicy,
+    secrets: Arc<portico_core::secret::Keyring>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let client = client(policy.clone());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = dispatch_once(&store, &client, &policy).await {
+            if let Err(e) = dispatch_once(&store, &client, &policy, &secrets).await {
                 tracing::warn!(error = %e, "webhook dispatch failed; retrying");
             }
         }
