@@ -26,6 +26,48 @@ impl std::fmt::Debug for SnapshotPublisher {
 }
 
 impl SnapshotPublisher {
+    /// Writes keys' last-used times that moved since `flushed` (seconds by key) to the store,
+    /// in one transaction.
+    pub async fn flush_last_used(
+        &self,
+        store: &Store,
+        flushed: &mut HashMap<portico_core::ids::KeyId, i64>,
+    ) -> Result<usize, portico_store::Error> {
+        let snapshot = self.current.load_full();
+        let moved: Vec<(portico_core::ids::KeyId, i64)> = snapshot
+            .keys
+            .values()
+            .filter_map(|g| {
+                let at = g.last_used.load(std::sync::atomic::Ordering::Relaxed);
+                (at > 0 && flushed.get(&g.key_id).is_none_or(|f| *f < at)).then_some((g.key_id, at))
+            })
+            .collect();
+        if moved.is_empty() {
+            return Ok(0);
+        }
+        let millis: Vec<_> = moved.iter().map(|(k, s)| (*k, s * 1000)).collect();
+        let mut tx = store.begin().await?;
+        apps::set_last_used(&mut tx, &millis).await?;
+        tx.commit().await?;
+        flushed.extend(moved.iter().copied());
+        Ok(moved.len())
+    }
+
+    /// Flushes last-used times every `every` until the task is aborted.
+    pub fn flush_every(self: Arc<Self>, store: Store, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut flushed = HashMap::new();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.flush_last_used(&store, &mut flushed).await {
+                    tracing::warn!(error = %e, "writing keys' last-used times failed; retrying");
+                }
+            }
+        })
+    }
+
     pub fn new(secrets: Arc<portico_core::secret::Keyring>) -> Self {
         SnapshotPublisher {
             current: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
@@ -47,7 +89,8 @@ impl SnapshotPublisher {
     /// compile can never overwrite a newer one.
     pub async fn refresh(&self, store: &Store) -> Result<u64, portico_store::Error> {
         let _one_at_a_time = self.compile.lock().await;
-        let snapshot = compile(store, &self.secrets).await?;
+        let previous = self.current.load_full();
+        let snapshot = compile(store, &self.secrets, Some(&previous)).await?;
         let generation = snapshot.generation;
         self.current.store(Arc::new(snapshot));
         tracing::debug!(generation, "config snapshot published");
@@ -80,7 +123,11 @@ impl SnapshotPublisher {
 }
 
 /// Reads everything the gateway needs in one transaction, so the snapshot is consistent.
-pub async fn compile(store: &Store, secrets: &portico_core::secret::Keyring) -> Result<Snapshot, portico_store::Error> {
+pub async fn compile(
+    store: &Store,
+    secrets: &portico_core::secret::Keyring,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, portico_store::Error> {
     let mut tx = store.begin().await?;
     let generation = portico_store::generation(&mut tx).await? as u64;
     let all_apis = catalog::list_apis(&mut tx, catalog::ApiScope::All, portico_store::Page::all()).await?;
@@ -136,6 +183,9 @@ pub async fn compile(store: &Store, secrets: &portico_core::secret::Keyring) -> 
             (a.slug.clone(), ApiRoute { api_id: a.id, slug: a.slug, majors })
         })
         .collect();
+    // Last-used counters live on across snapshots, so no call is forgotten by a recompile.
+    let counters: HashMap<_, _> =
+        previous.map(|p| p.keys.values().map(|g| (g.key_id, g.last_used.clone())).collect()).unwrap_or_default();
     let keys = keys
         .into_iter()
         .map(|k| {
@@ -147,6 +197,9 @@ pub async fn compile(store: &Store, secrets: &portico_core::secret::Keyring) -> 
                     app_id: k.app_id,
                     consumer_org_id: k.org_id,
                     consumer_slug: k.org_slug,
+                    expires_at_ms: k.expires_at,
+                    scopes: (!k.scopes.is_empty()).then(|| k.scopes.into()),
+                    last_used: counters.get(&k.id).cloned().unwrap_or_default(),
                 },
             )
         })

@@ -275,6 +275,12 @@ pub struct KeyView {
     pub last4: String,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// When the key stops working (its expiry, or the end of a rotation's overlap).
+    pub expires_at: Option<String>,
+    /// API slugs the key may call; empty: every API its app subscribes to.
+    pub scopes: Vec<String>,
+    /// The last call made with it (to within a minute).
+    pub last_used_at: Option<String>,
 }
 
 impl From<&apps::KeyRecord> for KeyView {
@@ -287,6 +293,9 @@ impl From<&apps::KeyRecord> for KeyView {
             last4: k.last4.clone(),
             created_at: ts(k.created_at),
             revoked_at: k.revoked_at.map(ts),
+            expires_at: k.expires_at.map(ts),
+            scopes: k.scopes.clone(),
+            last_used_at: k.last_used_at.map(ts),
         }
     }
 }

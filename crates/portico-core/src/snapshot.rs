@@ -59,6 +59,14 @@ pub struct KeyGrant {
     pub app_id: AppId,
     pub consumer_org_id: OrgId,
     pub consumer_slug: Slug,
+    /// Unix millis from which the key is refused (expiry, or the end of a rotation's overlap).
+    pub expires_at_ms: Option<i64>,
+    /// API slugs the key may call; `None`: every API its app subscribes to.
+    pub scopes: Option<Arc<[String]>>,
+    /// Unix seconds of the last call with this key: set by the gateway (one relaxed atomic
+    /// store), written to the store in batches by the control plane; carried from snapshot to
+    /// snapshot.
+    pub last_used: Arc<std::sync::atomic::AtomicI64>,
 }
 
 #[derive(Debug, Clone)]

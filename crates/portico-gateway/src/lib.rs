@@ -287,14 +287,34 @@ impl Gateway {
         };
         let (caller, key_in_authorization) = match identify::credential(req.headers()) {
             Credential::Key { value, from_authorization } => match identify::lookup(&snapshot, &inner.pepper, value) {
-                Ok(g) => (
-                    Caller {
-                        app_id: g.app_id,
-                        consumer_org_id: g.consumer_org_id,
-                        consumer_slug: g.consumer_slug.clone(),
-                    },
-                    from_authorization,
-                ),
+                Ok(g) => {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    if g.expires_at_ms.is_some_and(|at| at <= now.saturating_mul(1000)) {
+                        return errors::unauthenticated(
+                            "the API key has expired; use its replacement or create a new one",
+                        );
+                    }
+                    if let Some(scopes) = &g.scopes
+                        && !scopes.iter().any(|s| s == api.slug.as_str())
+                    {
+                        return errors::forbidden(&format!(
+                            "this API key may not call API `{}` (see its scopes)",
+                            api.slug
+                        ));
+                    }
+                    // One relaxed store, only when the second changed; the control plane writes it out.
+                    if g.last_used.load(std::sync::atomic::Ordering::Relaxed) != now {
+                        g.last_used.store(now, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    (
+                        Caller {
+                            app_id: g.app_id,
+                            consumer_org_id: g.consumer_org_id,
+                            consumer_slug: g.consumer_slug.clone(),
+                        },
+                        from_authorization,
+                    )
+                }
                 Err(KeyError::Malformed) => {
                     return errors::unauthenticated("that is not a valid Portico API key (check it was copied whole)");
                 }

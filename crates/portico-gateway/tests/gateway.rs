@@ -65,6 +65,9 @@ async fn fixture(upstream: &str) -> Fixture {
         app_id: app,
         consumer_org_id: OrgId::new(),
         consumer_slug: Slug::parse("globex").unwrap(),
+        expires_at_ms: None,
+        scopes: None,
+        last_used: Default::default(),
     };
     let keys =
         HashMap::from([(key.hash(&pepper), grant(&key, app)), (other_key.hash(&pepper), grant(&other_key, other_app))]);

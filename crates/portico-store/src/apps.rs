@@ -134,9 +134,30 @@ pub struct KeyRecord {
     pub hash: KeyHash,
     pub created_at: time::OffsetDateTime,
     pub revoked_at: Option<time::OffsetDateTime>,
+    pub expires_at: Option<time::OffsetDateTime>,
+    /// API slugs the key may call; empty: every API its app subscribes to.
+    pub scopes: Vec<String>,
+    pub last_used_at: Option<time::OffsetDateTime>,
 }
 
-const KEY_COLS: &str = "id, app_id, name, prefix, last4, key_hash, created_at, revoked_at";
+const KEY_COLS: &str =
+    "id, app_id, name, prefix, last4, key_hash, created_at, revoked_at, expires_at, scopes, last_used_at";
+
+fn scopes_of(r: &AnyRow, t: &'static str) -> Result<Vec<String>> {
+    Ok(get::<Option<String>>(r, t, "scopes")?.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default())
+}
+
+/// A key as it is created.
+#[derive(Debug, Clone)]
+pub struct NewKey<'a> {
+    pub app: AppId,
+    pub name: &'a str,
+    pub prefix: &'a str,
+    pub last4: &'a str,
+    pub hash: &'a KeyHash,
+    pub expires_at: Option<i64>,
+    pub scopes: &'a [String],
+}
 
 fn decode_key(r: &AnyRow) -> Result<KeyRecord> {
     let t = "api_keys";
@@ -149,42 +170,83 @@ fn decode_key(r: &AnyRow) -> Result<KeyRecord> {
         hash: with(r, t, "key_hash", KeyHash::from_hex)?,
         created_at: time(r, t, "created_at")?,
         revoked_at: opt_time(r, t, "revoked_at")?,
+        expires_at: opt_time(r, t, "expires_at")?,
+        scopes: scopes_of(r, t)?,
+        last_used_at: opt_time(r, t, "last_used_at")?,
     })
 }
 
-pub async fn insert_key(
-    c: &mut Conn,
-    app: AppId,
-    name: &str,
-    prefix: &str,
-    last4: &str,
-    hash: &KeyHash,
-) -> Result<KeyRecord> {
+pub async fn insert_key(c: &mut Conn, k: NewKey<'_>) -> Result<KeyRecord> {
     let id = KeyId::new();
     let now = now_millis();
+    let scopes = (!k.scopes.is_empty()).then(|| serde_json::to_string(k.scopes).unwrap_or_else(|_| "[]".into()));
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)"
+        "INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, NULL)"
     )))
     .bind(id.to_string())
-    .bind(app.to_string())
-    .bind(name)
-    .bind(prefix)
-    .bind(last4)
-    .bind(hash.to_hex())
+    .bind(k.app.to_string())
+    .bind(k.name)
+    .bind(k.prefix)
+    .bind(k.last4)
+    .bind(k.hash.to_hex())
     .bind(now)
+    .bind(k.expires_at)
+    .bind(scopes)
     .execute(c)
     .await
     .map_err(Error::unique("that key"))?;
     Ok(KeyRecord {
         id,
-        app_id: app,
-        name: name.into(),
-        prefix: prefix.into(),
-        last4: last4.into(),
-        hash: *hash,
+        app_id: k.app,
+        name: k.name.into(),
+        prefix: k.prefix.into(),
+        last4: k.last4.into(),
+        hash: *k.hash,
         created_at: crate::from_millis(now),
         revoked_at: None,
+        expires_at: k.expires_at.map(crate::from_millis),
+        scopes: k.scopes.to_vec(),
+        last_used_at: None,
     })
+}
+
+/// Makes a key expire at `at` (millis) unless it expires sooner; `NotFound` when the app has
+/// no such live key.
+pub async fn expire_key(c: &mut Conn, app: AppId, key: KeyId, at: i64) -> Result<()> {
+    let n = sqlx::query(
+        "UPDATE api_keys SET expires_at = $1 WHERE id = $2 AND app_id = $3 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)",
+    )
+    .bind(at)
+    .bind(key.to_string())
+    .bind(app.to_string())
+    .execute(&mut *c)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        let live = sqlx::query("SELECT id FROM api_keys WHERE id = $1 AND app_id = $2 AND revoked_at IS NULL")
+            .bind(key.to_string())
+            .bind(app.to_string())
+            .fetch_optional(c)
+            .await?;
+        if live.is_none() {
+            return Err(Error::NotFound);
+        }
+    }
+    Ok(())
+}
+
+/// Writes keys' last-used times (millis), in one statement per key, in the caller's transaction.
+pub async fn set_last_used(c: &mut Conn, used: &[(KeyId, i64)]) -> Result<()> {
+    for (id, at) in used {
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+        )
+        .bind(*at)
+        .bind(id.to_string())
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(())
 }
 
 pub async fn keys(c: &mut Conn, app: AppId) -> Result<Vec<KeyRecord>> {
@@ -219,13 +281,18 @@ pub struct ActiveKey {
     pub app_id: AppId,
     pub org_id: OrgId,
     pub org_slug: Slug,
+    /// Millis; the gateway refuses the key from then on.
+    pub expires_at: Option<i64>,
+    pub scopes: Vec<String>,
 }
 
 pub async fn active_keys(c: &mut Conn) -> Result<Vec<ActiveKey>> {
     let rows = sqlx::query(
-        "SELECT k.id, k.key_hash, k.app_id, a.org_id, o.slug FROM api_keys k \
-         JOIN apps a ON a.id = k.app_id JOIN organizations o ON o.id = a.org_id WHERE k.revoked_at IS NULL",
+        "SELECT k.id, k.key_hash, k.app_id, a.org_id, o.slug, k.expires_at, k.scopes FROM api_keys k \
+         JOIN apps a ON a.id = k.app_id JOIN organizations o ON o.id = a.org_id \
+         WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $1)",
     )
+    .bind(now_millis())
     .fetch_all(c)
     .await?;
     let t = "api_keys";
@@ -237,6 +304,8 @@ pub async fn active_keys(c: &mut Conn) -> Result<Vec<ActiveKey>> {
                 app_id: parse(r, t, "app_id")?,
                 org_id: parse(r, t, "org_id")?,
                 org_slug: with(r, t, "slug", Slug::parse)?,
+                expires_at: get(r, t, "expires_at")?,
+                scopes: scopes_of(r, t)?,
             })
         })
         .collect()

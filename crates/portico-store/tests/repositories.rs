@@ -118,8 +118,20 @@ async fn exercise(store: &Store) {
     let app = apps::insert_app(&mut c, globex.id, &slug("dash"), &name("Dash"), "").await.unwrap();
     let key = ApiKey::generate();
     let pepper = Pepper::generate();
-    let rec =
-        apps::insert_key(&mut c, app.id, "k", &key.display_prefix(), &key.last4(), &key.hash(&pepper)).await.unwrap();
+    let rec = apps::insert_key(
+        &mut c,
+        apps::NewKey {
+            app: app.id,
+            name: "k",
+            prefix: &key.display_prefix(),
+            last4: &key.last4(),
+            hash: &key.hash(&pepper),
+            expires_at: None,
+            scopes: &[],
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(apps::active_keys(&mut c).await.unwrap()[0].hash, key.hash(&pepper));
     apps::revoke_key(&mut c, app.id, rec.id).await.unwrap();
     assert!(apps::active_keys(&mut c).await.unwrap().is_empty());

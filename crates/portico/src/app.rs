@@ -199,6 +199,7 @@ impl App {
         } = self;
         let metrics = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.store.clone(), stopped())));
         let watcher = state.snapshot.clone().watch(state.store.clone(), SNAPSHOT_POLL_EVERY);
+        let last_used = state.snapshot.clone().flush_every(state.store.clone(), Duration::from_secs(30));
         let (ship_stop, ship_stopped) = tokio::sync::oneshot::channel::<()>();
         let shipper = Shipper::new(journal.dir(), journal.instance(), state.store.clone())
             .with_request_log(self_request_log)
@@ -247,6 +248,7 @@ impl App {
             let _ = r.await;
         }
         watcher.abort();
+        last_used.abort();
         pruner.abort();
         dispatcher.abort();
         alerts.abort();

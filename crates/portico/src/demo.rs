@@ -178,7 +178,14 @@ pub async fn seed_demo(app: &App, data_dir: &std::path::Path, upstream: &str) ->
                 .find(|a| a.slug == "weather-dashboard")
                 .context("the demo app weather-dashboard is missing")?
                 .id;
-            apps::create_key(state, &dev, &app_id, apps::CreateKey { name: Some("demo".into()) }).await?.key
+            apps::create_key(
+                state,
+                &dev,
+                &app_id,
+                apps::CreateKey { name: Some("demo".into()), expires_in_days: None, scopes: Vec::new() },
+            )
+            .await?
+            .key
         }
     };
 

@@ -121,3 +121,18 @@ pub async fn usage(
 ) -> Result<axum::Json<UsageReport>> {
     Ok(axum::Json(svc::app_usage(&state, &who, &app_id, r.from.as_deref(), r.to.as_deref()).await?))
 }
+
+/// Rotate a key: the answer holds a new key (shown once) with the same name and scopes; the old
+/// one keeps working for `overlap_hours` (default 24), then stops.
+#[utoipa::path(post, path = "/apps/{app_id}/keys/{key_id}/rotate", tag = "apps",
+    params(("app_id" = String, Path), ("key_id" = String, Path)), request_body = svc::RotateKey,
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 201, body = CreatedKey), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((app_id, key_id)): Path<(String, String)>,
+    Json(req): Json<svc::RotateKey>,
+) -> Result<Response> {
+    Ok(created(svc::rotate_key(&state, &who, &app_id, &key_id, req).await?))
+}

@@ -187,6 +187,7 @@ pub fn router() -> axum::Router<AppState> {
         .routes(routes!(apps::get, apps::update, apps::delete))
         .routes(routes!(apps::list_keys, apps::create_key))
         .routes(routes!(apps::revoke_key))
+        .routes(routes!(apps::rotate_key))
         .routes(routes!(apps::usage))
         .routes(routes!(oauth::list_clients, oauth::create_client))
         .routes(routes!(oauth::revoke_client))

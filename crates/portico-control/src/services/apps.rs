@@ -43,6 +43,18 @@ pub struct UpdateApp {
 pub struct CreateKey {
     /// A label to tell keys apart, e.g. `production`.
     pub name: Option<String>,
+    /// The key stops working this many days from now (1-3650); none: it does not expire.
+    pub expires_in_days: Option<u32>,
+    /// API slugs the key may call; none: every API the app subscribes to.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// How long the old key keeps working beside the new one, 0-720 hours (default 24).
+    pub overlap_hours: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -168,17 +180,70 @@ pub async fn create_key(state: &AppState, who: &Principal, app: &str, req: Creat
     if name.trim().is_empty() || name.len() > 60 {
         return Err(Error::Invalid("name: a key's name needs 1-60 characters".into()));
     }
+    let expires_at = match req.expires_in_days {
+        None => None,
+        Some(d) if (1..=3650).contains(&d) => Some(portico_store::now_millis() + i64::from(d) * 86_400_000),
+        Some(_) => return Err(Error::Invalid("expires_in_days: 1-3650".into())),
+    };
+    if req.scopes.len() > 100 || req.scopes.iter().any(|s| Slug::parse(s).is_err()) {
+        return Err(Error::Invalid("scopes: a list of API slugs (at most 100)".into()));
+    }
+    issue_key(state, who, &app, name.trim(), expires_at, &req.scopes, "key.create").await
+}
+
+async fn issue_key(
+    state: &AppState,
+    who: &Principal,
+    app: &App,
+    name: &str,
+    expires_at: Option<i64>,
+    scopes: &[String],
+    action: &'static str,
+) -> Result<CreatedKey> {
     let key = ApiKey::generate();
+    let hash = key.hash(&state.pepper);
+    let (prefix, last4) = (key.display_prefix(), key.last4());
     let mut tx = state.store.begin().await?;
-    let rec =
-        apps::insert_key(&mut tx, app.id, name.trim(), &key.display_prefix(), &key.last4(), &key.hash(&state.pepper))
-            .await?;
+    let rec = apps::insert_key(
+        &mut tx,
+        apps::NewKey { app: app.id, name, prefix: &prefix, last4: &last4, hash: &hash, expires_at, scopes },
+    )
+    .await?;
     let info = KeyView::from(&rec);
-    audit::record(&mut tx, who, Change::new("key.create", "key", rec.id, Some(app.org_id)).after(&info)).await?;
+    audit::record(&mut tx, who, Change::new(action, "key", rec.id, Some(app.org_id)).after(&info)).await?;
     portico_store::bump_generation(&mut tx).await?;
     tx.commit().await?;
     publish(state).await;
     Ok(CreatedKey { key: key.expose_secret().to_owned(), info })
+}
+
+/// Rotates a key: a new one with the same name and scopes, and the old one expiring after the
+/// overlap, so clients can switch without a gap.
+pub async fn rotate_key(state: &AppState, who: &Principal, app: &str, key: &str, req: RotateKey) -> Result<CreatedKey> {
+    let app = managed_app(state, who, app).await?;
+    let key_id: KeyId = parse_id(key, "key")?;
+    let overlap = req.overlap_hours.unwrap_or(24);
+    if overlap > 720 {
+        return Err(Error::Invalid("overlap_hours: 0-720".into()));
+    }
+    let mut c = state.store.conn().await?;
+    let old = apps::keys(&mut c, app.id)
+        .await?
+        .into_iter()
+        .find(|k| k.id == key_id && k.revoked_at.is_none())
+        .ok_or_else(|| Error::not_found(format_args!("key `{key_id}`")))?;
+    drop(c);
+    let until = portico_store::now_millis() + i64::from(overlap) * 3_600_000;
+    let created = issue_key(state, who, &app, &old.name, None, &old.scopes, "key.rotate").await?;
+    let mut tx = state.store.begin().await?;
+    apps::expire_key(&mut tx, app.id, key_id, until).await.map_err(|e| match e {
+        portico_store::Error::NotFound => Error::not_found(format_args!("key `{key_id}`")),
+        other => other.into(),
+    })?;
+    portico_store::bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    publish(state).await;
+    Ok(created)
 }
 
 pub async fn revoke_key(state: &AppState, who: &Principal, app: &str, key: &str) -> Result<()> {

@@ -121,6 +121,9 @@ pub async fn start(s: Setup) -> Running {
             app_id: app,
             consumer_org_id: OrgId::new(),
             consumer_slug: Slug::parse(&format!("c{i}")).unwrap(),
+            expires_at_ms: None,
+            scopes: None,
+            last_used: Default::default(),
         };
         let sub = SubscriptionGrant {
             subscription_id: SubscriptionId::new(),
