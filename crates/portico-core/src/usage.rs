@@ -64,6 +64,11 @@ pub trait UsageSink: Send + Sync + 'static {
     /// Once per metered call, when it is done. `token` is what `begin` returned, or 0 for a
     /// call refused before it was forwarded.
     fn end(&self, token: u64, event: UsageEvent);
+    /// Whether the sink can record more calls now. A durable sink whose backlog is full says
+    /// no, and the gateway refuses calls (503) rather than serve them unmetered.
+    fn accepting(&self) -> bool {
+        true
+    }
 }
 
 /// A sink that drops events, for a gateway run without metering.

@@ -373,6 +373,12 @@ impl Gateway {
         };
         let mut meter = Meter::new(inner.sink.clone(), event, started, bytes_in.clone());
 
+        if !inner.sink.accepting() {
+            inner.metrics.upstream_errors.increment(1);
+            return errors::service_unavailable(
+                "usage cannot be recorded right now (the metering backlog is full); retry shortly",
+            );
+        }
         let admitted = match inner.limiter.check(sub, units) {
             Ok(a) => a,
             Err(refusal) => {

@@ -247,3 +247,25 @@ async fn cors_follows_the_version_policy() {
         .unwrap();
     assert_eq!(any.headers()["access-control-allow-origin"], "*");
 }
+
+/// A sink that cannot take more calls (a journal whose backlog is full).
+struct Full;
+impl portico_core::usage::UsageSink for Full {
+    fn begin(&self, _e: &portico_core::usage::UsageEvent) -> u64 {
+        panic!("no call may be forwarded when usage cannot be recorded")
+    }
+    fn end(&self, _t: u64, _e: portico_core::usage::UsageEvent) {}
+    fn accepting(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn calls_are_refused_rather_than_served_unmetered() {
+    let up = echo_upstream().await;
+    let mut s = Setup::new("echo", &up);
+    s.sink = Arc::new(Full);
+    let gw = start(s).await;
+    let resp = client().get(format!("{}/x", gw.base)).header("x-api-key", &gw.key).send().await.unwrap();
+    problem(resp, 503, "metering backlog is full").await;
+}

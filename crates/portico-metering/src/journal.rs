@@ -38,6 +38,12 @@ pub struct Journal {
     state: RwLock<State>,
     max_segment_bytes: u64,
     write_errors: AtomicU64,
+    /// Bytes written and not yet shipped: set by the shipper each round, grown by every write.
+    backlog: AtomicU64,
+    /// Past this backlog the journal refuses new calls (`accepting` is false).
+    max_backlog: AtomicU64,
+    /// Whether the 80% warning has been logged (re-armed below 50%).
+    warned: AtomicBool,
     _lock: File,
 }
 
@@ -92,6 +98,9 @@ impl Journal {
             state: RwLock::new(State { current, open }),
             max_segment_bytes: max_segment_bytes.max(4096),
             write_errors: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
+            max_backlog: AtomicU64::new(u64::MAX),
+            warned: AtomicBool::new(false),
             _lock: lock,
         }))
     }
@@ -103,6 +112,38 @@ impl Journal {
     /// This process's instance id: the prefix of its segment files.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// Bounds the unshipped backlog (e.g. while the database is down): from `bytes` on, the
+    /// gateway refuses calls rather than serve them unmetered.
+    pub fn set_max_backlog(&self, bytes: u64) {
+        self.max_backlog.store(bytes.max(1 << 20), Ordering::Relaxed);
+        metrics::gauge!("portico_journal_backlog_limit_bytes").set(bytes as f64);
+    }
+
+    /// The shipper's count of bytes still to ship.
+    pub fn report_backlog(&self, bytes: u64) {
+        self.backlog.store(bytes, Ordering::Relaxed);
+        metrics::gauge!("portico_journal_backlog_bytes").set(bytes as f64);
+        let max = self.max_backlog.load(Ordering::Relaxed);
+        if max == u64::MAX {
+            return;
+        }
+        if bytes >= max / 10 * 8 {
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    backlog_bytes = bytes,
+                    limit_bytes = max,
+                    "the usage journal is over 80% of its limit: the store is not taking usage; at the limit the gateway refuses calls"
+                );
+            }
+        } else if bytes < max / 2 && self.warned.swap(false, Ordering::Relaxed) {
+            tracing::info!(backlog_bytes = bytes, "the usage journal's backlog is draining");
+        }
+    }
+
+    pub fn backlog(&self) -> u64 {
+        self.backlog.load(Ordering::Relaxed)
     }
 
     /// Writes that failed (disk full, …): each one is an event lost.
@@ -117,6 +158,7 @@ impl Journal {
         match (&seg.file).write_all(&buf) {
             Ok(()) => {
                 seg.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                self.backlog.fetch_add(buf.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
                 metrics::counter!("portico_journal_write_errors_total").increment(1);
@@ -190,6 +232,10 @@ fn rand_u16() -> u16 {
 }
 
 impl UsageSink for Journal {
+    fn accepting(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) < self.max_backlog.load(Ordering::Relaxed)
+    }
+
     fn begin(&self, event: &UsageEvent) -> u64 {
         let Some(seg) = self.enter(None) else { return 0 };
         self.append(&seg, BEGIN, Some(event));

@@ -38,6 +38,8 @@ pub struct Shipper {
     /// Largest read from one segment per round, to bound a transaction.
     max_read: usize,
     request_log: RequestLog,
+    /// The live journal, told the backlog each round (it bounds it).
+    journal: Option<std::sync::Arc<crate::Journal>>,
 }
 
 /// Which calls the request log (`usage_events`) keeps. The rollups, which analytics, quotas
@@ -117,7 +119,14 @@ impl Shipper {
             files: HashMap::new(),
             max_read: 4 << 20,
             request_log: RequestLog::All,
+            journal: None,
         }
+    }
+
+    /// Reports the backlog to the live journal each round.
+    pub fn with_journal(mut self, journal: std::sync::Arc<crate::Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Which calls go to the request log.
@@ -201,6 +210,9 @@ impl Shipper {
             .map(|s| std::fs::metadata(&s.path).map(|m| m.len().saturating_sub(s.progress.read_to)).unwrap_or(0))
             .sum();
         metrics::gauge!("portico_journal_pending_bytes").set(pending as f64);
+        if let Some(j) = &self.journal {
+            j.report_backlog(pending);
+        }
 
         if steps.iter().any(|s| s.moved) {
             let stored = self

@@ -139,3 +139,29 @@ async fn while_the_store_is_down_the_journal_keeps_the_calls() {
     assert_eq!(shipper.ship_once().await.unwrap().calls, 1);
     assert_eq!(totals(&store, sub).await, (1, 0));
 }
+
+#[tokio::test]
+async fn a_full_backlog_stops_new_calls_until_the_shipper_drains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join("journal"), 64 << 20).unwrap();
+    assert!(journal.accepting(), "unbounded by default");
+    journal.set_max_backlog(1 << 20);
+    let sub = SubscriptionId::new();
+    while journal.accepting() {
+        let e = event(sub, 200);
+        let t = journal.begin(&e);
+        journal.end(t, e);
+    }
+    assert!(journal.backlog() >= 1 << 20);
+    // The store is reachable: one shipping round drains it and calls are accepted again.
+    let store = store(dir.path()).await;
+    let mut shipper = Shipper::new(journal.dir(), journal.instance(), store.clone()).with_journal(journal.clone());
+    let shipped = shipper.ship_once().await.unwrap();
+    assert!(shipped.calls > 1000, "{shipped:?}");
+    let mut rounds = 0;
+    while !journal.accepting() && rounds < 100 {
+        shipper.ship_once().await.unwrap();
+        rounds += 1;
+    }
+    assert!(journal.accepting(), "backlog {} after {rounds} rounds", journal.backlog());
+}

@@ -114,6 +114,7 @@ impl App {
         };
         let journal = Journal::open(&settings.data_dir.join("journal"), JOURNAL_SEGMENT_BYTES)
             .with_context(|| format!("opening the usage journal in {}", settings.data_dir.display()))?;
+        journal.set_max_backlog(settings.journal_max_bytes);
         let upstream_roots = match &settings.upstream_ca_file {
             None => Vec::new(),
             Some(path) => read_ca_file(path)?,
@@ -203,6 +204,7 @@ impl App {
         let (ship_stop, ship_stopped) = tokio::sync::oneshot::channel::<()>();
         let shipper = Shipper::new(journal.dir(), journal.instance(), state.store.clone())
             .with_request_log(self_request_log)
+            .with_journal(journal.clone())
             .spawn(USAGE_SHIP_EVERY, async move {
                 let _ = ship_stopped.await;
             });

@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// [default: none — mail is written to <data-dir>/outbox/ as .eml files]
     #[arg(long, env = "PORTICO_SMTP_URL")]
     pub smtp_url: Option<String>,
+    /// The most unshipped usage the journal may hold while the database is unreachable, in
+    /// bytes; then calls answer 503 rather than go unmetered [default: 1 GiB]
+    #[arg(long, env = "PORTICO_JOURNAL_MAX_BYTES")]
+    pub journal_max_bytes: Option<u64>,
     /// The gateway's response cache bound, in bytes, for the whole process [default: 64 MiB]
     #[arg(long, env = "PORTICO_CACHE_MAX_BYTES")]
     pub cache_max_bytes: Option<u64>,

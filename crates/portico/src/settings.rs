@@ -34,6 +34,9 @@ pub struct Settings {
     pub retention: Retention,
     /// What outbound calls (upstreams, health checks) may reach: the `[outbound]` section.
     pub outbound: Outbound,
+    /// The most unshipped usage the local journal may hold (while the database is down); at the
+    /// limit the gateway answers 503 rather than serve calls it cannot meter.
+    pub journal_max_bytes: u64,
     /// E-mail: the `[smtp]` section. Without a URL, mail is written to `<data-dir>/outbox/`.
     pub smtp: Smtp,
     /// The gateway's response cache: the most it holds, in bytes, for the whole process.
@@ -104,6 +107,7 @@ impl Default for Settings {
             retention: Retention::default(),
             outbound: Outbound::default(),
             smtp: Smtp::default(),
+            journal_max_bytes: 1 << 30,
             cache_max_bytes: 64 * 1024 * 1024,
             tls: crate::tls::TlsSettings::default(),
             demo: false,
@@ -138,6 +142,8 @@ struct Overrides {
     outbound: Option<Outbound>,
     #[serde(skip_serializing_if = "Option::is_none")]
     smtp: Option<SmtpOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    journal_max_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_max_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,6 +182,7 @@ impl Settings {
             request_log,
             outbound_allow_cidrs,
             smtp_url,
+            journal_max_bytes,
             cache_max_bytes,
             tls_gateway_addr,
             tls_api_addr,
@@ -199,6 +206,7 @@ impl Settings {
             request_log,
             outbound: outbound_allow_cidrs.map(|allow_cidrs| Outbound { allow_cidrs }),
             smtp: smtp_url.map(|url| SmtpOverride { url }),
+            journal_max_bytes,
             cache_max_bytes,
             tls: (tls_gateway_addr.is_some() || tls_api_addr.is_some())
                 .then_some(TlsOverrides { gateway_addr: tls_gateway_addr, api_addr: tls_api_addr }),
