@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod routes;
 pub mod services;
 pub mod snapshot;
 pub mod state;
@@ -15,11 +16,12 @@ pub mod views;
 pub use error::{Error, Result};
 pub use state::{AppState, ControlConfig};
 
-use axum::routing::get;
+use axum::routing::on;
 use serde_json::json;
 
 /// The control plane's HTTP surface: `/api/v1/*`, the API reference at `/api/v1/docs`,
-/// `/healthz` and `/readyz`. The portal merges its pages beside it.
+/// `/healthz`, `/readyz`, `/oauth/token` and `/.well-known/*` (mounted from the route table,
+/// [`routes::ROUTES`]). The portal merges its pages beside it.
 pub fn router(state: AppState) -> axum::Router {
     let swagger = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
         uri_prefix: "/api/v1/docs",
@@ -27,13 +29,18 @@ pub fn router(state: AppState) -> axum::Router {
         title: Some("Portico API reference"),
     });
     let limit = state.config.max_body_bytes;
-    axum::Router::new()
-        .nest("/api/v1", api::router())
-        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/oauth/token", axum::routing::post(api::oauth::token))
-        .route("/.well-known/jwks.json", get(api::oauth::jwks))
-        .route("/.well-known/oauth-authorization-server", get(api::oauth::metadata))
+    let root = routes::mount(axum::Router::new(), routes::Surface::Control, |row| {
+        let m = row.method.filter();
+        Some(match row.path {
+            "/healthz" => on(m, || async { axum::Json(json!({"status": "ok"})) }),
+            "/readyz" => on(m, readyz),
+            "/oauth/token" => on(m, api::oauth::token),
+            "/.well-known/jwks.json" => on(m, api::oauth::jwks),
+            "/.well-known/oauth-authorization-server" => on(m, api::oauth::metadata),
+            _ => return None,
+        })
+    });
+    root.nest("/api/v1", api::router())
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
         .merge(swagger)

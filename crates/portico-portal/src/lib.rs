@@ -6,7 +6,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::on;
 use minijinja::{Environment, context};
 use portico_control::auth::MaybeAuth;
 use portico_control::services::catalog;
@@ -39,16 +39,24 @@ impl axum::extract::FromRef<Portal> for AppState {
     }
 }
 
-/// The portal's pages: `/`, `/apis/{slug}`, `/apis/{slug}/reference/{version}`.
+/// The portal's pages: `/`, `/apis/{slug}`, `/apis/{slug}/reference/{version}`, `/verify-email`
+/// and `/reset-password`, mounted from the route table's portal rows
+/// ([`portico_control::routes::ROUTES`]).
 pub fn router(state: AppState) -> axum::Router {
+    use portico_control::routes::{self, Surface};
     let portal = Portal { state, env: Arc::new(templates()) };
-    axum::Router::new()
-        .route("/", get(home))
-        .route("/apis/{slug}", get(api_page))
-        .route("/apis/{slug}/reference/{version}", get(reference))
-        .route("/verify-email", get(verify_email_page))
-        .route("/reset-password", get(reset_password_page))
-        .with_state(portal)
+    routes::mount(axum::Router::new(), Surface::Portal, |row| {
+        let m = row.method.filter();
+        Some(match row.path {
+            "/" => on(m, home),
+            "/apis/{slug}" => on(m, api_page),
+            "/apis/{slug}/reference/{version}" => on(m, reference),
+            "/verify-email" => on(m, verify_email_page),
+            "/reset-password" => on(m, reset_password_page),
+            _ => return None,
+        })
+    })
+    .with_state(portal)
 }
 
 fn render(p: &Portal, name: &str, ctx: minijinja::Value) -> Response {

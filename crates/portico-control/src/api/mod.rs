@@ -18,7 +18,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::on;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use utoipa::openapi::security::{ApiKey as ApiKeyScheme, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -152,9 +152,42 @@ impl Modify for Security {
 )]
 struct ApiDoc;
 
-/// The routes under `/api/v1`, with the OpenAPI document at `/openapi.json`.
+/// The routes under `/api/v1`, with the OpenAPI document at `/openapi.json`. The documented
+/// routes must be exactly the route table's [`Surface::Api`](crate::routes::Surface::Api) rows
+/// (checked here in debug builds, and by `routes`' tests); the others are mounted from the table.
 pub fn router() -> axum::Router<AppState> {
-    let (router, doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+    let (router, doc) = documented();
+    let doc_json = std::sync::Arc::new(serde_json::to_value(&doc).unwrap_or_default());
+    let mismatches = crate::routes::api_mismatches(&doc_json);
+    debug_assert!(mismatches.is_empty(), "the API and the route table differ:\n{}", mismatches.join("\n"));
+    for m in &mismatches {
+        tracing::error!(mismatch = %m, "the API and the route table differ");
+    }
+    let router = crate::routes::mount(router, crate::routes::Surface::ApiPlain, |row| match row.mount_path() {
+        "/openapi.json" => {
+            let d = doc_json.clone();
+            Some(on(row.method.filter(), move || {
+                let d = d.clone();
+                async move { axum::Json((*d).clone()) }
+            }))
+        }
+        _ => None,
+    });
+    router
+        .fallback(|| async { Error::NotFound("no such endpoint; the API reference is at /api/v1/docs".into()) })
+        .method_not_allowed_fallback(|| async {
+            Error::MethodNotAllowed("this endpoint does not accept that method; see /api/v1/docs".into())
+        })
+}
+
+/// The API's OpenAPI 3.1 document (what `/api/v1/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().1
+}
+
+/// The documented routes and their document.
+fn documented() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::signup))
         .routes(routes!(auth::login))
         .routes(routes!(auth::logout))
@@ -202,21 +235,8 @@ pub fn router() -> axum::Router<AppState> {
         .routes(routes!(admin::apply))
         .routes(routes!(admin::export))
         .split_for_parts();
-    let mut doc = doc;
     doc.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
-    let doc_json = std::sync::Arc::new(serde_json::to_value(&doc).unwrap_or_default());
-    router
-        .route(
-            "/openapi.json",
-            get(move || {
-                let d = doc_json.clone();
-                async move { axum::Json((*d).clone()) }
-            }),
-        )
-        .fallback(|| async { Error::NotFound("no such endpoint; the API reference is at /api/v1/docs".into()) })
-        .method_not_allowed_fallback(|| async {
-            Error::MethodNotAllowed("this endpoint does not accept that method; see /api/v1/docs".into())
-        })
+    (router, doc)
 }
 
 /// A `201 Created` JSON answer.
