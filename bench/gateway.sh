@@ -56,7 +56,11 @@ http {
 CONF
 "$NGINX" -p "$WORK/nginx" -c nginx.conf
 
-"$PORTICO" serve --data-dir "$WORK/portico" --gateway-addr "127.0.0.1:$GW" --api-addr "127.0.0.1:$API" --metrics-addr off >"$WORK/portico.log" 2>&1 &
+# The upstream runs on loopback, which the outbound (SSRF) policy refuses unless allowed.
+# BENCH_PORTICO_ARGS adds flags, e.g. "--request-log errors".
+# shellcheck disable=SC2086
+"$PORTICO" serve --data-dir "$WORK/portico" --gateway-addr "127.0.0.1:$GW" --api-addr "127.0.0.1:$API" --metrics-addr off \
+  --outbound-allow-cidrs 127.0.0.0/8 ${BENCH_PORTICO_ARGS:-} >"$WORK/portico.log" 2>&1 &
 PORTICO_PID=$!
 PIDS+=("$PORTICO_PID")
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$API/readyz" >/dev/null && break; sleep 0.1; done

@@ -208,6 +208,7 @@ pub static ROUTES: &[RouteSpec] = &[
     api(Get, "/api/v1/apps/{app_id}/keys", OrgMember, OwnerOf::App),
     api(Post, "/api/v1/apps/{app_id}/keys", OrgManager, OwnerOf::App),
     api(Delete, "/api/v1/apps/{app_id}/keys/{key_id}", OrgManager, OwnerOf::Key),
+    api(Post, "/api/v1/apps/{app_id}/keys/{key_id}/rotate", OrgManager, OwnerOf::Key),
     api(Get, "/api/v1/apps/{app_id}/usage", OrgMember, OwnerOf::App),
     api(Get, "/api/v1/apps/{app_id}/clients", OrgMember, OwnerOf::App),
     api(Post, "/api/v1/apps/{app_id}/clients", OrgManager, OwnerOf::App),

@@ -85,6 +85,8 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// CA certificates trusted for HTTPS upstreams besides the webpki roots.
     pub upstream_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// One log line per call (target `portico::access`; JSON with `--log-format json`).
+    pub access_log: bool,
     /// Where Portico's access tokens come from and who they are for (`iss`, `aud`); `None`:
     /// tokens are refused.
     pub token_trust: Option<token::TokenTrust>,
@@ -111,6 +113,7 @@ impl Default for GatewayConfig {
             outbound: portico_core::outbound::OutboundPolicy::default(),
             token_trust: None,
             cache_max_bytes: 64 * 1024 * 1024,
+            access_log: false,
         }
     }
 }
@@ -193,11 +196,29 @@ impl Gateway {
             .for_api(slug, |s| Slug::parse(s).is_ok_and(|s| self.inner.snapshot.load().apis.contains_key(&s)));
         let origin = req.headers().get(http::header::ORIGIN).cloned();
         let cors = origin.as_ref().map(|_| self.policies_of(req.uri().path()));
+        // The access log: method and path only (never the query, a header or a body).
+        let access = self.inner.config.access_log.then(|| (req.method().clone(), req.uri().path().to_owned()));
         let mut resp = self.handle(client, req, remote, https).await;
         if let (Some(origin), Some(policies)) = (origin, cors) {
             cors::allow(resp.headers_mut(), &origin, policies.as_deref().and_then(|p| p.cors.as_ref()));
         }
-        m.record(resp.status().as_u16(), started.elapsed());
+        let elapsed = started.elapsed();
+        m.record(resp.status().as_u16(), elapsed);
+        if let Some((method, path)) = access {
+            let h = resp.headers();
+            tracing::info!(
+                target: "portico::access",
+                method = %method,
+                path = %path,
+                status = resp.status().as_u16(),
+                latency_us = elapsed.as_micros() as u64,
+                client = %remote.ip(),
+                request_id = h.get(&proxy::X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                call_id = h.get(&proxy::X_PORTICO_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                cache = h.get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                "call"
+            );
+        }
         resp
     }
 

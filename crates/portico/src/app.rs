@@ -123,6 +123,7 @@ impl App {
             upstream_roots,
             trusted_proxies: settings.trusted_networks()?,
             outbound,
+            access_log: settings.access_log,
             token_trust: Some(portico_gateway::token::TokenTrust {
                 issuer: config.token_issuer.trim_end_matches('/').to_owned(),
                 audience: config.gateway_url.trim_end_matches('/').to_owned(),

@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// bytes; then calls answer 503 rather than go unmetered [default: 1 GiB]
     #[arg(long, env = "PORTICO_JOURNAL_MAX_BYTES")]
     pub journal_max_bytes: Option<u64>,
+    /// Log one line per gateway call (target `portico::access`; JSON with --log-format json)
+    #[arg(long, env = "PORTICO_ACCESS_LOG")]
+    pub access_log: bool,
     /// The gateway's response cache bound, in bytes, for the whole process [default: 64 MiB]
     #[arg(long, env = "PORTICO_CACHE_MAX_BYTES")]
     pub cache_max_bytes: Option<u64>,

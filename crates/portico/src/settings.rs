@@ -37,6 +37,9 @@ pub struct Settings {
     /// The most unshipped usage the local journal may hold (while the database is down); at the
     /// limit the gateway answers 503 rather than serve calls it cannot meter.
     pub journal_max_bytes: u64,
+    /// One log line per gateway call (method, path, status, latency, ids; never a query, a
+    /// header or a body).
+    pub access_log: bool,
     /// E-mail: the `[smtp]` section. Without a URL, mail is written to `<data-dir>/outbox/`.
     pub smtp: Smtp,
     /// The gateway's response cache: the most it holds, in bytes, for the whole process.
@@ -108,6 +111,7 @@ impl Default for Settings {
             outbound: Outbound::default(),
             smtp: Smtp::default(),
             journal_max_bytes: 1 << 30,
+            access_log: false,
             cache_max_bytes: 64 * 1024 * 1024,
             tls: crate::tls::TlsSettings::default(),
             demo: false,
@@ -144,6 +148,8 @@ struct Overrides {
     smtp: Option<SmtpOverride>,
     #[serde(skip_serializing_if = "Option::is_none")]
     journal_max_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    access_log: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_max_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,6 +189,7 @@ impl Settings {
             outbound_allow_cidrs,
             smtp_url,
             journal_max_bytes,
+            access_log,
             cache_max_bytes,
             tls_gateway_addr,
             tls_api_addr,
@@ -207,6 +214,7 @@ impl Settings {
             outbound: outbound_allow_cidrs.map(|allow_cidrs| Outbound { allow_cidrs }),
             smtp: smtp_url.map(|url| SmtpOverride { url }),
             journal_max_bytes,
+            access_log,
             cache_max_bytes,
             tls: (tls_gateway_addr.is_some() || tls_api_addr.is_some())
                 .then_some(TlsOverrides { gateway_addr: tls_gateway_addr, api_addr: tls_api_addr }),

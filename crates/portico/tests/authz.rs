@@ -228,6 +228,7 @@ const PROBES: &[Probe] = &[
     p(G, "/api/v1/apps/{app_id}/keys", None, F::No),
     p(PO, "/api/v1/apps/{app_id}/keys", Some(r#"{"name":"k{n}"}"#), F::No),
     p(D, "/api/v1/apps/{app_id}/keys/{key_id}", None, F::Key),
+    p(PO, "/api/v1/apps/{app_id}/keys/{key_id}/rotate", Some(r#"{"overlap_hours":1}"#), F::Key),
     p(G, "/api/v1/apps/{app_id}/usage", None, F::No),
     p(G, "/api/v1/apps/{app_id}/clients", None, F::No),
     p(PO, "/api/v1/apps/{app_id}/clients", Some(r#"{"name":"c{n}"}"#), F::No),

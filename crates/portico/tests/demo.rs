@@ -18,11 +18,14 @@ async fn serve_demo_answers_the_printed_call() {
             "127.0.0.1:0",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--access-log",
+            "--log-format",
+            "json",
             "--data-dir",
         ])
         .arg(dir.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
     let info_path = dir.path().join("demo.json");
@@ -76,4 +79,21 @@ async fn serve_demo_answers_the_printed_call() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "{status}");
+
+    // The JSON access log has the call; no log line holds the key or the admin's password.
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "portico::access")
+        .collect();
+    assert!(
+        access
+            .iter()
+            .any(|v| v["fields"]["status"] == 200
+                && v["fields"]["path"].as_str().is_some_and(|p| p.contains("/current"))),
+        "{log}"
+    );
+    assert!(!log.contains(key), "the API key is not in the logs");
+    assert!(!log.contains(info["admin_password"].as_str().unwrap()), "the admin's password is not in the logs");
 }
