@@ -156,7 +156,7 @@ impl Principal {
 
 /// The bearer token or session cookie of a request, if any.
 pub fn credential(headers: &HeaderMap) -> Option<String> {
-    bearer(headers).or_else(|| session_cookie(headers))
+    bearer(headers).or_else(|| session_cookie(headers, true))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -164,15 +164,21 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(|t| t.trim().to_owned())
 }
 
-/// The session cookie's value (either name), if the request has one.
-pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE || *k == PLAIN_SESSION_COOKIE)
+/// The session cookie's value, if the request has one: the `__Host-` cookie, or, only where
+/// Portico sets the plain one (not a secure context), `portico_session`. A plain cookie in a
+/// secure context is ignored: `__Host-` exists so that a sibling subdomain cannot plant one.
+pub fn session_cookie(headers: &HeaderMap, accept_plain: bool) -> Option<String> {
+    let cookies = || {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+    };
+    cookies()
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .or_else(|| cookies().find(|(k, _)| accept_plain && *k == PLAIN_SESSION_COOKIE))
         .map(|(_, v)| v.to_owned())
 }
 
@@ -243,7 +249,8 @@ where
             };
         }
         // A stale session cookie is just a signed-out browser.
-        let Some(t) = session_cookie(&parts.headers) else { return Ok(MaybeAuth(None)) };
+        let plain_ok = !secure_context(&state, &parts.headers);
+        let Some(t) = session_cookie(&parts.headers, plain_ok) else { return Ok(MaybeAuth(None)) };
         let Some(p) = resolve(&state, &t, client).await? else { return Ok(MaybeAuth(None)) };
         // A browser sends the cookie with any request to this site, including ones a hostile
         // page makes it send: changes need the CSRF token too, which only our pages know.

@@ -217,6 +217,7 @@ pub async fn compile(
                     rate_limit: plan.fields.rate_limit,
                     monthly_quota: plan.fields.monthly_quota,
                     quota_used: used.get(&s.id).copied().unwrap_or(0),
+                    quota_month: today.year() * 12 + i32::from(u8::from(today.month())) - 1,
                 },
             ))
         })

@@ -12,6 +12,9 @@ pub struct ControlConfig {
     /// The gateway's public base URL, shown in the portal and in code samples; the `aud` of
     /// access tokens.
     pub gateway_url: String,
+    /// Days of per-minute rollups kept (`retention.minute_days`): minute and hour analytics
+    /// reach back this far.
+    pub minute_retention_days: u32,
     /// The API's public base URL: the `iss` of access tokens.
     pub token_issuer: String,
     /// Largest accepted request body (OpenAPI documents included).
@@ -30,6 +33,7 @@ impl Default for ControlConfig {
             secure_cookies: false,
             gateway_url: "http://127.0.0.1:8080".into(),
             token_issuer: "http://127.0.0.1:8081".into(),
+            minute_retention_days: 14,
             max_body_bytes: 5 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             outbound: portico_core::outbound::OutboundPolicy::default(),

@@ -19,33 +19,57 @@ pub struct LoginThrottle {
     counts: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
+/// At most this many counters are kept; past it, expired ones go, then (under a flood) all.
+const MAX_ENTRIES: usize = 100_000;
+
+/// The account key: a digest of the trimmed, lower-cased address, so spelling variants share
+/// one budget and a huge input costs a fixed 32 bytes.
+fn account_key(account: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let norm = account.trim().to_lowercase();
+    format!("a:{}", hex::encode(&Sha256::digest(norm.as_bytes())[..16]))
+}
+
+/// The address key: IPv4 as is, IPv6 by its /64 (one host usually owns a whole /64).
+fn address_key(ip: IpAddr) -> String {
+    match portico_core::policy::canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("i:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        v4 => format!("i:{v4}"),
+    }
+}
+
 fn keys(account: &str, ip: Option<IpAddr>) -> [(Option<String>, u32); 2] {
-    [(Some(format!("a:{}", account.to_ascii_lowercase())), PER_ACCOUNT), (ip.map(|ip| format!("i:{ip}")), PER_ADDRESS)]
+    [(Some(account_key(account)), PER_ACCOUNT), (ip.map(address_key), PER_ADDRESS)]
 }
 
 impl LoginThrottle {
-    /// `Err(seconds to wait)` when the account or the address has failed too often.
-    pub fn check(&self, account: &str, ip: Option<IpAddr>) -> Result<(), u64> {
+    /// Counts an attempt for the account and the address, up front (so that parallel guesses
+    /// cannot all slip past a check made before the slow password hash), or `Err(seconds to
+    /// wait)` when either has used its budget. A success gives the attempt back
+    /// ([`LoginThrottle::succeeded`]).
+    pub fn attempt(&self, account: &str, ip: Option<IpAddr>) -> Result<(), u64> {
         let now = Instant::now();
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, limit) in keys(account, ip) {
-            if let Some((start, n)) = key.and_then(|k| counts.get(&k).copied())
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let ks = keys(account, ip);
+        for (key, limit) in &ks {
+            if let Some((start, n)) = key.as_ref().and_then(|k| counts.get(k).copied())
                 && now.duration_since(start) < WINDOW
-                && n >= limit
+                && n >= *limit
             {
                 return Err((WINDOW - now.duration_since(start)).as_secs().max(1));
             }
         }
-        Ok(())
-    }
-
-    pub fn failed(&self, account: &str, ip: Option<IpAddr>) {
-        let now = Instant::now();
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if counts.len() > 100_000 {
+        if counts.len() >= MAX_ENTRIES {
             counts.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+            if counts.len() >= MAX_ENTRIES {
+                tracing::warn!("sign-in throttle table full: starting afresh");
+                counts.clear();
+            }
         }
-        for (key, _) in keys(account, ip) {
+        for (key, _) in ks {
             if let Some(k) = key {
                 let e = counts.entry(k).or_insert((now, 0));
                 if now.duration_since(e.0) >= WINDOW {
@@ -54,11 +78,18 @@ impl LoginThrottle {
                 e.1 += 1;
             }
         }
+        Ok(())
     }
 
-    pub fn succeeded(&self, account: &str) {
-        let key = format!("a:{}", account.to_ascii_lowercase());
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    /// The attempt was right: the account's count is cleared, the address's attempt given back.
+    pub fn succeeded(&self, account: &str, ip: Option<IpAddr>) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.remove(&account_key(account));
+        if let Some(k) = ip.map(address_key)
+            && let Some(e) = counts.get_mut(&k)
+        {
+            e.1 = e.1.saturating_sub(1);
+        }
     }
 }
 
@@ -71,14 +102,13 @@ mod tests {
         let t = LoginThrottle::default();
         let ip: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
         for _ in 0..PER_ACCOUNT {
-            assert!(t.check("Ada@x.example", ip).is_ok());
-            t.failed("ada@x.example", ip);
+            assert!(t.attempt("Ada@x.example", ip).is_ok());
         }
-        let wait = t.check("ADA@x.example", None).unwrap_err();
-        assert!(wait > 800 && wait <= 900, "{wait}");
-        assert!(t.check("bob@x.example", ip).is_ok(), "another account from the same address");
-        t.succeeded("ada@x.example");
-        assert!(t.check("ada@x.example", ip).is_ok());
+        let wait = t.attempt(" ADA@x.example\t", None).unwrap_err();
+        assert!(wait > 800 && wait <= 900, "{wait}: spelling variants share the budget");
+        assert!(t.attempt("bob@x.example", ip).is_ok(), "another account from the same address");
+        t.succeeded("ada@x.example", ip);
+        assert!(t.attempt("ada@x.example", ip).is_ok());
     }
 
     #[test]
@@ -86,9 +116,16 @@ mod tests {
         let t = LoginThrottle::default();
         let ip: Option<IpAddr> = Some("192.0.2.9".parse().unwrap());
         for i in 0..PER_ADDRESS {
-            t.failed(&format!("user{i}@x.example"), ip);
+            assert!(t.attempt(&format!("user{i}@x.example"), ip).is_ok());
         }
-        assert!(t.check("someone-new@x.example", ip).is_err());
-        assert!(t.check("someone-new@x.example", Some("192.0.2.10".parse().unwrap())).is_ok());
+        assert!(t.attempt("someone-new@x.example", ip).is_err());
+        assert!(t.attempt("someone-new@x.example", Some("192.0.2.10".parse().unwrap())).is_ok());
+        // One IPv6 /64 is one address.
+        let t = LoginThrottle::default();
+        for i in 0..PER_ADDRESS {
+            let ip: IpAddr = format!("2001:db8::{:x}", i + 1).parse().unwrap();
+            assert!(t.attempt(&format!("v6-{i}@x.example"), Some(ip)).is_ok());
+        }
+        assert!(t.attempt("v6-new@x.example", Some("2001:db8::ffff".parse().unwrap())).is_err());
     }
 }

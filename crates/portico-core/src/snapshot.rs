@@ -79,6 +79,9 @@ pub struct SubscriptionGrant {
     /// Quota units the store had counted for this subscription in the current period when the
     /// snapshot was compiled: where a gateway that restarts starts counting from.
     pub quota_used: u64,
+    /// The month `quota_used` was counted in (`year * 12 + month - 1`, UTC): a counter seeded in
+    /// another month starts at zero.
+    pub quota_month: i32,
 }
 
 impl ApiRoute {

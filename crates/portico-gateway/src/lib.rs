@@ -392,14 +392,15 @@ impl Gateway {
             bytes_out: 0,
             units,
         };
-        let mut meter = Meter::new(inner.sink.clone(), event, started, bytes_in.clone());
-
+        // A call that cannot be metered is not served (and, never begun, is not metered either).
         if !inner.sink.accepting() {
             inner.metrics.upstream_errors.increment(1);
             return errors::service_unavailable(
                 "usage cannot be recorded right now (the metering backlog is full); retry shortly",
             );
         }
+        let mut meter = Meter::new(inner.sink.clone(), event, started, bytes_in.clone());
+
         let admitted = match inner.limiter.check(sub, units) {
             Ok(a) => a,
             Err(refusal) => {
@@ -616,7 +617,7 @@ impl Gateway {
             }
             Err(forward::Failure::Refused) => {
                 inner.metrics.upstream_errors.increment(1);
-                meter.respond(502);
+                meter.refuse(502);
                 let mut r = errors::bad_gateway(&format!(
                     "the upstream address of API `{api_slug}` is not allowed by this gateway's outbound policy"
                 ));

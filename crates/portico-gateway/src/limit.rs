@@ -89,12 +89,16 @@ impl Limiter {
         let mut admitted = Admitted::default();
         // The quota is looked at first so that a call refused by it does not spend rate budget.
         let (month, until_next) = month_now();
+        // The store's count seeds a counter this process has not seen, for the month it was taken in.
+        let seed = if grant.quota_month == month { grant.quota_used } else { 0 };
         if let Some(quota) = grant.monthly_quota {
             let q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((m, used)) = q.get(&grant.subscription_id)
-                && *m == month
-                && used + u64::from(units.get()) > quota
-            {
+            let used = match q.get(&grant.subscription_id) {
+                Some((m, used)) if *m == month => *used,
+                Some(_) => 0,
+                None => seed,
+            };
+            if used + u64::from(units.get()) > quota {
                 return Err(Refusal::QuotaExhausted { retry_after: Duration::from_secs(until_next), quota });
             }
         }
@@ -121,7 +125,7 @@ impl Limiter {
         if let Some(quota) = grant.monthly_quota {
             let mut q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
             // A subscription first seen by this process starts from what the store had counted.
-            let entry = q.entry(grant.subscription_id).or_insert((month, grant.quota_used));
+            let entry = q.entry(grant.subscription_id).or_insert((month, seed));
             if entry.0 != month {
                 *entry = (month, 0);
             }
@@ -155,6 +159,7 @@ mod tests {
             rate_limit: rate,
             monthly_quota: quota,
             quota_used: 0,
+            quota_month: month_now().0,
         }
     }
 
@@ -189,6 +194,24 @@ mod tests {
         assert_eq!(l.check(&g, 2).unwrap().quota.unwrap().1, 2);
         assert!(matches!(l.check(&g, 3), Err(Refusal::QuotaExhausted { .. })));
         assert!(matches!(l.check(&grant(g.rate_limit, None), 11), Err(Refusal::RateLimited { .. })), "above the burst");
+    }
+
+    #[test]
+    fn last_months_count_does_not_seed_this_month() {
+        let l = Limiter::new();
+        let mut g = grant(Some(RateLimit::new(10, Period::Minute).unwrap()), Some(10));
+        g.quota_used = 10;
+        g.quota_month -= 1;
+        assert_eq!(l.check(&g, 1).unwrap().quota.unwrap().1, 9, "a new month starts at zero");
+        let mut full = grant(Some(RateLimit::new(3, Period::Minute).unwrap()), Some(10));
+        full.quota_used = 10;
+        assert!(matches!(l.check(&full, 1), Err(Refusal::QuotaExhausted { .. })));
+        assert_eq!(l.check(&grant(full.rate_limit, None), 3).unwrap().rate.unwrap().1, 0);
+        full.rate_limit = None;
+        assert!(
+            matches!(l.check(&full, 1), Err(Refusal::QuotaExhausted { .. })),
+            "refused before spending rate budget"
+        );
     }
 
     #[test]

@@ -78,6 +78,7 @@ async fn fixture(upstream: &str) -> Fixture {
         rate_limit: Some(RateLimit::new(4, Period::Minute).unwrap()),
         monthly_quota: None,
         quota_used: 0,
+        quota_month: 0,
     };
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
         generation: 7,

@@ -254,7 +254,9 @@ impl portico_core::usage::UsageSink for Full {
     fn begin(&self, _e: &portico_core::usage::UsageEvent) -> u64 {
         panic!("no call may be forwarded when usage cannot be recorded")
     }
-    fn end(&self, _t: u64, _e: portico_core::usage::UsageEvent) {}
+    fn end(&self, _t: u64, e: portico_core::usage::UsageEvent) {
+        panic!("a call refused because usage cannot be recorded is not metered either (got {e:?})")
+    }
     fn accepting(&self) -> bool {
         false
     }

@@ -107,7 +107,10 @@ impl App {
         let config = ControlConfig {
             gateway_url: settings.public_gateway_url.clone().unwrap_or_else(|| url_of(gateway_addr)),
             token_issuer: settings.public_api_url.clone().unwrap_or_else(|| url_of(api_addr)),
-            secure_cookies: settings.public_api_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+            minute_retention_days: settings.retention.minute_days,
+            // Served over TLS (or behind an https URL): cookies are `Secure`, everywhere.
+            secure_cookies: settings.public_api_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+                || settings.tls.api_addr.is_some(),
             trusted_proxies: settings.trusted_networks()?,
             outbound: outbound.clone(),
             ..ControlConfig::default()

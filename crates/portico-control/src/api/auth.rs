@@ -45,7 +45,7 @@ pub async fn login(
     headers: HeaderMap,
     Json(req): Json<LoginRequest>,
 ) -> Result<Response> {
-    let old = auth::session_cookie(&headers);
+    let old = auth::session_cookie(&headers, !auth::secure_context(&state, &headers));
     let s = accounts::login(&state, req, &client, old.as_deref()).await?;
     let token = s.token.clone();
     Ok(with_cookie(axum::Json(s).into_response(), &state, &headers, &token, SESSION_TTL_SECS))

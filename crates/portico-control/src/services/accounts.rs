@@ -122,7 +122,7 @@ pub async fn login(
     replaces: Option<&str>,
 ) -> Result<SessionView> {
     let wrong = || Error::Unauthenticated("wrong e-mail or password".into());
-    if let Err(wait) = state.throttle.check(&req.email, client.ip) {
+    if let Err(wait) = state.throttle.attempt(&req.email, client.ip) {
         return Err(Error::TooManyRequests(
             format!(
                 "too many failed sign-ins for this account or from your address; try again in {} minutes",
@@ -146,7 +146,6 @@ pub async fn login(
     let user = match user {
         Some(u) if ok => u,
         other => {
-            state.throttle.failed(&req.email, client.ip);
             let actor: String = req.email.chars().take(200).collect();
             let ch = Change { action: "session.login_failed", object_type: "user", ..Default::default() };
             let ch = match &other {
@@ -157,7 +156,7 @@ pub async fn login(
             return Err(wrong());
         }
     };
-    state.throttle.succeeded(&req.email);
+    state.throttle.succeeded(&req.email, client.ip);
     if let Some(old) = replaces
         && let Some(s) = users::session_by_hash(&mut c, &auth::token_hash(old), i64::MAX / 4).await?
     {
@@ -449,15 +448,14 @@ pub struct ResetRequest {
 /// Starts a password reset. The answer is the same whether or not the account exists (so it
 /// tells nobody which addresses have accounts); the link goes to the address only.
 pub async fn request_reset(state: &AppState, req: ResetRequest, client: &ClientInfo) -> Result<()> {
-    if let Err(wait) = state.throttle.check(&format!("reset:{}", req.email), client.ip) {
+    let Ok(email) = Email::parse(&req.email) else { return Ok(()) };
+    // Every request counts, so one mailbox cannot be flooded with reset mails.
+    if let Err(wait) = state.throttle.attempt(&format!("reset:{}", email.as_str()), client.ip) {
         return Err(Error::TooManyRequests(
             format!("too many reset requests; try again in {} minutes", wait.div_ceil(60)),
             wait,
         ));
     }
-    // Counted like a failure, so one address cannot be flooded with reset mails.
-    state.throttle.failed(&format!("reset:{}", req.email), None);
-    let Ok(email) = Email::parse(&req.email) else { return Ok(()) };
     let mut tx = state.store.begin().await?;
     let Some(user) = users::by_email(&mut tx, &email).await? else { return Ok(()) };
     portico_store::notify::void_email_tokens(&mut tx, user.id, PASSWORD_RESET).await?;

@@ -93,16 +93,17 @@ pub async fn delete_rule(state: &AppState, who: &Principal, slug: &str, id: &str
     Ok(())
 }
 
-/// Webhook + e-mail to the organization's owners.
+/// Webhook + e-mail to the organization's owners: the webhook is queued in `tx` (which also
+/// marked the alert fired), the e-mails go after the commit.
 async fn notify_org(
     state: &AppState,
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
     org: OrgId,
     event: &str,
     subject: &str,
     text: &str,
     data: serde_json::Value,
 ) -> Result<()> {
-    let mut tx = state.store.begin().await?;
     webhooks::emit(&mut tx, org, event, data).await?;
     let owners = orgs::member_emails(&mut tx, org, MemberRole::Owner).await?;
     tx.commit().await?;
@@ -134,13 +135,13 @@ pub async fn evaluate(state: &AppState) -> Result<usize> {
             if units * 100 < quota * pct {
                 continue;
             }
-            let mut c = state.store.conn().await?;
-            if !notify::fire_once(&mut c, &format!("quota:{}:{month}:{pct}", s.id)).await? {
+            // Marked fired and queued in one transaction: either both happen or neither.
+            let mut tx = state.store.begin().await?;
+            if !notify::fire_once(&mut tx, &format!("quota:{}:{month}:{pct}", s.id)).await? {
                 continue;
             }
-            let Some(app) = apps::app_by_id(&mut c, s.app_id).await? else { continue };
-            let api = catalog::api_by_id(&mut c, s.api_id).await?.map(|a| a.slug.to_string()).unwrap_or_default();
-            drop(c);
+            let Some(app) = apps::app_by_id(&mut tx, s.app_id).await? else { continue };
+            let api = catalog::api_by_id(&mut tx, s.api_id).await?.map(|a| a.slug.to_string()).unwrap_or_default();
             let data = serde_json::json!({
                 "subscription_id": s.id.to_string(), "app_id": app.id.to_string(), "api": api, "plan": plan.slug.as_str(),
                 "month": month, "threshold_percent": pct, "used": units, "quota": quota,
@@ -157,6 +158,7 @@ pub async fn evaluate(state: &AppState) -> Result<usize> {
             );
             notify_org(
                 state,
+                tx,
                 app.org_id,
                 "quota.threshold_reached",
                 &format!("{pct}% of your {api} quota used"),
@@ -201,12 +203,11 @@ pub async fn evaluate(state: &AppState) -> Result<usize> {
         if !breached {
             continue;
         }
-        let mut c = state.store.conn().await?;
-        if !notify::fire_once(&mut c, &format!("rule:{}:{}", r.id, now_ms / window_ms)).await? {
+        let mut tx = state.store.begin().await?;
+        if !notify::fire_once(&mut tx, &format!("rule:{}:{}", r.id, now_ms / window_ms)).await? {
             continue;
         }
-        let Some(api) = catalog::api_by_id(&mut c, r.api_id).await? else { continue };
-        drop(c);
+        let Some(api) = catalog::api_by_id(&mut tx, r.api_id).await? else { continue };
         let unit = if r.kind == "error_rate" { "%" } else { " ms" };
         let data = serde_json::json!({
             "rule_id": r.id.to_string(), "api": api.slug.as_str(), "kind": r.kind, "threshold": r.threshold,
@@ -216,8 +217,16 @@ pub async fn evaluate(state: &AppState) -> Result<usize> {
             "API `{}`: {} was {:.2}{unit} over the last {} minutes ({calls} calls), at or above the rule's threshold of {}{unit}.",
             api.slug, r.kind, value, r.window_minutes, r.threshold
         );
-        notify_org(state, api.org_id, "alert.triggered", &format!("Alert on {}: {}", api.slug, r.kind), &text, data)
-            .await?;
+        notify_org(
+            state,
+            tx,
+            api.org_id,
+            "alert.triggered",
+            &format!("Alert on {}: {}", api.slug, r.kind),
+            &text,
+            data,
+        )
+        .await?;
         fired += 1;
     }
     Ok(fired)

@@ -187,6 +187,13 @@ fn stats(rows: &[&Rollup]) -> Stats {
 /// The rollup rows in range that `who` may see, at the granularity that serves `step`.
 async fn rows(state: &AppState, who: &Principal, q: &AnalyticsQuery, r: &Range, step: i64) -> Result<Vec<Rollup>> {
     let g = if step >= Granularity::Day.millis() { Granularity::Day } else { Granularity::Minute };
+    let kept = i64::from(state.config.minute_retention_days) * Granularity::Day.millis();
+    if g == Granularity::Minute && r.from < portico_store::now_millis() - kept {
+        return Err(Error::Invalid(format!(
+            "minute and hour detail is kept {} days (retention.minute_days): ask for granularity=day for older ranges",
+            state.config.minute_retention_days
+        )));
+    }
     let mut f = rollups::Filter {
         from_millis: r.from.div_euclid(g.millis()) * g.millis(),
         to_millis: r.to,

@@ -233,8 +233,15 @@ pub async fn rotate_key(state: &AppState, who: &Principal, app: &str, key: &str,
         .find(|k| k.id == key_id && k.revoked_at.is_none())
         .ok_or_else(|| Error::not_found(format_args!("key `{key_id}`")))?;
     drop(c);
+    let now = time::OffsetDateTime::now_utc();
+    if old.expires_at.is_some_and(|at| at <= now) {
+        return Err(Error::Invalid("this key has expired: create a new one instead of rotating it".into()));
+    }
     let until = portico_store::now_millis() + i64::from(overlap) * 3_600_000;
-    let created = issue_key(state, who, &app, &old.name, None, &old.scopes, "key.rotate").await?;
+    // The new key lives as long as the old one was meant to (its lifetime, from now).
+    let lifetime = old.expires_at.map(|at| (at - old.created_at).whole_milliseconds() as i64);
+    let expires_at = lifetime.map(|ms| portico_store::now_millis() + ms);
+    let created = issue_key(state, who, &app, &old.name, expires_at, &old.scopes, "key.rotate").await?;
     let mut tx = state.store.begin().await?;
     apps::expire_key(&mut tx, app.id, key_id, until).await.map_err(|e| match e {
         portico_store::Error::NotFound => Error::not_found(format_args!("key `{key_id}`")),

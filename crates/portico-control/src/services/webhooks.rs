@@ -23,14 +23,8 @@ use std::time::Duration;
 use utoipa::ToSchema;
 
 /// Event types an endpoint can ask for (`*`: all).
-pub const EVENT_TYPES: [&str; 6] = [
-    "subscription.created",
-    "subscription.cancelled",
-    "quota.threshold_reached",
-    "alert.triggered",
-    "api.version_deprecated",
-    "webhook.test",
-];
+pub const EVENT_TYPES: [&str; 5] =
+    ["subscription.created", "subscription.cancelled", "quota.threshold_reached", "alert.triggered", "webhook.test"];
 
 /// Seconds to wait after the n-th failed attempt; past the end, the delivery has failed.
 const BACKOFF_SECS: [i64; 7] = [5, 30, 120, 600, 1800, 7200, 21600];
@@ -144,7 +138,7 @@ fn managed_org(who: &Principal, org: &str) -> Result<OrgId> {
         return Err(Error::not_found(format_args!("organization `{org}`")));
     }
     if !who.can_manage(id) {
-        return Err(Error::Forbidden("only the organization's owners and admins manage its webhooks".into()));
+        return Err(Error::Forbidden("your role in this organization cannot manage its webhooks".into()));
     }
     Ok(id)
 }
@@ -266,6 +260,8 @@ pub fn client(policy: OutboundPolicy) -> reqwest::Client {
     reqwest::Client::builder()
         .dns_resolver(Arc::new(GuardedResolver(Arc::new(policy))))
         .redirect(reqwest::redirect::Policy::none())
+        // A system proxy would resolve the host itself, out of the outbound policy's sight.
+        .no_proxy()
         .timeout(Duration::from_secs(10))
         .user_agent(concat!("Portico-Webhooks/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -132,6 +132,7 @@ pub async fn start(s: Setup) -> Running {
             rate_limit: s.rate_limit,
             monthly_quota: s.monthly_quota,
             quota_used: 0,
+            quota_month: 0,
         };
         grants.insert(key.hash(&pepper), grant);
         subscriptions.insert((app, api_id), sub);
