@@ -140,7 +140,10 @@ pub async fn compile(
     let token_keys = portico_store::oauth::signing_keys(&mut tx, crate::services::oauth::RETIRED_KEY_KEEP_MS)
         .await?
         .into_iter()
-        .filter_map(|k| Some((k.kid, crate::services::oauth::raw_public_key(&k.public_key)?)))
+        .filter_map(|k| {
+            let raw = crate::services::oauth::raw_public_key(&k.public_key)?;
+            Some((k.kid, raw, k.retired_at.map(|t| t.unix_timestamp())))
+        })
         .collect();
     let oauth_clients = portico_store::oauth::active_client_ids(&mut tx).await?.into_iter().collect();
     let month_start_ms = (month_start.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64;

@@ -22,9 +22,10 @@ pub struct Snapshot {
     pub keys: HashMap<KeyHash, KeyGrant>,
     /// (app, API) → the active subscription that lets the app call the API.
     pub subscriptions: HashMap<(AppId, ApiId), SubscriptionGrant>,
-    /// Portico's access-token signing keys: (kid, raw Ed25519 public key). Tokens signed by a
-    /// key not listed here are refused.
-    pub token_keys: Vec<(String, [u8; 32])>,
+    /// Portico's access-token signing keys: (kid, raw Ed25519 public key, retired at — unix
+    /// seconds). Tokens signed by a key not listed here are refused, and so are tokens a
+    /// retired key signed after its retirement (a rotation after a leak).
+    pub token_keys: Vec<(String, [u8; 32], Option<i64>)>,
     /// OAuth client ids that are not revoked: a token issued to any other is refused at once,
     /// before it expires.
     pub oauth_clients: std::collections::HashSet<String>,

@@ -27,6 +27,10 @@ pub fn bad_request(detail: &str) -> Response<GwBody> {
     problem(StatusCode::BAD_REQUEST, "bad_request", "Bad request", detail)
 }
 
+pub fn unsupported_media_type(detail: &str) -> Response<GwBody> {
+    problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type", detail)
+}
+
 pub fn not_found(detail: &str) -> Response<GwBody> {
     problem(StatusCode::NOT_FOUND, "not_found", "Not found", detail)
 }

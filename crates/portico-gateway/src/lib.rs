@@ -509,6 +509,17 @@ impl Gateway {
         if let Some((protocol, _)) = &upgrade {
             proxy::keep_upgrade(&mut parts.headers, protocol.clone());
         }
+        let encoded = parts
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if policies.max_json_depth.is_some() && encoded && screen::is_json(&parts.headers) {
+            // The depth of a compressed body cannot be checked without inflating it.
+            meter.refuse(415);
+            return errors::unsupported_media_type(&format!(
+                "API `{api_slug}` checks JSON bodies: send them without Content-Encoding"
+            ));
+        }
         let limited = http_body_util::Limited::new(body, inner.config.max_body_bytes as usize);
         let body = match policies.max_json_depth {
             // The depth check needs the whole body before anything is forwarded.

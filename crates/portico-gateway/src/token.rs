@@ -41,6 +41,8 @@ struct Claims {
     org: String,
     #[serde(default)]
     scope: String,
+    #[serde(default)]
+    iat: Option<i64>,
 }
 
 /// Why a token was refused; the text goes into the 401's detail.
@@ -59,11 +61,11 @@ pub fn verify(snapshot: &Snapshot, trust: Option<&TokenTrust>, token: &str) -> R
         return Err(Refused("that is not an access token (typ must be at+jwt; ID tokens are not accepted)"));
     }
     let kid = header.kid.as_deref().ok_or(Refused("the access token names no signing key (kid)"))?;
-    let raw = snapshot
+    let (raw, retired_at) = snapshot
         .token_keys
         .iter()
-        .find(|(k, _)| k == kid)
-        .map(|(_, raw)| raw)
+        .find(|(k, _, _)| k == kid)
+        .map(|(_, raw, retired)| (raw, *retired))
         .ok_or(Refused("the access token was signed with a key this gateway does not trust"))?;
     let mut v = Validation::new(Algorithm::EdDSA);
     v.set_issuer(&[trust.issuer.as_str()]);
@@ -85,6 +87,12 @@ pub fn verify(snapshot: &Snapshot, trust: Option<&TokenTrust>, token: &str) -> R
         })
     })?;
     let c = data.claims;
+    // A retired key still verifies the tokens it signed before it was retired, never later ones.
+    if let Some(retired) = retired_at
+        && c.iat.is_none_or(|iat| iat > retired + 30)
+    {
+        return Err(Refused("the access token was signed with a key after it was retired"));
+    }
     if let Some(id) = &c.client_id
         && !snapshot.oauth_clients.contains(id)
     {

@@ -157,6 +157,17 @@ async fn json_nested_too_deep_is_refused_and_a_sane_body_arrives_whole() {
     assert_eq!(resp.status(), 200);
     let seen: Value = resp.json().await.unwrap();
     assert_eq!(seen["body"], fine.as_str());
+    // A compressed JSON body cannot be checked: refused, not waved through.
+    let resp = client()
+        .post(format!("{}/x", gw.base))
+        .header("x-api-key", &gw.key)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0x08, 0x00])
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 415, "without Content-Encoding").await;
     // Not JSON: not inspected.
     let resp = client()
         .post(format!("{}/x", gw.base))

@@ -103,7 +103,8 @@ pub async fn list(c: &mut Conn, orgs: Option<&[OrgId]>, action_prefix: Option<&s
     }
     if action_prefix.is_some() {
         n += 1;
-        sql.push_str(&format!(" AND action LIKE ${n}"));
+        // LOWER on both sides: LIKE is case-insensitive on SQLite, case-sensitive on PostgreSQL.
+        sql.push_str(&format!(" AND LOWER(action) LIKE ${n} ESCAPE '\\'"));
     }
     sql.push_str(&format!(" ORDER BY at DESC, id DESC LIMIT {} OFFSET {}", page.limit, page.offset));
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -111,7 +112,13 @@ pub async fn list(c: &mut Conn, orgs: Option<&[OrgId]>, action_prefix: Option<&s
         q = q.bind(o.to_string());
     }
     if let Some(p) = action_prefix {
-        let escaped: String = p.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '_').collect();
+        // Letters, digits, dots and underscores; `_` escaped so it is not a wildcard.
+        let escaped: String = p
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '_')
+            .map(|c| if c == '_' { "\\_".to_owned() } else { c.to_string() })
+            .collect();
         q = q.bind(format!("{escaped}%"));
     }
     q.fetch_all(c).await?.iter().map(decode).collect()

@@ -231,6 +231,10 @@ async fn client_credentials_tokens_at_the_gateway() {
     assert_eq!(fresh_header["kid"], rotated["kid"]);
     assert_eq!(call(&app, "echo", &fresh).await.status(), 200);
     assert_eq!(call(&app, "echo", &token).await.status(), 200, "a token signed before the rotation still works");
+    // But the retired key signs nothing new: a token it signed after the rotation is refused.
+    let later = with("iat", json!(time::OffsetDateTime::now_utc().unix_timestamp() + 120));
+    let r = call(&app, "echo", &forge(good_header.clone(), &later, ed)).await;
+    assert_eq!(r.status(), 401, "a leaked retired key cannot mint tokens");
 
     // Revoking the client ends its tokens within a second.
     let (s, _, _) = app.call(Method::DELETE, &format!("/apps/{app_id}/clients/{id}"), Some(&consumer), None).await;
