@@ -143,28 +143,21 @@ async fn reference(
     )
 }
 
-#[derive(serde::Deserialize)]
-struct TokenParam {
-    #[serde(default)]
-    token: String,
-}
-
-/// Only the characters a Portico e-mail token has: anything else is not one of ours.
-fn clean_token(t: &str) -> String {
-    t.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(80).collect()
+/// The `token` query parameter, keeping only the characters a Portico e-mail token has
+/// (anything else is not one of ours); a malformed query is just no token.
+fn token_param(query: Option<&str>) -> String {
+    let raw = query.unwrap_or_default().split('&').find_map(|p| p.strip_prefix("token=")).unwrap_or_default();
+    raw.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(80).collect()
 }
 
 /// The page an e-mail verification link opens: a button that confirms (a GET never changes
 /// anything, so mail scanners that open links verify nothing).
-async fn verify_email_page(
-    State(p): State<Portal>,
-    axum::extract::Query(q): axum::extract::Query<TokenParam>,
-) -> Response {
+async fn verify_email_page(State(p): State<Portal>, axum::extract::RawQuery(q): axum::extract::RawQuery) -> Response {
     let mut r = render(
         &p,
         "token_action.html",
         context! {
-            title => "Confirm your e-mail address", token => clean_token(&q.token), reset => false,
+            title => "Confirm your e-mail address", token => token_param(q.as_deref()), reset => false,
             button => "Confirm", endpoint => "/api/v1/auth/verify-email", done => "Thank you: your address is confirmed.",
         },
     );
@@ -173,15 +166,12 @@ async fn verify_email_page(
 }
 
 /// The page a password-reset link opens.
-async fn reset_password_page(
-    State(p): State<Portal>,
-    axum::extract::Query(q): axum::extract::Query<TokenParam>,
-) -> Response {
+async fn reset_password_page(State(p): State<Portal>, axum::extract::RawQuery(q): axum::extract::RawQuery) -> Response {
     let mut r = render(
         &p,
         "token_action.html",
         context! {
-            title => "Choose a new password", token => clean_token(&q.token), reset => true,
+            title => "Choose a new password", token => token_param(q.as_deref()), reset => true,
             button => "Set the password", endpoint => "/api/v1/auth/password-reset/confirm",
             done => "Your password is changed. Sign in with it; every other session has ended.",
         },

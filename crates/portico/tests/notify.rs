@@ -95,6 +95,8 @@ async fn email_verification_over_smtp() {
     assert!(page.text().await.unwrap().contains(&t));
     let (_, me) = app.get("/me", Some(&token)).await;
     assert_eq!(me["user"]["email_verified"], false, "a GET verifies nothing");
+    let odd = app.http.get(format!("{}/verify-email?token=a&token=b&x=%ZZ", app.api)).send().await.unwrap();
+    assert_eq!(odd.status(), 200, "an odd query is just no usable token");
     let (s, v) = app.post("/auth/verify-email", None, json!({"token": t})).await;
     assert_eq!(s, 204, "{v}");
     let (_, me) = app.get("/me", Some(&token)).await;

@@ -135,6 +135,16 @@ async fn client_credentials_tokens_at_the_gateway() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    let r = app
+        .http
+        .post(format!("{}/oauth/token", app.api))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(vec![b'a'; 6 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
 
     // Discovery.
     let jwks: Value =

@@ -55,7 +55,19 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
 
 /// `POST /oauth/token`: the client-credentials grant (RFC 6749 §4.4), form-encoded, client
 /// authenticated by HTTP Basic or `client_id` + `client_secret` in the body.
-pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: std::result::Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return oauth_error(413, "invalid_request", "the token request is larger than this server accepts")
+                .into_response();
+        }
+        Err(_) => return oauth_error(400, "invalid_request", "the request body could not be read").into_response(),
+    };
     let form_ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
