@@ -188,10 +188,18 @@ pub async fn create_key(state: &AppState, who: &Principal, app: &str, req: Creat
     if req.scopes.len() > 100 || req.scopes.iter().any(|s| Slug::parse(s).is_err()) {
         return Err(Error::Invalid("scopes: a list of API slugs (at most 100)".into()));
     }
-    issue_key(state, who, &app, name.trim(), expires_at, &req.scopes, "key.create").await
+    let mut tx = state.store.begin().await?;
+    let created = issue_key(&mut tx, state, who, &app, name.trim(), expires_at, &req.scopes, "key.create").await?;
+    portico_store::bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    publish(state).await;
+    Ok(created)
 }
 
+/// Inserts a new key in `c` (the caller's transaction), with its audit entry.
+#[allow(clippy::too_many_arguments)]
 async fn issue_key(
+    c: &mut portico_store::Conn,
     state: &AppState,
     who: &Principal,
     app: &App,
@@ -203,17 +211,13 @@ async fn issue_key(
     let key = ApiKey::generate();
     let hash = key.hash(&state.pepper);
     let (prefix, last4) = (key.display_prefix(), key.last4());
-    let mut tx = state.store.begin().await?;
     let rec = apps::insert_key(
-        &mut tx,
+        c,
         apps::NewKey { app: app.id, name, prefix: &prefix, last4: &last4, hash: &hash, expires_at, scopes },
     )
     .await?;
     let info = KeyView::from(&rec);
-    audit::record(&mut tx, who, Change::new(action, "key", rec.id, Some(app.org_id)).after(&info)).await?;
-    portico_store::bump_generation(&mut tx).await?;
-    tx.commit().await?;
-    publish(state).await;
+    audit::record(c, who, Change::new(action, "key", rec.id, Some(app.org_id)).after(&info)).await?;
     Ok(CreatedKey { key: key.expose_secret().to_owned(), info })
 }
 
@@ -241,8 +245,9 @@ pub async fn rotate_key(state: &AppState, who: &Principal, app: &str, key: &str,
     // The new key lives as long as the old one was meant to (its lifetime, from now).
     let lifetime = old.expires_at.map(|at| (at - old.created_at).whole_milliseconds() as i64);
     let expires_at = lifetime.map(|ms| portico_store::now_millis() + ms);
-    let created = issue_key(state, who, &app, &old.name, expires_at, &old.scopes, "key.rotate").await?;
+    // The new key and the old one's expiry in one transaction: both or neither.
     let mut tx = state.store.begin().await?;
+    let created = issue_key(&mut tx, state, who, &app, &old.name, expires_at, &old.scopes, "key.rotate").await?;
     apps::expire_key(&mut tx, app.id, key_id, until).await.map_err(|e| match e {
         portico_store::Error::NotFound => Error::not_found(format_args!("key `{key_id}`")),
         other => other.into(),
