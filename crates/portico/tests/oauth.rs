@@ -7,7 +7,7 @@
 mod common;
 
 use base64::Engine;
-use common::{Backend, TestApp, echo_openapi, spawn_app, spawn_upstream};
+use common::{Backend, TestApp, spawn_app, spawn_upstream};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -57,12 +57,7 @@ async fn client_credentials_tokens_at_the_gateway() {
     let upstream = spawn_upstream().await;
     let provider = app.signup("pam@provider.example", "provider").await;
     for slug in ["echo", "other"] {
-        assert_eq!(app.post("/apis", Some(&provider), json!({"slug": slug, "name": slug})).await.0, 201);
-        let v =
-            json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": echo_openapi(), "state": "published"});
-        assert_eq!(app.post(&format!("/apis/{slug}/versions"), Some(&provider), v).await.0, 201);
-        let plan = json!({"slug": "free", "name": "Free", "pricing": {"type": "free"}});
-        assert_eq!(app.post(&format!("/apis/{slug}/plans"), Some(&provider), plan).await.0, 201);
+        app.publish_api(&provider, slug, &upstream.url).await;
     }
     let consumer = app.signup("cal@consumer.example", "consumer").await;
     let (_, a) = app.post("/apps", Some(&consumer), json!({"name": "Robot"})).await;

@@ -121,6 +121,20 @@ impl TestApp {
         (s, v)
     }
 
+    /// Publishes API `slug` as `provider`: version 1.0.0 of the echo document over `upstream`,
+    /// with a free plan `free`.
+    pub async fn publish_api(&self, provider: &str, slug: &str, upstream: &str) {
+        let (s, v) = self.post("/apis", Some(provider), json!({"slug": slug, "name": slug})).await;
+        assert_eq!(s, 201, "{v}");
+        let version =
+            json!({"version": "1.0.0", "upstream_url": upstream, "openapi": echo_openapi(), "state": "published"});
+        let (s, v) = self.post(&format!("/apis/{slug}/versions"), Some(provider), version).await;
+        assert_eq!(s, 201, "{v}");
+        let plan = json!({"slug": "free", "name": "Free", "pricing": {"type": "free"}});
+        let (s, v) = self.post(&format!("/apis/{slug}/plans"), Some(provider), plan).await;
+        assert_eq!(s, 201, "{v}");
+    }
+
     /// Signs up and returns the bearer token.
     pub async fn signup(&self, email: &str, kind: &str) -> String {
         let (s, v) = self.post("/auth/signup", None, json!({"email": email, "password": "long enough password", "name": email.split('@').next().unwrap(), "account_type": kind})).await;
