@@ -9,7 +9,7 @@ use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use portico_core::ids::{OrgId, SessionId};
-use portico_core::model::{MemberRole, OrgKind};
+use portico_core::model::{MemberRole, OrgKind, Permission};
 use portico_store::orgs::Membership;
 use portico_store::users::User;
 use sha2::{Digest, Sha256};
@@ -138,13 +138,22 @@ impl Principal {
     pub fn role_in(&self, org: OrgId) -> Option<MemberRole> {
         self.memberships.iter().find(|m| m.org.id == org).map(|m| m.role)
     }
+    /// May do `p` in `org`: platform admins everything, members what their role allows
+    /// ([`MemberRole::allows`], the one place roles are decided), everyone else nothing.
+    pub fn can(&self, org: OrgId, p: Permission) -> bool {
+        self.is_admin() || self.role_in(org).is_some_and(|r| r.allows(p))
+    }
     /// May read the organization's objects.
     pub fn can_read(&self, org: OrgId) -> bool {
-        self.is_admin() || self.role_in(org).is_some()
+        self.can(org, Permission::Read)
     }
     /// May change the organization's objects.
     pub fn can_manage(&self, org: OrgId) -> bool {
-        self.is_admin() || self.role_in(org).is_some_and(MemberRole::can_manage)
+        self.can(org, Permission::Manage)
+    }
+    /// The organizations whose members' role grants `p` (platform admins' too, as members).
+    pub fn orgs_allowing(&self, p: Permission) -> Vec<OrgId> {
+        self.memberships.iter().filter(|m| m.role.allows(p)).map(|m| m.org.id).collect()
     }
     pub fn org_ids(&self) -> Vec<OrgId> {
         self.memberships.iter().map(|m| m.org.id).collect()

@@ -75,6 +75,10 @@ pub enum Access {
     /// [`portico_core::model::MemberRole::can_manage`]), and platform admins; other members are
     /// refused (403).
     OrgManager,
+    /// A member whose role may manage the organization's people (owner, admin:
+    /// [`portico_core::model::Permission::ManageMembers`]), and platform admins; other members
+    /// are refused (403).
+    OrgAdmin,
     /// Platform admins only.
     PlatformAdmin,
 }
@@ -108,6 +112,10 @@ pub enum OwnerOf {
     Plan,
     /// `{rule_id}`, an alert rule of the API `{slug}`.
     AlertRule,
+    /// `{user_id}`, a member of the organization `{org_id}`.
+    Member,
+    /// `{invitation_id}`, an invitation of the organization `{org_id}`.
+    Invitation,
 }
 
 /// One route.
@@ -172,6 +180,14 @@ pub static ROUTES: &[RouteSpec] = &[
     api(Get, "/api/v1/orgs", Authenticated, OwnerOf::None),
     api(Post, "/api/v1/orgs", Authenticated, OwnerOf::None),
     api(Get, "/api/v1/orgs/{org_id}", OrgMember, OwnerOf::Org),
+    api(Get, "/api/v1/orgs/{org_id}/members", OrgMember, OwnerOf::Org),
+    api(Patch, "/api/v1/orgs/{org_id}/members/{user_id}", OrgAdmin, OwnerOf::Member),
+    api(Delete, "/api/v1/orgs/{org_id}/members/{user_id}", OrgAdmin, OwnerOf::Member),
+    api(Get, "/api/v1/orgs/{org_id}/invitations", OrgAdmin, OwnerOf::Org),
+    api(Post, "/api/v1/orgs/{org_id}/invitations", OrgAdmin, OwnerOf::Org),
+    api(Delete, "/api/v1/orgs/{org_id}/invitations/{invitation_id}", OrgAdmin, OwnerOf::Invitation),
+    // The invitation's token decides which organization; the caller must be its addressee.
+    api(Post, "/api/v1/invitations/accept", Authenticated, OwnerOf::None),
     api(Get, "/api/v1/orgs/{org_id}/webhooks", OrgManager, OwnerOf::Org),
     api(Post, "/api/v1/orgs/{org_id}/webhooks", OrgManager, OwnerOf::Org),
     api(Delete, "/api/v1/orgs/{org_id}/webhooks/{webhook_id}", OrgManager, OwnerOf::Webhook),
@@ -249,6 +265,7 @@ pub static ROUTES: &[RouteSpec] = &[
     RouteSpec::new(Get, "/apis/{slug}/reference/{version}", Portal, Catalog, OwnerOf::Version),
     public(Get, "/verify-email", Portal),
     public(Get, "/reset-password", Portal),
+    public(Get, "/invitations", Portal),
 ];
 
 /// The rows one router mounts.
@@ -334,11 +351,13 @@ mod tests {
                 OwnerOf::Version => Some("{version}"),
                 OwnerOf::Plan => Some("{plan}"),
                 OwnerOf::AlertRule => Some("{rule_id}"),
+                OwnerOf::Member => Some("{user_id}"),
+                OwnerOf::Invitation => Some("{invitation_id}"),
             };
             if let Some(p) = needs {
                 assert!(r.path.contains(p), "{} {}: {:?} needs {p} in the path", r.method.as_str(), r.path, r.owner);
             }
-            if matches!(r.access, OrgMember | OrgManager) {
+            if matches!(r.access, OrgMember | OrgManager | OrgAdmin) {
                 assert_ne!(r.owner, OwnerOf::None, "{}: an organization's permission needs an object", r.path);
             }
             assert_eq!(r.foreign_is_404, r.owner != OwnerOf::None);

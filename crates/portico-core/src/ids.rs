@@ -48,4 +48,4 @@ macro_rules! id_type {
     )*};
 }
 
-id_type!(UserId, OrgId, ApiId, VersionId, PlanId, AppId, KeyId, SubscriptionId, SessionId);
+id_type!(UserId, OrgId, ApiId, VersionId, PlanId, AppId, KeyId, SubscriptionId, SessionId, InvitationId);

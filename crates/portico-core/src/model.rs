@@ -51,10 +51,45 @@ pub enum MemberRole {
 }
 str_enum!(MemberRole, "role", { Owner => "owner", Admin => "admin", Developer => "developer", Billing => "billing" });
 
+/// What a member of an organization may do there. Every decision about a role is made here,
+/// in [`MemberRole::allows`]; the control plane's `Principal` adds platform admins (who may do
+/// everything) and the services ask it, never a role directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// See the organization and its objects (apps, keys' metadata, subscriptions, usage).
+    Read,
+    /// Change the organization's APIs, plans, apps, keys, subscriptions and webhooks.
+    Manage,
+    /// Invite people, change members' roles (except to and from owner) and remove members.
+    ManageMembers,
+    /// Make someone an owner, change an owner's role or remove an owner.
+    ManageOwners,
+    /// Read the organization's audit log.
+    ReadAudit,
+}
+
 impl MemberRole {
-    /// May change the organization's APIs, plans, apps and keys.
+    /// Whether this role grants `p`.
+    ///
+    /// | role | read | manage | members | owners | audit |
+    /// | --- | --- | --- | --- | --- | --- |
+    /// | owner | ✓ | ✓ | ✓ | ✓ | ✓ |
+    /// | admin | ✓ | ✓ | ✓ | | |
+    /// | developer | ✓ | ✓ | | | |
+    /// | billing | ✓ | | | | |
+    pub fn allows(self, p: Permission) -> bool {
+        use MemberRole::*;
+        match p {
+            Permission::Read => true,
+            Permission::Manage => matches!(self, Owner | Admin | Developer),
+            Permission::ManageMembers => matches!(self, Owner | Admin),
+            Permission::ManageOwners | Permission::ReadAudit => self == Owner,
+        }
+    }
+
+    /// May change the organization's APIs, plans, apps and keys ([`Permission::Manage`]).
     pub fn can_manage(self) -> bool {
-        matches!(self, MemberRole::Owner | MemberRole::Admin | MemberRole::Developer)
+        self.allows(Permission::Manage)
     }
 }
 

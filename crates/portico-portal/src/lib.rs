@@ -21,6 +21,7 @@ fn templates() -> Environment<'static> {
         ("api.html", include_str!("../templates/api.html")),
         ("reference.html", include_str!("../templates/reference.html")),
         ("token_action.html", include_str!("../templates/token_action.html")),
+        ("invitation.html", include_str!("../templates/invitation.html")),
     ] {
         env.add_template(name, src).expect("the portal's templates parse");
     }
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> axum::Router {
             "/apis/{slug}/reference/{version}" => on(m, reference),
             "/verify-email" => on(m, verify_email_page),
             "/reset-password" => on(m, reset_password_page),
+            "/invitations" => on(m, invitation_page),
             _ => return None,
         })
     })
@@ -176,6 +178,14 @@ async fn reset_password_page(State(p): State<Portal>, axum::extract::RawQuery(q)
             done => "Your password is changed. Sign in with it; every other session has ended.",
         },
     );
+    r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// The page an invitation link opens: sign in (or sign up) with the invited address, then a
+/// button accepts (a GET changes nothing).
+async fn invitation_page(State(p): State<Portal>, axum::extract::RawQuery(q): axum::extract::RawQuery) -> Response {
+    let mut r = render(&p, "invitation.html", context! { token => token_param(q.as_deref()) });
     r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     r
 }

@@ -9,6 +9,7 @@
 pub mod apps;
 pub mod audit;
 pub mod catalog;
+pub mod invitations;
 pub mod notify;
 pub mod oauth;
 pub mod orgs;

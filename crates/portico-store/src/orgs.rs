@@ -131,3 +131,87 @@ pub async fn member_emails(c: &mut Conn, org: OrgId, role: MemberRole) -> Result
     .await?;
     rows.iter().map(|r| crate::row::get(r, "users", "email")).collect()
 }
+
+/// A member of an organization, with the person's address and name.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub user_id: UserId,
+    pub email: String,
+    pub name: String,
+    pub role: MemberRole,
+    pub since: time::OffsetDateTime,
+}
+
+fn decode_member(r: &AnyRow) -> Result<Member> {
+    Ok(Member {
+        user_id: parse(r, "memberships", "user_id")?,
+        email: get(r, "users", "email")?,
+        name: get(r, "users", "name")?,
+        role: with(r, "memberships", "role", MemberRole::parse)?,
+        since: time(r, "memberships", "created_at")?,
+    })
+}
+
+const MEMBER_SQL: &str = "SELECT m.user_id, u.email, u.name, m.role, m.created_at FROM memberships m \
+     JOIN users u ON u.id = m.user_id";
+
+/// The members of `org`, by address.
+pub async fn members(c: &mut Conn, org: OrgId, page: Page) -> Result<Vec<Member>> {
+    let q = format!("{MEMBER_SQL} WHERE m.org_id = $1 ORDER BY u.email LIMIT $2 OFFSET $3");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+        .bind(org.to_string())
+        .bind(page.limit)
+        .bind(page.offset)
+        .fetch_all(c)
+        .await?;
+    rows.iter().map(decode_member).collect()
+}
+
+/// One member of `org`.
+pub async fn member(c: &mut Conn, org: OrgId, user: UserId) -> Result<Option<Member>> {
+    let q = format!("{MEMBER_SQL} WHERE m.org_id = $1 AND m.user_id = $2");
+    sqlx::query(sqlx::AssertSqlSafe(q))
+        .bind(org.to_string())
+        .bind(user.to_string())
+        .fetch_optional(c)
+        .await?
+        .as_ref()
+        .map(decode_member)
+        .transpose()
+}
+
+pub async fn set_member_role(c: &mut Conn, org: OrgId, user: UserId, role: MemberRole) -> Result<()> {
+    sqlx::query("UPDATE memberships SET role = $1 WHERE org_id = $2 AND user_id = $3")
+        .bind(role.as_str())
+        .bind(org.to_string())
+        .bind(user.to_string())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn remove_member(c: &mut Conn, org: OrgId, user: UserId) -> Result<()> {
+    sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
+        .bind(org.to_string())
+        .bind(user.to_string())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// How many owners `org` has. Callers that remove or demote an owner lock the organization's
+/// row first ([`lock`]) so that two concurrent changes cannot both leave it without one.
+pub async fn owner_count(c: &mut Conn, org: OrgId) -> Result<i64> {
+    let r = sqlx::query("SELECT COUNT(*) AS n FROM memberships WHERE org_id = $1 AND role = 'owner'")
+        .bind(org.to_string())
+        .fetch_one(c)
+        .await?;
+    get(&r, "memberships", "n")
+}
+
+/// Takes the organization's row lock for the rest of the transaction (PostgreSQL: the row;
+/// SQLite: the write lock, which the update takes for the whole database).
+pub async fn lock(c: &mut Conn, org: OrgId) -> Result<()> {
+    sqlx::query("UPDATE organizations SET name = name WHERE id = $1").bind(org.to_string()).execute(c).await?;
+    Ok(())
+}

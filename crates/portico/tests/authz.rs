@@ -15,7 +15,7 @@ mod common;
 
 use common::{Backend, TestApp, echo_openapi, spawn_app, spawn_upstream};
 use portico_control::routes::{self, Access, Method, OwnerOf, ROUTES, RouteSpec, Surface};
-use portico_core::model::MemberRole;
+use portico_core::model::{MemberRole, Permission};
 use portico_core::values::{Email, Name, Password};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -114,6 +114,7 @@ enum Want {
 const EXCEPTIONS: &[(Method, &str, Want, &str)] = &[
     (Method::Post, "/api/v1/auth/verify-email", Want::Status(400), "a made-up token, for everyone"),
     (Method::Post, "/api/v1/auth/password-reset/confirm", Want::Status(400), "a made-up token, for everyone"),
+    (Method::Post, "/api/v1/invitations/accept", Want::Status(400), "a made-up token, for everyone signed in"),
 ];
 
 /// Objects made for one call, so that a destructive call leaves the fixture as it was.
@@ -126,6 +127,10 @@ enum Fresh {
     Subscription,
     Webhook,
     Rule,
+    /// A new developer in the consumer organization.
+    Member,
+    /// A new pending invitation of the consumer organization.
+    Invitation,
     /// A new session: the actor's own (own side) or the bystander's (foreign side).
     Session,
     /// Call with a new token of the actor (the call ends it).
@@ -184,6 +189,18 @@ const PROBES: &[Probe] = &[
     p(G, "/api/v1/orgs", None, F::No),
     p(PO, "/api/v1/orgs", Some(r#"{"name":"Matrix org {n}","kind":"consumer"}"#), F::No),
     p(G, "/api/v1/orgs/{org_id}", None, F::No),
+    p(G, "/api/v1/orgs/{org_id}/members", None, F::No),
+    p(PA, "/api/v1/orgs/{org_id}/members/{user_id}", Some(r#"{"role":"billing"}"#), F::Member),
+    p(D, "/api/v1/orgs/{org_id}/members/{user_id}", None, F::Member),
+    p(G, "/api/v1/orgs/{org_id}/invitations", None, F::No),
+    p(
+        PO,
+        "/api/v1/orgs/{org_id}/invitations",
+        Some(r#"{"email":"invitee{n}@matrix.example","role":"developer"}"#),
+        F::No,
+    ),
+    p(D, "/api/v1/orgs/{org_id}/invitations/{invitation_id}", None, F::Invitation),
+    p(PO, "/api/v1/invitations/accept", Some(r#"{"token":"pti_madeup"}"#), F::No),
     p(G, "/api/v1/orgs/{org_id}/webhooks", None, F::No),
     p(PO, "/api/v1/orgs/{org_id}/webhooks", Some(r#"{"url":"http://127.0.0.1:9/hook"}"#), F::No),
     p(D, "/api/v1/orgs/{org_id}/webhooks/{webhook_id}", None, F::Webhook),
@@ -269,6 +286,7 @@ const PROBES: &[Probe] = &[
     p(G, "/apis/{slug}/reference/{version}", None, F::No),
     p(G, "/verify-email", None, F::No),
     p(G, "/reset-password", None, F::No),
+    p(G, "/invitations", None, F::No),
 ];
 
 /// The organization that owns a cell's object (for `Mixed`, the parent's: it decides).
@@ -285,7 +303,9 @@ fn owner_org(row: &RouteSpec, probe: &Probe, side: Side) -> Option<Org> {
         | OwnerOf::Client
         | OwnerOf::Subscription
         | OwnerOf::Webhook
-        | OwnerOf::Delivery => Some(consumer),
+        | OwnerOf::Delivery
+        | OwnerOf::Member
+        | OwnerOf::Invitation => Some(consumer),
         OwnerOf::Api | OwnerOf::Version | OwnerOf::Plan | OwnerOf::AlertRule => Some(provider),
     }
 }
@@ -300,6 +320,8 @@ fn leaf_param(owner: OwnerOf) -> Option<&'static str> {
         OwnerOf::Version => "version",
         OwnerOf::Plan => "plan",
         OwnerOf::AlertRule => "rule_id",
+        OwnerOf::Member => "user_id",
+        OwnerOf::Invitation => "invitation_id",
         _ => return None,
     })
 }
@@ -307,12 +329,18 @@ fn leaf_param(owner: OwnerOf) -> Option<&'static str> {
 /// Members may read; managers (not billing) may change; platform admins may do both;
 /// everyone else must not learn that the object exists.
 fn member_access(actor: Actor, org: Org, change: bool) -> Want {
+    permitted(actor, org, if change { Permission::Manage } else { Permission::Read })
+}
+
+/// Members whose role grants `p` may; other members are refused; non-members must not learn
+/// that the object exists.
+fn permitted(actor: Actor, org: Org, p: Permission) -> Want {
     if actor == Actor::PlatformAdmin {
         return Want::Success;
     }
     match actor.role_in(org) {
         None => Want::Status(404),
-        Some(r) if change && !r.can_manage() => Want::Status(403),
+        Some(r) if !r.allows(p) => Want::Status(403),
         Some(_) => Want::Success,
     }
 }
@@ -320,7 +348,9 @@ fn member_access(actor: Actor, org: Org, change: bool) -> Want {
 /// What a cell must answer. A's API is public; B's is private, so the catalog hides it from
 /// everyone but its provider and platform admins.
 fn expected(row: &RouteSpec, probe: &Probe, actor: Actor, side: Side) -> Want {
-    if let Some((.., want, _)) = EXCEPTIONS.iter().find(|e| e.0 == row.method && e.1 == row.path) {
+    if let Some((.., want, _)) = EXCEPTIONS.iter().find(|e| e.0 == row.method && e.1 == row.path)
+        && (row.access == Access::Public || actor != Actor::Anonymous)
+    {
         return *want;
     }
     if side == Side::Mixed {
@@ -347,6 +377,7 @@ fn expected(row: &RouteSpec, probe: &Probe, actor: Actor, side: Side) -> Want {
         Access::OrgOwner => Want::Status(403),
         Access::OrgMember => org.map_or(Want::Success, |o| member_access(actor, o, false)),
         Access::OrgManager => org.map_or(Want::Success, |o| member_access(actor, o, true)),
+        Access::OrgAdmin => org.map_or(Want::Success, |o| permitted(actor, o, Permission::ManageMembers)),
         Access::PlatformAdmin if actor == Actor::PlatformAdmin => Want::Success,
         Access::PlatformAdmin => Want::Status(403),
     }
@@ -387,6 +418,17 @@ async fn must(app: &TestApp, method: reqwest::Method, path: &str, token: &str, b
     let (s, v, _) = app.call(method.clone(), path, Some(token), body).await;
     assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
     v
+}
+
+/// Adds a new person to the organization `org_id` with `role`; their user id.
+async fn add_member(app: &TestApp, org_id: &str, email: &str, role: MemberRole) -> String {
+    let mut c = app.app_state.store.conn().await.unwrap();
+    let email = Email::parse(email).unwrap();
+    let u = portico_store::users::insert(&mut c, &email, &Name::parse("Member").unwrap(), "not-a-hash", false)
+        .await
+        .unwrap();
+    portico_store::orgs::add_member(&mut c, org_id.parse().unwrap(), u.id, role).await.unwrap();
+    u.id.to_string()
 }
 
 async fn user(app: &TestApp, email: &str) -> portico_store::users::User {
@@ -470,6 +512,16 @@ impl World {
                 let body = json!({"kind": "p95_latency", "threshold": 900});
                 let v = must(&self.app, post, &path, &self.owner_of(t.provider), Some(body)).await;
                 out.insert("rule_id", v["id"].as_str().unwrap().into());
+            }
+            F::Member => {
+                let email = format!("fresh{}@matrix.example", self.n);
+                out.insert("user_id", add_member(&self.app, &t.values["org_id"], &email, MemberRole::Developer).await);
+            }
+            F::Invitation => {
+                let path = format!("/orgs/{}/invitations", t.values["org_id"]);
+                let body = json!({"email": format!("fresh{}@matrix.example", self.n), "role": "developer"});
+                let v = must(&self.app, post, &path, &owner, Some(body)).await;
+                out.insert("invitation_id", v["id"].as_str().unwrap().into());
             }
             F::Session => {
                 let whose = match self.users.get(&actor) {
@@ -582,7 +634,11 @@ async fn tenant(app: &TestApp, upstream: &str, b: bool, consumer: (&str, &str), 
     let hook = json!({"url": "http://127.0.0.1:9/hook"});
     let hook = must(app, post.clone(), &format!("/orgs/{org}/webhooks"), token, Some(hook)).await;
     let hook_id = id(&hook, "id");
-    let delivery = must(app, post, &format!("/orgs/{org}/webhooks/{hook_id}/test"), token, None).await;
+    let delivery = must(app, post.clone(), &format!("/orgs/{org}/webhooks/{hook_id}/test"), token, None).await;
+    let who = if b { "b" } else { "a" };
+    let member = add_member(app, org, &format!("member-{who}@matrix.example"), MemberRole::Developer).await;
+    let inv = json!({"email": format!("invitee-{who}@matrix.example"), "role": "billing"});
+    let inv = must(app, post, &format!("/orgs/{org}/invitations"), token, Some(inv)).await;
     let values = HashMap::from([
         ("org_id", org.to_owned()),
         ("provider_org_id", provider_org.to_owned()),
@@ -597,6 +653,8 @@ async fn tenant(app: &TestApp, upstream: &str, b: bool, consumer: (&str, &str), 
         ("version", version.to_owned()),
         ("plan", plan.to_owned()),
         ("rule_id", id(&rule, "id")),
+        ("user_id", member),
+        ("invitation_id", id(&inv, "id")),
     ]);
     let (consumer, provider) = if b { (Org::ConsumerB, Org::ProviderB) } else { (Org::ConsumerA, Org::ProviderA) };
     Tenant { values, consumer, provider }
@@ -618,7 +676,7 @@ async fn world() -> World {
         (Actor::ProviderA, prov_a.clone()),
         (Actor::ProviderB, prov_b.clone()),
     ]);
-    // There is no invitation API yet: consumer A's other members are added through the store.
+    // Consumer A's other members are added through the store (tests/members.rs covers invitations).
     let store = &app.app_state.store;
     let pw = Password::parse(PW).unwrap();
     for (actor, role) in [
@@ -646,7 +704,17 @@ async fn world() -> World {
     ]);
     let mut secrets = vec![("zz-private-beta".to_owned(), Org::ProviderB)];
     for t in [&a, &b] {
-        for k in ["org_id", "app_id", "key_id", "client_id", "subscription_id", "webhook_id", "delivery_id"] {
+        for k in [
+            "org_id",
+            "app_id",
+            "key_id",
+            "client_id",
+            "subscription_id",
+            "webhook_id",
+            "delivery_id",
+            "user_id",
+            "invitation_id",
+        ] {
             secrets.push((t.values[k].clone(), t.consumer));
         }
         secrets.push((t.values["rule_id"].clone(), t.provider));

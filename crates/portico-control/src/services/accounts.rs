@@ -388,7 +388,7 @@ async fn email_token(
     Ok(token)
 }
 
-fn link(state: &AppState, page: &str, token: &str) -> String {
+pub(crate) fn link(state: &AppState, page: &str, token: &str) -> String {
     format!("{}/{page}?token={token}", state.config.token_issuer.trim_end_matches('/'))
 }
 

@@ -6,7 +6,6 @@ use crate::auth::{ClientInfo, Principal};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use portico_core::ids::OrgId;
-use portico_core::model::MemberRole;
 use portico_store::audit::{self, NewEntry};
 use portico_store::{Conn, Page, orgs};
 use serde::{Deserialize, Serialize};
@@ -101,7 +100,7 @@ pub struct AuditEntryView {
 
 pub async fn list(state: &AppState, who: &Principal, q: AuditQuery) -> Result<Vec<AuditEntryView>> {
     let mut c = state.store.conn().await?;
-    let owned: Vec<OrgId> = who.memberships.iter().filter(|m| m.role == MemberRole::Owner).map(|m| m.org.id).collect();
+    let owned: Vec<OrgId> = who.orgs_allowing(portico_core::model::Permission::ReadAudit);
     let scope: Option<Vec<OrgId>> = match &q.org {
         Some(slug) => {
             let org = orgs::by_slug(&mut c, slug)

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod catalog;
 pub mod declarative;
 pub mod mail;
+pub mod members;
 pub mod oauth;
 pub mod orgs;
 pub(crate) mod outbound;
