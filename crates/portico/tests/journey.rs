@@ -205,6 +205,27 @@ async fn journey(backend: Backend) {
     assert_eq!(s, 200, "{top}");
     assert_eq!(top["entries"][0]["group"], "getThing");
     assert!(top["entries"][0]["p95_ms"].as_f64().is_some());
+    // Every filter narrows to the calls it names: each group's id, as a filter, gives that
+    // group's calls, and an id that matches nothing gives none.
+    for (by, param) in
+        [("version", "version_id"), ("app", "app_id"), ("plan", "plan_id"), ("consumer", "consumer"), ("api", "api")]
+    {
+        for who in [&consumer, &provider] {
+            let (s, top) = app.get(&format!("/analytics/top?group_by={by}"), Some(who)).await;
+            assert_eq!(s, 200, "{top}");
+            let group = top["entries"][0]["group"].as_str().unwrap().to_owned();
+            assert_eq!(top["entries"][0]["calls"], 6, "{by}: {top}");
+            let (s, ts) = app.get(&format!("/analytics/usage?granularity=day&{param}={group}"), Some(who)).await;
+            assert_eq!((s, total(&ts, "all")), (200, 6), "{param}={group}: {ts}");
+            let nothing = if by == "api" { "no-such-api".to_owned() } else { uuid::Uuid::now_v7().to_string() };
+            let (s, ts) = app.get(&format!("/analytics/usage?granularity=day&{param}={nothing}"), Some(who)).await;
+            assert_eq!((s, total(&ts, "all")), (200, 0), "{param}={nothing}: {ts}");
+        }
+    }
+    for (filter, calls) in [("status_class=4xx", 1), ("status_class=2xx", 5), ("operation=getThing", 6)] {
+        let (_, ts) = app.get(&format!("/analytics/usage?granularity=day&{filter}"), Some(&provider)).await;
+        assert_eq!(total(&ts, "all"), calls, "{filter}: {ts}");
+    }
     let r = app.http.get(app.url("/analytics/usage?format=csv")).bearer_auth(&consumer).send().await.unwrap();
     assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
     assert!(r.text().await.unwrap().starts_with("group,t,calls,"));

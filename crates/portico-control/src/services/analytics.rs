@@ -31,8 +31,12 @@ pub struct AnalyticsQuery {
     pub group_by: Option<String>,
     /// Only this API (slug).
     pub api: Option<String>,
+    /// Only this API version (its id).
+    pub version_id: Option<String>,
     pub app_id: Option<String>,
     pub plan_id: Option<String>,
+    /// Only calls of this consumer organization (its id).
+    pub consumer: Option<String>,
     /// Only this operation (`operationId` or `METHOD /template`).
     pub operation: Option<String>,
     /// `2xx`, `4xx`, `5xx` or `orphaned`.
@@ -205,6 +209,12 @@ async fn rows(state: &AppState, who: &Principal, q: &AnalyticsQuery, r: &Range, 
     }
     if let Some(plan) = q.plan_id.as_deref() {
         f.plan_id = Some(parse_id(plan, "plan")?);
+    }
+    if let Some(v) = q.version_id.as_deref() {
+        f.version_id = Some(parse_id(v, "version")?);
+    }
+    if let Some(org) = q.consumer.as_deref() {
+        f.consumer_org_id = Some(parse_id(org, "organization")?);
     }
     if let Some(sc) = q.status_class.as_deref() {
         if !matches!(sc, "2xx" | "4xx" | "5xx" | "orphaned") {
