@@ -327,3 +327,43 @@ async fn while_postgres_is_unreachable_the_gateway_serves_and_nothing_is_lost() 
     }
     finish_and_check(h, ok, "store outage").await;
 }
+
+/// SQLite's form of an unavailable store: another process holds the database's write lock (a
+/// backup tool, a long migration, an operator's open transaction) for a while. The gateway
+/// keeps serving from its snapshot, the journal takes the calls, nothing reaches the store
+/// while the lock is held, and everything is shipped once, after it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_sqlite_is_locked_the_gateway_serves_and_nothing_is_lost() {
+    use sqlx::Connection;
+    let h = setup(None, None).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&h, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut lock = sqlx::SqliteConnection::connect(&h.store_url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut lock).await.unwrap();
+    let count = "SELECT COUNT(*) FROM usage_events";
+    let stored_at_lock: i64 = sqlx::query_scalar(count).fetch_one(&mut lock).await.unwrap();
+    let served_before = h.seen.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let served_during = h.seen.lock().unwrap().len() - served_before;
+    assert!(served_during > 100, "the gateway kept serving while the store was locked ({served_during} calls)");
+    let stored: i64 = sqlx::query_scalar(count).fetch_one(&mut lock).await.unwrap();
+    assert_eq!(stored, stored_at_lock, "nothing was written while the lock was held");
+    let segments = std::fs::read_dir(h.dir.path().join("journal"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .count();
+    assert!(segments > 0, "the calls wait in the journal");
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    for l in load {
+        ok += l.await.unwrap();
+    }
+    finish_and_check(h, ok, "sqlite locked").await;
+}
