@@ -4,6 +4,8 @@
 #   nginx   — wrk → nginx as a plain keep-alive reverse proxy → the upstream
 #   portico — wrk → Portico's gateway (key auth, subscription, rate limit that never triggers,
 #             operation match, metering journal) → the upstream
+#   unmetered — the same binary and data with `--unmetered` (metering off), for the cost of
+#             metering (the metering issue's "within 3%")
 # Runs alternate nginx and portico; each figure is the median of RUNS runs. The last line is
 #   portico/nginx throughput ratio: X.XX
 # Usage: bench/gateway.sh [seconds per run, default 10] [connections, default 32] [runs, default 5]
@@ -32,7 +34,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; "$NGI
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-UP=$(free_port); PROXY=$(free_port); GW=$(free_port); API=$(free_port)
+UP=$(free_port); PROXY=$(free_port); GW=$(free_port); API=$(free_port); GW2=$(free_port); API2=$(free_port)
 
 mkdir -p "$WORK/nginx/logs"
 cat > "$WORK/nginx/nginx.conf" <<CONF
@@ -102,6 +104,27 @@ for _ in $(seq 1 50); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-Api-Key: $KEY" "http://127.0.0.1:$GW/bench/v1/weather")" = 200 ] && break; sleep 0.1
 done
 
+# The same marketplace without metering: a copy of the data dir (database, key pepper, master
+# key) served by a second process with --unmetered, so both answer the same key.
+curl -sf "http://127.0.0.1:$API/readyz" >/dev/null
+kill -TERM "$PORTICO_PID"; wait "$PORTICO_PID" 2>/dev/null || true
+cp -a "$WORK/portico" "$WORK/unmetered"; rm -rf "$WORK/unmetered/journal"
+# shellcheck disable=SC2086
+"$PORTICO" serve --data-dir "$WORK/portico" --gateway-addr "127.0.0.1:$GW" --api-addr "127.0.0.1:$API" --metrics-addr off \
+  --outbound-allow-cidrs 127.0.0.0/8 ${BENCH_PORTICO_ARGS:-} >>"$WORK/portico.log" 2>&1 &
+PORTICO_PID=$!
+PIDS+=("$PORTICO_PID")
+# shellcheck disable=SC2086
+"$PORTICO" serve --data-dir "$WORK/unmetered" --gateway-addr "127.0.0.1:$GW2" --api-addr "127.0.0.1:$API2" --metrics-addr off \
+  --outbound-allow-cidrs 127.0.0.0/8 --unmetered ${BENCH_PORTICO_ARGS:-} >"$WORK/unmetered.log" 2>&1 &
+UNMETERED_PID=$!
+PIDS+=("$UNMETERED_PID")
+for gw in "$GW" "$GW2"; do
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-Api-Key: $KEY" "http://127.0.0.1:$gw/bench/v1/weather")" = 200 ] && break; sleep 0.1
+  done
+done
+
 # CPU time (µs) used so far by a set of processes.
 cpu_us() { python3 - "$@" <<'PY'
 import os, sys
@@ -147,6 +170,7 @@ echo "bench: wrk -t1 -c$CONNS -d${DURATION}s, median of $RUNS alternating runs, 
 # Warm-up, discarded.
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$PROXY/weather" >/dev/null 2>&1 || true
 wrk -t1 -c"$CONNS" -d2s -H "X-Api-Key: $KEY" "http://127.0.0.1:$GW/bench/v1/weather" >/dev/null 2>&1 || true
+wrk -t1 -c"$CONNS" -d2s -H "X-Api-Key: $KEY" "http://127.0.0.1:$GW2/bench/v1/weather" >/dev/null 2>&1 || true
 run direct "http://127.0.0.1:$UP/weather" "$NGINX_PIDS"
 if [ -n "${BENCH_PERF:-}" ]; then
   (sleep 1; perf record -e cpu-clock -g -o "$BENCH_PERF" -p "$PORTICO_PID" -- sleep 3 >/dev/null 2>&1) &
@@ -154,6 +178,7 @@ fi
 for _ in $(seq 1 "$RUNS"); do
   run nginx "http://127.0.0.1:$PROXY/weather" "$NGINX_PIDS"
   run portico "http://127.0.0.1:$GW/bench/v1/weather" "$PORTICO_PID" -H "X-Api-Key: $KEY"
+  run unmetered "http://127.0.0.1:$GW2/bench/v1/weather" "$UNMETERED_PID" -H "X-Api-Key: $KEY"
 done
 
 python3 - "$WORK" <<'PY'
@@ -162,10 +187,11 @@ work = sys.argv[1]
 def med(name):
     rows = [list(map(float, l.split())) for l in open(f"{work}/{name}.runs") if l.strip()]
     return [statistics.median(col) for col in zip(*rows)]
-rows = {n: med(n) for n in ("direct", "nginx", "portico")}
-print(f"{'peer':8} {'req/s':>12} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/req':>11}")
+rows = {n: med(n) for n in ("direct", "nginx", "portico", "unmetered")}
+print(f"{'peer':10} {'req/s':>12} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/req':>11}")
 for n, (rps, p50, p99, cpu) in rows.items():
-    print(f"{n:8} {rps:12.0f} {p50:9.0f} {p99:9.0f} {cpu:11.1f}")
+    print(f"{n:10} {rps:12.0f} {p50:9.0f} {p99:9.0f} {cpu:11.1f}")
+print(f"metered/unmetered throughput ratio: {rows['portico'][0] / rows['unmetered'][0]:.2f}")
 print(f"portico/direct throughput ratio: {rows['portico'][0] / rows['direct'][0]:.2f}")
 print(f"nginx/direct throughput ratio: {rows['nginx'][0] / rows['direct'][0]:.2f}")
 print(f"portico/nginx throughput ratio: {rows['portico'][0] / rows['nginx'][0]:.2f}")

@@ -134,7 +134,15 @@ impl App {
             cache_max_bytes: settings.cache_max_bytes,
             ..GatewayConfig::default()
         };
-        let gateway = Gateway::new(publisher.handle(), pepper.clone(), journal.clone(), gateway_config);
+        let sink: Arc<dyn portico_core::usage::UsageSink> = if settings.unmetered {
+            tracing::warn!(
+                "--unmetered: the gateway meters nothing (no usage, no quotas from usage, no billing); for benchmarks only"
+            );
+            Arc::new(portico_core::usage::DiscardUsage)
+        } else {
+            journal.clone()
+        };
+        let gateway = Gateway::new(publisher.handle(), pepper.clone(), sink, gateway_config);
         let state = AppState {
             store,
             pepper: Arc::new(pepper),

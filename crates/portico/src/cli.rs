@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Log one line per gateway call (target `portico::access`; JSON with --log-format json)
     #[arg(long, env = "PORTICO_ACCESS_LOG")]
     pub access_log: bool,
+    /// For benchmarks only: the gateway meters nothing (no journal, no usage, no billing), to
+    /// measure what metering costs against the same binary with it on (bench/gateway.sh)
+    #[arg(long, hide = true)]
+    pub unmetered: bool,
     /// The gateway's response cache bound, in bytes, for the whole process [default: 64 MiB]
     #[arg(long, env = "PORTICO_CACHE_MAX_BYTES")]
     pub cache_max_bytes: Option<u64>,

@@ -40,6 +40,8 @@ pub struct Settings {
     /// One log line per gateway call (method, path, status, latency, ids; never a query, a
     /// header or a body).
     pub access_log: bool,
+    /// Benchmarks only (`--unmetered`): the gateway records no usage at all.
+    pub unmetered: bool,
     /// E-mail: the `[smtp]` section. Without a URL, mail is written to `<data-dir>/outbox/`.
     pub smtp: Smtp,
     /// The gateway's response cache: the most it holds, in bytes, for the whole process.
@@ -112,6 +114,7 @@ impl Default for Settings {
             smtp: Smtp::default(),
             journal_max_bytes: 1 << 30,
             access_log: false,
+            unmetered: false,
             cache_max_bytes: 64 * 1024 * 1024,
             tls: crate::tls::TlsSettings::default(),
             demo: false,
@@ -150,6 +153,8 @@ struct Overrides {
     journal_max_bytes: Option<u64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     access_log: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unmetered: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_max_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,6 +195,7 @@ impl Settings {
             smtp_url,
             journal_max_bytes,
             access_log,
+            unmetered,
             cache_max_bytes,
             tls_gateway_addr,
             tls_api_addr,
@@ -215,6 +221,7 @@ impl Settings {
             smtp: smtp_url.map(|url| SmtpOverride { url }),
             journal_max_bytes,
             access_log,
+            unmetered,
             cache_max_bytes,
             tls: (tls_gateway_addr.is_some() || tls_api_addr.is_some())
                 .then_some(TlsOverrides { gateway_addr: tls_gateway_addr, api_addr: tls_api_addr }),
