@@ -12,6 +12,26 @@ use std::time::{Duration, Instant};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `portico_gateway_upstream_targets{api, state}`: how many of an API's targets (all serving
+/// versions) are in rotation (`available`) and out of it (`unavailable`: failed health checks
+/// or an open circuit breaker).
+fn report_targets(gw: &Gateway, api: &portico_core::snapshot::ApiRoute) {
+    let (mut up, mut down) = (0u32, 0u32);
+    for version in api.majors.values() {
+        for i in 0..=version.policy.targets.len() {
+            if gw.inner.pool.state(pool::target(&version.upstream, &version.policy, i)).available() {
+                up += 1;
+            } else {
+                down += 1;
+            }
+        }
+    }
+    let slug = api.slug.as_str().to_owned();
+    metrics::gauge!("portico_gateway_upstream_targets", "api" => slug.clone(), "state" => "available")
+        .set(f64::from(up));
+    metrics::gauge!("portico_gateway_upstream_targets", "api" => slug, "state" => "unavailable").set(f64::from(down));
+}
+
 pub(crate) async fn run(gw: Gateway, mut stop: tokio::sync::watch::Receiver<bool>) {
     let client = crate::upstream_client(&gw.inner.tls, &gw.inner.outbound);
     let mut last: HashMap<String, Instant> = HashMap::new();
@@ -23,6 +43,7 @@ pub(crate) async fn run(gw: Gateway, mut stop: tokio::sync::watch::Receiver<bool
         }
         let snapshot = gw.inner.snapshot.load_full();
         for api in snapshot.apis.values() {
+            report_targets(&gw, api);
             for version in api.majors.values() {
                 let Some(hc) = version.policy.health_check.clone() else { continue };
                 for i in 0..=version.policy.targets.len() {

@@ -13,6 +13,7 @@
 //! subscription), [`proxy`] (header rewriting), [`forward`] and [`pool`] (upstream targets,
 //! timeouts, retries, breakers, health checks), [`meter`] (byte counting and the usage event),
 //! [`cors`], [`metrics`]; `outbound` (the SSRF guard every upstream connection goes through);
+//! `trace` (OpenTelemetry spans per call and phase, only with [`GatewayConfig::traces`]);
 //! `serve` runs the listener.
 //!
 //! A version's `policies` (IP lists, JSON depth, operation weights, header and path rewriting,
@@ -42,6 +43,7 @@ pub mod route;
 pub mod screen;
 mod serve;
 pub mod token;
+mod trace;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -98,6 +100,9 @@ pub struct GatewayConfig {
     pub outbound: portico_core::outbound::OutboundPolicy,
     /// The response cache's bound for the whole process (bodies, headers and keys).
     pub cache_max_bytes: u64,
+    /// Make a span per call and per phase (target `portico::trace`) for the binary's OTLP
+    /// exporter, and send the upstream span's id in `traceparent`. Off: no span is made.
+    pub traces: bool,
 }
 
 impl Default for GatewayConfig {
@@ -114,6 +119,7 @@ impl Default for GatewayConfig {
             token_trust: None,
             cache_max_bytes: 64 * 1024 * 1024,
             access_log: false,
+            traces: false,
         }
     }
 }
@@ -198,7 +204,27 @@ impl Gateway {
         let cors = origin.as_ref().map(|_| self.policies_of(req.uri().path()));
         // The access log: method and path only (never the query, a header or a body).
         let access = self.inner.config.access_log.then(|| (req.method().clone(), req.uri().path().to_owned()));
-        let mut resp = self.handle(client, req, remote, https).await;
+        let span = if self.inner.config.traces {
+            // The span's name is set at its start (a known API's slug and major, or none).
+            let known = route::parse(req.uri().path())
+                .ok()
+                .filter(|t| Slug::parse(t.slug).is_ok_and(|s| self.inner.snapshot.load().apis.contains_key(&s)));
+            let name = match known {
+                Some(t) => format!("{} /{}/v{}", req.method(), t.slug, t.major),
+                None => req.method().to_string(),
+            };
+            trace::server(&name, req.method(), req.uri().path(), req.headers())
+        } else {
+            tracing::Span::none()
+        };
+        let mut resp = tracing::Instrument::instrument(self.handle(client, req, remote, https), span.clone()).await;
+        if !span.is_none() {
+            let status = resp.status();
+            span.record("http.response.status_code", status.as_u16());
+            if status.is_server_error() {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         if let (Some(origin), Some(policies)) = (origin, cors) {
             cors::allow(resp.headers_mut(), &origin, policies.as_deref().and_then(|p| p.cors.as_ref()));
         }
@@ -240,6 +266,7 @@ impl Gateway {
     ) -> Response<GwBody> {
         let started = Instant::now();
         let inner = &self.inner;
+        let traces = inner.config.traces;
         let path = req.uri().path();
         if path == "/healthz" {
             return errors::json(StatusCode::OK, serde_json::json!({"status": "ok"}));
@@ -266,6 +293,7 @@ impl Gateway {
                 "API keys are not accepted in the URL (it ends up in logs); send it in the X-Api-Key header",
             );
         }
+        let route_span = trace::phase(traces, "route");
         let target = match route::parse(path) {
             Ok(t) => t,
             Err(route::RouteError::NoMatch) => {
@@ -306,6 +334,11 @@ impl Gateway {
                 return errors::method_not_allowed(&allow, &format!("this path of API `{}` accepts {allow}", api.slug));
             }
         };
+        drop(route_span);
+        if traces {
+            tracing::Span::current().record("portico.api", api.slug.as_str());
+        }
+        let identify_span = trace::phase(traces, "identify");
         let (caller, key_in_authorization) = match identify::credential(req.headers()) {
             Credential::Key { value, from_authorization } => match identify::lookup(&snapshot, &inner.pepper, value) {
                 Ok(g) => {
@@ -369,6 +402,7 @@ impl Gateway {
                 api.slug
             ));
         };
+        drop(identify_span);
         let units = policies.weight(operation.as_deref());
         let request_id = proxy::request_id(req.headers());
         // Portico's own id of the call: the metering key, never taken from the client.
@@ -400,7 +434,11 @@ impl Gateway {
             );
         }
         let mut meter = Meter::new(inner.sink.clone(), event, started, bytes_in.clone());
+        if traces {
+            tracing::Span::current().record("portico.call_id", tracing::field::display(call_id));
+        }
 
+        let limit_span = trace::phase(traces, "limit");
         let admitted = match inner.limiter.check(sub, units) {
             Ok(a) => a,
             Err(refusal) => {
@@ -429,8 +467,11 @@ impl Gateway {
             }
         };
 
+        drop(limit_span);
+
         // The cache: a hit is a call (identified, entitled, limited, billed) that never reaches
         // the upstream.
+        let cache_span = cache_plan_span(traces, policies);
         let cache_plan = policies.cache.as_ref().and_then(|c| {
             let target = req.uri().path_and_query().map_or(path, |p| p.as_str());
             cache::Plan::new(c, req.method(), req.headers(), version.version_id, target, grant.app_id)
@@ -450,6 +491,7 @@ impl Gateway {
             }
             inner.metrics.cache_miss.increment(1);
         }
+        drop(cache_span);
 
         let cache_plan_used = cache_plan.is_some();
         let rest = policies.rewrite_path(target.rest);
@@ -464,7 +506,9 @@ impl Gateway {
         let (primary, policy) = (version.upstream.clone(), version.policy.clone());
         let policies = policies.clone();
         let hash = pool::hash_key(&policy, req.headers(), grant.consumer_slug.as_str());
+        let journal_span = trace::phase(traces, "journal");
         meter.begin();
+        drop(journal_span);
         // WebSocket and other upgrades: forwarded, and on a 101 the two connections are joined.
         let upgrade = proxy::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
@@ -475,7 +519,9 @@ impl Gateway {
         {
             parts.headers.insert(http::header::HOST, host);
         }
-        let traceparent = proxy::traceparent(&parts.headers);
+        // With traces on, the upstream learns the gateway's own span as its parent.
+        let upstream_span = trace::upstream(traces, api_slug.as_str());
+        let traceparent = trace::traceparent_of(&upstream_span).unwrap_or_else(|| proxy::traceparent(&parts.headers));
         let original_host = match policies.host_header {
             portico_core::policy::HostHeader::Preserve => parts.headers.get(http::header::HOST).cloned(),
             portico_core::policy::HostHeader::Upstream => None,
@@ -565,6 +611,10 @@ impl Gateway {
             signer,
         };
         let sent = forward::send(&inner.pool, client, &primary, &policy, hash, out).await;
+        if let Ok(resp) = &sent {
+            upstream_span.record("http.response.status_code", resp.status().as_u16());
+        }
+        drop(upstream_span);
         match sent {
             Ok(mut resp) => {
                 let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -646,4 +696,9 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The cache phase's span, only for versions that cache.
+fn cache_plan_span(traces: bool, policies: &portico_core::policy::Policies) -> tracing::Span {
+    if policies.cache.is_some() { trace::phase(traces, "cache") } else { tracing::Span::none() }
 }

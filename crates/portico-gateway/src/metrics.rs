@@ -1,6 +1,7 @@
 //! The gateway's Prometheus metrics, through the `metrics` facade (the binary installs the
 //! exporter). Labels are bounded: the API's slug (only slugs of the current snapshot; anything
-//! else is `_unknown`) and the status class. Handles are registered once per API and cached,
+//! else is `_unknown`) and the status class; upstream targets are counted per API and state,
+//! never labelled by URL. Handles are registered once per API and cached,
 //! so a call costs a read-locked map lookup and a few atomic adds.
 
 use metrics::{Counter, Histogram};
@@ -11,15 +12,16 @@ use std::time::Duration;
 pub struct ApiMetrics {
     /// By status class: 1xx-3xx, 4xx, 5xx.
     requests: [Counter; 3],
-    latency: Histogram,
+    latency: [Histogram; 3],
 }
 
 impl ApiMetrics {
     fn new(api: &str) -> Self {
         let req = |class: &'static str| metrics::counter!("portico_gateway_requests_total", "api" => api.to_owned(), "status_class" => class);
+        let latency = |class: &'static str| metrics::histogram!("portico_gateway_request_duration_seconds", "api" => api.to_owned(), "status_class" => class);
         ApiMetrics {
             requests: [req("2xx"), req("4xx"), req("5xx")],
-            latency: metrics::histogram!("portico_gateway_request_duration_seconds", "api" => api.to_owned()),
+            latency: [latency("2xx"), latency("4xx"), latency("5xx")],
         }
     }
 
@@ -30,7 +32,7 @@ impl ApiMetrics {
             _ => 0,
         };
         self.requests[i].increment(1);
-        self.latency.record(elapsed.as_secs_f64());
+        self.latency[i].record(elapsed.as_secs_f64());
     }
 }
 

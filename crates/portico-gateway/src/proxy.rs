@@ -78,22 +78,24 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_str(&fast_uuid().to_string()).unwrap_or(HeaderValue::from_static("-")))
 }
 
-/// The W3C `traceparent` the client sent, if valid; otherwise a new trace.
+/// Whether `s` is a valid W3C `traceparent` (lowercase hex, no all-zero ids, version not ff).
+pub(crate) fn valid_traceparent(s: &str) -> bool {
+    let p: Vec<&str> = s.split('-').collect();
+    let hex = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    p.len() == 4
+        && hex(p[0], 2)
+        && p[0] != "ff"
+        && hex(p[1], 32)
+        && p[1] != "0".repeat(32)
+        && hex(p[2], 16)
+        && p[2] != "0".repeat(16)
+        && hex(p[3], 2)
+}
+
+/// The W3C `traceparent` the client sent, if valid; otherwise a new trace (used when the
+/// gateway exports no traces of its own).
 pub fn traceparent(h: &HeaderMap) -> HeaderValue {
-    let valid = |s: &str| {
-        let p: Vec<&str> = s.split('-').collect();
-        let hex =
-            |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-        p.len() == 4
-            && hex(p[0], 2)
-            && p[0] != "ff"
-            && hex(p[1], 32)
-            && p[1] != "0".repeat(32)
-            && hex(p[2], 16)
-            && p[2] != "0".repeat(16)
-            && hex(p[3], 2)
-    };
-    if let Some(v) = h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|s| valid(s)) {
+    if let Some(v) = h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|s| valid_traceparent(s)) {
         return HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("-"));
     }
     let trace: u128 = rand::random::<u128>().max(1);

@@ -127,6 +127,7 @@ impl App {
             trusted_proxies: settings.trusted_networks()?,
             outbound,
             access_log: settings.access_log,
+            traces: settings.tracing.otlp_endpoint.is_some(),
             token_trust: Some(portico_gateway::token::TokenTrust {
                 issuer: config.token_issuer.trim_end_matches('/').to_owned(),
                 audience: config.gateway_url.trim_end_matches('/').to_owned(),

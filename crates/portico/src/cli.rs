@@ -104,6 +104,14 @@ pub struct ServeArgs {
     /// The API and portal's TLS listener (e.g. 0.0.0.0:8444)
     #[arg(long, env = "PORTICO_TLS_API_ADDR")]
     pub tls_api_addr: Option<String>,
+    /// Export the gateway's traces over OTLP/HTTP to this collector (e.g.
+    /// http://otel-collector:4318; `/v1/traces` is added when the URL has no path) [default: off]
+    #[arg(long, env = "PORTICO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded, 0.0 to 1.0 (calls with a `traceparent` follow their
+    /// caller's decision) [default: 1.0]
+    #[arg(long, env = "PORTICO_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
     /// Load the demo marketplace (two providers, three APIs, a consumer with a key) and run
     /// its upstream in this process.
     #[arg(long, env = "PORTICO_DEMO")]

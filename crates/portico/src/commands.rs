@@ -10,8 +10,10 @@ use portico_core::declarative::Document;
 use portico_core::values::Email;
 use portico_store::Store;
 
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn serve(args: ServeArgs, log_format: Option<&str>) -> anyhow::Result<()> {
     let settings = Settings::load(&args)?;
+    // Kept to the end: dropping it flushes the last traces.
+    let _telemetry = crate::telemetry::init(log_format, Some(&settings.tracing))?;
     let app = App::build(&settings).await?;
     if settings.demo {
         let upstream = crate::demo::start_upstream().await?;

@@ -53,6 +53,7 @@ fn served_for(h: &HeaderMap) -> Value {
         "consumer": h.get("x-portico-consumer").and_then(|v| v.to_str().ok()),
         "plan": h.get("x-portico-plan").and_then(|v| v.to_str().ok()),
         "request_id": h.get("x-request-id").and_then(|v| v.to_str().ok()),
+        "traceparent": h.get("traceparent").and_then(|v| v.to_str().ok()),
     })
 }
 

@@ -10,13 +10,16 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    portico::telemetry::init(cli.log_format.as_deref());
+    let format = cli.log_format.as_deref();
+    // `serve` installs its own telemetry once its settings (which may name a trace collector)
+    // are read; the other commands log only.
+    let logs = || portico::telemetry::init(format, None);
     let result = match cli.command {
-        Command::Serve(args) => portico::commands::serve(args).await,
-        Command::Apply(args) => portico::commands::apply(args).await,
-        Command::Export(args) => portico::commands::export(args).await,
-        Command::Admin(args) => portico::commands::admin(args).await,
-        Command::Migrate(args) => portico::commands::migrate(args).await,
+        Command::Serve(args) => portico::commands::serve(args, format).await,
+        Command::Apply(args) => logs().and(portico::commands::apply(args).await),
+        Command::Export(args) => logs().and(portico::commands::export(args).await),
+        Command::Admin(args) => logs().and(portico::commands::admin(args).await),
+        Command::Migrate(args) => logs().and(portico::commands::migrate(args).await),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

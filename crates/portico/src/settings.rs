@@ -48,6 +48,8 @@ pub struct Settings {
     pub cache_max_bytes: u64,
     /// TLS listeners and their certificates: the `[tls]` section.
     pub tls: crate::tls::TlsSettings,
+    /// Traces over OTLP: the `[tracing]` section (off by default).
+    pub tracing: crate::telemetry::TracingSettings,
     pub demo: bool,
 }
 
@@ -117,6 +119,7 @@ impl Default for Settings {
             unmetered: false,
             cache_max_bytes: 64 * 1024 * 1024,
             tls: crate::tls::TlsSettings::default(),
+            tracing: crate::telemetry::TracingSettings::default(),
             demo: false,
         }
     }
@@ -159,8 +162,19 @@ struct Overrides {
     cache_max_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<TlsOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tracing: Option<TracingOverrides>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     demo: bool,
+}
+
+/// The `[tracing]` keys that flags set.
+#[derive(Serialize)]
+struct TracingOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otlp_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample_ratio: Option<f64>,
 }
 
 /// `--smtp-url` over the file's `[smtp] url` (the sender stays the file's).
@@ -199,6 +213,8 @@ impl Settings {
             cache_max_bytes,
             tls_gateway_addr,
             tls_api_addr,
+            otlp_endpoint,
+            trace_sample_ratio,
             demo,
         } = args.clone();
         let request_log = request_log.map(|s| match s.as_str() {
@@ -225,6 +241,8 @@ impl Settings {
             cache_max_bytes,
             tls: (tls_gateway_addr.is_some() || tls_api_addr.is_some())
                 .then_some(TlsOverrides { gateway_addr: tls_gateway_addr, api_addr: tls_api_addr }),
+            tracing: (otlp_endpoint.is_some() || trace_sample_ratio.is_some())
+                .then_some(TracingOverrides { otlp_endpoint, sample_ratio: trace_sample_ratio }),
             demo,
         };
         let mut fig = Figment::from(Serialized::defaults(Settings::default()));
@@ -300,6 +318,7 @@ impl Settings {
             bail!("cache_max_bytes must be at least 1048576 (1 MiB) and at most 1 TiB");
         }
         self.tls.validate()?;
+        self.tracing.validate()?;
         if let Some(db) = &self.database
             && !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://"))
         {

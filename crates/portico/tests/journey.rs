@@ -315,8 +315,32 @@ async fn metrics_are_scrapable(app: &TestApp) {
     assert!(value("portico_gateway_rejections_total", &[("reason", "rate_limit")]) >= 1.0);
     assert!(value("portico_gateway_requests_total", &[("api", "_unknown")]) >= 1.0, "unknown APIs share one label");
     assert!(!text.contains("api=\"nope\""), "no label per unknown slug");
-    assert!(scrape.samples.iter().any(|s| s.metric.starts_with("portico_gateway_request_duration_seconds")));
+    assert!(
+        scrape.samples.iter().any(|s| s.metric.starts_with("portico_gateway_request_duration_seconds")
+            && s.labels.get("api") == Some("echo")
+            && s.labels.get("status_class") == Some("2xx")),
+        "latency by API and status class: {text}"
+    );
     assert!(value("portico_store_pool_connections", &[]) >= 1.0);
+    // Upstream health, per API (refreshed every second by the gateway).
+    let t = Instant::now();
+    loop {
+        let text = app.http.get(&app.metrics).send().await.unwrap().text().await.unwrap();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let up = scrape.samples.iter().find(|s| {
+            s.metric == "portico_gateway_upstream_targets"
+                && s.labels.get("api") == Some("echo")
+                && s.labels.get("state") == Some("available")
+        });
+        if let Some(s) = up {
+            assert!(matches!(s.value, prometheus_parse::Value::Gauge(v) if v >= 1.0), "{text}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no upstream target gauge: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The journal's backlog is reported.
+    assert!(scrape.samples.iter().any(|s| s.metric == "portico_journal_backlog_bytes"), "{text}");
 }
 
 async fn bad_input(app: &TestApp, provider: &str, consumer: &str, app_id: &str) {
