@@ -122,12 +122,19 @@ pub struct CallRecord {
 
 /// Writes calls to the request log, 500 per statement; a request id already there is skipped.
 /// Exactly-once counting does not rest on this table but on [`set_journal_offset`].
+///
+/// On SQLite the placeholders are anonymous `?`: for numbered or named ones (`$7`, `?7`) each
+/// bind looks its parameter's name up in a list as long as the statement's (sqlx asks SQLite for
+/// every parameter's name), which made a 500-row statement cost 150 µs per row instead of 12
+/// (`cargo bench -p portico-metering --bench ship`).
 pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
     const COLS: usize = 15;
+    let anonymous = c.backend_name() == "SQLite";
     for chunk in calls.chunks(500) {
         let rows: Vec<String> = (0..chunk.len())
             .map(|r| {
-                let marks: Vec<String> = (1..=COLS).map(|k| format!("${}", r * COLS + k)).collect();
+                let marks: Vec<String> =
+                    (1..=COLS).map(|k| if anonymous { "?".to_owned() } else { format!("${}", r * COLS + k) }).collect();
                 format!("({})", marks.join(", "))
             })
             .collect();

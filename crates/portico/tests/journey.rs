@@ -240,6 +240,20 @@ async fn journey(backend: Backend) {
     assert_eq!(log["items"], json!([]));
     let (_, ts) = app.get("/analytics/usage", Some(&other)).await;
     assert_eq!(ts["series"], json!([]), "no analytics of others' traffic");
+    // Another provider sees nothing of this provider's API traffic either.
+    let rival = app.signup("ray@rival.example", "provider").await;
+    let (_, ts) = app.get("/analytics/usage", Some(&rival)).await;
+    assert_eq!(ts["series"], json!([]), "no analytics of another provider's APIs");
+    let (_, top) = app.get("/analytics/top?group_by=consumer", Some(&rival)).await;
+    assert_eq!(top["entries"], json!([]), "{top}");
+    let (_, log) = app.get(&format!("/requests?request_id={call_id}"), Some(&rival)).await;
+    assert_eq!(log["items"], json!([]));
+    // A platform admin sees every organization's traffic and finds any call.
+    let admin = app.admin_token().await;
+    let (s, ts) = app.get("/analytics/usage?granularity=day", Some(&admin)).await;
+    assert_eq!((s, total(&ts, "all")), (200, 6), "{ts}");
+    let (_, log) = app.get(&format!("/requests?request_id={call_id}"), Some(&admin)).await;
+    assert_eq!(log["items"][0]["status"], 200, "{log}");
     let key_id = list[0]["id"].as_str().unwrap();
     for path in [
         format!("/apps/{app_id}"),
