@@ -28,6 +28,10 @@ pub struct UsageEvent {
     /// 0 when Portico answered itself (a limit, a refusal, an unreachable upstream) — such calls
     /// are metered but never billed.
     pub units: u32,
+    /// The `X-Request-Id` the client sent (at most 128 of `[A-Za-z0-9._-]`), so support can
+    /// find a call by the id the client logged; `None` when it sent none (the call's
+    /// `X-Request-Id` is then Portico's `request_id`).
+    pub client_request_id: Option<Arc<str>>,
 }
 
 impl UsageEvent {

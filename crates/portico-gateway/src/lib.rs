@@ -404,11 +404,13 @@ impl Gateway {
         };
         drop(identify_span);
         let units = policies.weight(operation.as_deref());
-        let request_id = proxy::request_id(req.headers());
         // Portico's own id of the call: the metering key, never taken from the client.
         let call_id = proxy::call_uuid();
         let call_id_header =
             http::HeaderValue::from_str(&call_id.to_string()).unwrap_or(http::HeaderValue::from_static("-"));
+        // The call's X-Request-Id: the client's, or else Portico's id of the call.
+        let client_request_id = proxy::client_request_id(req.headers()).cloned();
+        let request_id = client_request_id.clone().unwrap_or_else(|| call_id_header.clone());
         let bytes_in = Arc::new(AtomicU64::new(0));
         let event = UsageEvent {
             request_id: call_id,
@@ -425,6 +427,7 @@ impl Gateway {
             bytes_in: 0,
             bytes_out: 0,
             units,
+            client_request_id: client_request_id.and_then(|v| v.to_str().ok().map(Arc::from)),
         };
         // A call that cannot be metered is not served (and, never begun, is not metered either).
         if !inner.sink.accepting() {

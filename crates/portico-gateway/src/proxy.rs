@@ -67,13 +67,18 @@ pub fn call_uuid() -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid()
 }
 
-/// A request id the client sent, if sane; otherwise a new one.
+/// The `X-Request-Id` the client sent, if sane (1 to 128 of `[A-Za-z0-9._-]`).
+pub fn client_request_id(h: &HeaderMap) -> Option<&HeaderValue> {
+    h.get(&X_REQUEST_ID).filter(|v| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+    })
+}
+
+/// A request id the client sent, if sane; otherwise a new one (for answers made before a call
+/// has Portico's id).
 pub fn request_id(h: &HeaderMap) -> HeaderValue {
-    h.get(&X_REQUEST_ID)
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
-        })
+    client_request_id(h)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_str(&fast_uuid().to_string()).unwrap_or(HeaderValue::from_static("-")))
 }

@@ -42,6 +42,7 @@ fn event(ids: &Ids, i: usize) -> UsageEvent {
         bytes_in: 120,
         bytes_out: 480,
         units: 1,
+        client_request_id: None,
     }
 }
 

@@ -1,5 +1,7 @@
 //! The journal's record format: `[len: u32 LE][crc32(body): u32 LE][body]`, body =
-//! `kind: u8` + a fixed call layout. A torn or corrupt frame stops decoding there.
+//! `kind: u8` + a fixed call layout, then fields added since, each optional at the end (a
+//! segment written by an older Portico still decodes): units (`u32`), the client's
+//! `X-Request-Id` (`u8` length + bytes). A torn or corrupt frame stops decoding there.
 
 use portico_core::usage::UsageEvent;
 use portico_store::usage::CallRecord;
@@ -50,6 +52,10 @@ pub fn encode(kind: u8, event: Option<&UsageEvent>, buf: &mut Vec<u8>) {
         buf.extend_from_slice(&(op.len() as u16).to_le_bytes());
         buf.extend_from_slice(op);
         buf.extend_from_slice(&e.units.to_le_bytes());
+        let client = e.client_request_id.as_deref().unwrap_or("").as_bytes();
+        let client = &client[..client.len().min(u8::MAX as usize)];
+        buf.push(client.len() as u8);
+        buf.extend_from_slice(client);
     }
     let body_len = (buf.len() - start - 8) as u32;
     let crc = crc32fast::hash(&buf[start + 8..]);
@@ -91,6 +97,11 @@ fn decode_call(body: &[u8]) -> Option<CallRecord> {
         Some(b) => u32::from_le_bytes(b.try_into().ok()?),
         None => 1,
     };
+    // Records written before the client's request id was kept end here.
+    let client_request_id = match r.take(1) {
+        Some(&[n]) => Some(std::str::from_utf8(r.take(usize::from(n))?).ok()?.to_owned()).filter(|s| !s.is_empty()),
+        _ => None,
+    };
     let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     Some(CallRecord {
         request_id,
@@ -107,6 +118,7 @@ fn decode_call(body: &[u8]) -> Option<CallRecord> {
         bytes_in: big(bytes_in),
         bytes_out: big(bytes_out),
         units: i64::from(units),
+        client_request_id,
         orphaned: false,
     })
 }
@@ -161,6 +173,7 @@ mod tests {
             bytes_in: 10,
             bytes_out: 20,
             units: 3,
+            client_request_id: Some("client-id-42".into()),
         }
     }
 
@@ -182,6 +195,7 @@ mod tests {
                     (b.request_id, 429, Some("getThing"), 20)
                 );
                 assert_eq!(c.subscription_id, b.subscription_id);
+                assert_eq!(c.client_request_id.as_deref(), Some("client-id-42"));
             }
             other => panic!("{other:?}"),
         }

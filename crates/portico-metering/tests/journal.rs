@@ -28,6 +28,7 @@ fn event(sub: SubscriptionId, status: u16) -> UsageEvent {
         bytes_in: 1,
         bytes_out: 2,
         units: 1,
+        client_request_id: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn call(sub: SubscriptionId, at_millis: i64, status: i64, latency: i64, units: i
         bytes_in: 10,
         bytes_out: 100,
         units,
+        client_request_id: None,
         orphaned,
     }
 }

@@ -107,9 +107,10 @@ async fn journey(backend: Backend) {
     assert_eq!(h["x-request-id"], "trace-me-1");
     assert_eq!(h["x-portico-request-id"], call_id.as_str(), "the upstream gets Portico's id of the call");
     assert!(h["traceparent"].as_str().unwrap().starts_with("00-"));
-    // Bearer works too.
+    // Bearer works too. Without an X-Request-Id of its own, the call's is Portico's id.
     let r = app.http.get(format!("{}/echo/v1/things/1", app.gateway)).bearer_auth(&key).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], r.headers()["x-portico-request-id"]);
 
     // No key, a wrong key, a mistyped key: 401.
     let r = gw(&app, "/echo/v1/things/1", None).await;
@@ -176,6 +177,20 @@ async fn journey(backend: Backend) {
         assert_eq!(log["items"][0]["operation"], "getThing", "{log}");
         assert_eq!((log["items"][0]["status"].as_i64(), log["items"][0]["api"].as_str()), (Some(200), Some("echo")));
     }
+    // …and by the X-Request-Id the client sent, for both; the entry shows it.
+    for who in [&consumer, &provider] {
+        let (s, log) = app.get("/requests?request_id=trace-me-1", Some(who)).await;
+        assert_eq!(s, 200, "{log}");
+        assert_eq!(log["items"].as_array().unwrap().len(), 1, "{log}");
+        assert_eq!(log["items"][0]["request_id"], call_id.as_str());
+        assert_eq!(log["items"][0]["client_request_id"], "trace-me-1");
+    }
+    let (s, log) = app.get("/requests?request_id=trace-me-1&operation=getThing", Some(&provider)).await;
+    assert_eq!((s, log["items"].as_array().unwrap().len()), (200, 1), "{log}");
+    let (_, log) = app.get("/requests?operation=noSuchOperation", Some(&provider)).await;
+    assert_eq!(log["items"], json!([]));
+    let (s, v) = app.get("/requests?request_id=has%20space", Some(&consumer)).await;
+    assert_eq!(s, 400, "{v}");
     let (_, log) = app.get("/requests?status=429", Some(&consumer)).await;
     assert_eq!(log["items"].as_array().unwrap().len(), 1);
     let (s, v) = app.get("/requests?from=yesterday", Some(&consumer)).await;
@@ -236,6 +251,8 @@ async fn journey(backend: Backend) {
     let other = app.signup("bo@elsewhere.example", "consumer").await;
     let (_, log) = app.get(&format!("/requests?request_id={call_id}"), Some(&other)).await;
     assert_eq!(log["items"], json!([]));
+    let (_, log) = app.get("/requests?request_id=trace-me-1", Some(&other)).await;
+    assert_eq!(log["items"], json!([]), "another consumer cannot find the call by the client's id either");
     let (_, log) = app.get("/requests", Some(&other)).await;
     assert_eq!(log["items"], json!([]));
     let (_, ts) = app.get("/analytics/usage", Some(&other)).await;

@@ -14,8 +14,12 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct RequestQuery {
-    /// Portico's id of the call (`X-Portico-Request-Id`).
+    /// Portico's id of the call (`X-Portico-Request-Id`), or the `X-Request-Id` the client sent.
     pub request_id: Option<String>,
+    /// The calling consumer organization's id.
+    pub consumer_org_id: Option<String>,
+    /// The operation (`operationId` or `METHOD /template`).
+    pub operation: Option<String>,
     /// The API's slug.
     pub api: Option<String>,
     pub app_id: Option<String>,
@@ -41,6 +45,8 @@ pub struct RequestLogEntry {
     pub consumer_org_id: String,
     pub plan_id: String,
     pub operation: Option<String>,
+    /// The `X-Request-Id` the client sent, if any.
+    pub client_request_id: Option<String>,
     /// 0 for an orphaned call.
     pub status: i64,
     pub latency_ms: f64,
@@ -66,6 +72,7 @@ impl From<LoggedCall> for RequestLogEntry {
             consumer_org_id: c.consumer_org_id.to_string(),
             plan_id: c.plan_id.to_string(),
             operation: c.operation,
+            client_request_id: c.client_request_id,
             status: c.status,
             latency_ms: c.latency_micros as f64 / 1000.0,
             bytes_in: c.bytes_in,
@@ -85,10 +92,22 @@ pub async fn list(state: &AppState, who: &Principal, q: RequestQuery) -> Result<
     let page = Page::new(q.limit, q.offset);
     let mut f = CallFilter { status: q.status, ..Default::default() };
     if let Some(id) = q.request_id.as_deref() {
-        f.request_id = Some(uuid::Uuid::parse_str(id).map_err(|_| {
-            Error::Invalid(format!("request_id: `{id}` is not a Portico request id (a UUID from X-Portico-Request-Id)"))
-        })?);
+        // Portico's id (a UUID) or the client's own X-Request-Id: either finds the call.
+        let sane =
+            !id.is_empty() && id.len() <= 128 && id.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+        if !sane {
+            return Err(Error::Invalid(format!(
+                "request_id: `{}` is neither a Portico request id (X-Portico-Request-Id) nor an X-Request-Id (1 to 128 letters, digits, `.`, `_` or `-`)",
+                id.escape_default()
+            )));
+        }
+        f.request_id = uuid::Uuid::parse_str(id).ok();
+        f.client_request_id = Some(id.to_owned());
     }
+    if let Some(org) = q.consumer_org_id.as_deref() {
+        f.consumer_org_id = Some(parse_id(org, "consumer organization")?);
+    }
+    f.operation = q.operation.clone();
     if let Some(app) = q.app_id.as_deref() {
         f.app_id = Some(parse_id(app, "app")?);
     }
