@@ -1,6 +1,11 @@
 //! Upstream targets at run time: which are available (active health checks, a circuit breaker
 //! fed by passive failures), how one is chosen (round robin, least requests, consistent hash),
 //! and the retry budget. State is keyed by target URL, so it survives snapshot swaps.
+//!
+//! The breaker: closed → open after `BREAKER_THRESHOLD` failures in a row (no call for
+//! `BREAKER_COOLDOWN_MS`) → half-open, where one trial call at a time goes through: its
+//! success closes the breaker, its failure opens it again for another cool-down. A trial that
+//! never reports (its caller went away) stops blocking others after `PROBE_STALE_MS`.
 
 use portico_core::upstream::{Balance, UpstreamPolicy};
 use portico_core::values::UpstreamUrl;
@@ -13,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Consecutive failures that open a target's breaker, and how long it stays open.
 const BREAKER_THRESHOLD: u32 = 5;
 const BREAKER_COOLDOWN_MS: u64 = 10_000;
+const PROBE_STALE_MS: u64 = 30_000;
 /// Each call adds 0.2 retries to the budget (so retries stay ≤ 20% extra load), up to 10.
 const BUDGET_PER_CALL: i64 = 200;
 const BUDGET_PER_RETRY: i64 = 1000;
@@ -30,19 +36,53 @@ pub struct TargetState {
     health_streak: AtomicI64,
     failures: AtomicU32,
     open_until_ms: AtomicU64,
+    /// When the half-open breaker's trial call started (0: none in flight).
+    probe_since_ms: AtomicU64,
 }
 
 impl TargetState {
-    /// Healthy and its breaker not open (after the cool-down, calls are let through again; the
-    /// next failure re-opens it at once).
+    /// Healthy, and its breaker closed, or half-open with no trial call in flight.
     pub fn available(&self) -> bool {
-        !self.unhealthy.load(Ordering::Relaxed) && self.open_until_ms.load(Ordering::Relaxed) <= now_ms()
+        if self.unhealthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let open_until = self.open_until_ms.load(Ordering::Relaxed);
+        if open_until == 0 {
+            return true;
+        }
+        let now = now_ms();
+        let probe = self.probe_since_ms.load(Ordering::Relaxed);
+        open_until <= now && (probe == 0 || now.saturating_sub(probe) >= PROBE_STALE_MS)
+    }
+
+    /// Takes the target for one call: always when its breaker is closed; when half-open, only
+    /// as the one trial call (false: another caller holds the trial).
+    pub fn admit(&self) -> bool {
+        let open_until = self.open_until_ms.load(Ordering::Relaxed);
+        if open_until == 0 {
+            return true;
+        }
+        let now = now_ms();
+        if open_until > now {
+            return false;
+        }
+        let probe = self.probe_since_ms.load(Ordering::Relaxed);
+        if probe != 0 && now.saturating_sub(probe) < PROBE_STALE_MS {
+            return false;
+        }
+        self.probe_since_ms.compare_exchange(probe, now.max(1), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Whether the breaker is closed (for metrics and tests).
+    pub fn closed(&self) -> bool {
+        self.open_until_ms.load(Ordering::Relaxed) == 0
     }
 
     pub fn success(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
+        if self.failures.load(Ordering::Relaxed) != 0 || self.open_until_ms.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
             self.open_until_ms.store(0, Ordering::Relaxed);
+            self.probe_since_ms.store(0, Ordering::Relaxed);
         }
     }
 
@@ -51,8 +91,10 @@ impl TargetState {
     pub fn failure(&self) -> bool {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= BREAKER_THRESHOLD {
+            // Opened, or a failed trial re-opens it for another cool-down.
+            let was_trial = self.probe_since_ms.swap(0, Ordering::Relaxed) != 0;
             self.open_until_ms.store(now_ms() + BREAKER_COOLDOWN_MS, Ordering::Relaxed);
-            return true;
+            return n == BREAKER_THRESHOLD || was_trial;
         }
         false
     }
@@ -129,7 +171,7 @@ impl Pool {
         if policy.targets.is_empty() {
             // One target: no choice to make.
             let state = self.state(primary);
-            return state.available().then_some((0, state));
+            return (state.available() && state.admit()).then_some((0, state));
         }
         let n = 1 + policy.targets.len();
         let all: Vec<(usize, Arc<TargetState>)> =
@@ -154,7 +196,13 @@ impl Pool {
                 .max_by_key(|&k| hash_of(&[&hash.to_string(), target(primary, policy, candidates[k].0).as_str()]))
                 .unwrap_or(0),
         };
-        Some(candidates.swap_remove(pick))
+        let chosen = candidates.swap_remove(pick);
+        // A half-open target takes one trial call; if another caller just took it, the next
+        // available target serves instead.
+        if chosen.1.admit() {
+            return Some(chosen);
+        }
+        candidates.into_iter().find(|(_, s)| s.admit())
     }
 
     /// Every call adds to the retry budget.
@@ -256,5 +304,41 @@ mod tests {
             }
         }
         assert!(retries <= 100 * BUDGET_PER_CALL / BUDGET_PER_RETRY + BUDGET_MAX / 2 / BUDGET_PER_RETRY, "{retries}");
+    }
+}
+
+#[cfg(test)]
+mod breaker {
+    use super::*;
+
+    #[test]
+    fn open_then_half_open_with_one_trial_then_closed_or_open_again() {
+        let s = TargetState::default();
+        assert!(s.closed() && s.available() && s.admit() && s.admit(), "closed: every call");
+        for _ in 0..BREAKER_THRESHOLD {
+            s.failure();
+        }
+        assert!(!s.closed() && !s.available(), "open during the cool-down");
+        // The cool-down ends: half-open, one trial at a time.
+        s.open_until_ms.store(now_ms() - 1, Ordering::Relaxed);
+        assert!(s.available() && s.admit(), "the trial call goes through");
+        assert!(!s.available() && !s.admit(), "only one trial at a time");
+        // The trial fails: open again for a whole cool-down.
+        s.failure();
+        assert!(!s.available() && !s.admit());
+        assert!(s.open_until_ms.load(Ordering::Relaxed) > now_ms() + BREAKER_COOLDOWN_MS / 2);
+        // Next cool-down over, the trial succeeds: closed.
+        s.open_until_ms.store(now_ms() - 1, Ordering::Relaxed);
+        assert!(s.admit());
+        s.success();
+        assert!(s.closed() && s.admit() && s.admit() && s.available());
+        // A trial whose caller went away stops blocking once stale.
+        for _ in 0..BREAKER_THRESHOLD {
+            s.failure();
+        }
+        s.open_until_ms.store(now_ms() - 1, Ordering::Relaxed);
+        assert!(s.admit() && !s.admit());
+        s.probe_since_ms.store(now_ms() - PROBE_STALE_MS - 1, Ordering::Relaxed);
+        assert!(s.available() && s.admit());
     }
 }
