@@ -333,3 +333,80 @@ pub async fn prune_request_log(c: &mut Conn, before_millis: i64) -> Result<u64> 
         .await?
         .rows_affected())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn calls(spec: &[(u8, u16, u32, u8, bool)]) -> Vec<CallRecord> {
+        let subs = [SubscriptionId::new(), SubscriptionId::new()];
+        let base = 1_764_000_000_000i64 - 1_764_000_000_000i64 % 86_400_000;
+        spec.iter()
+            .enumerate()
+            .map(|(i, &(sub, status, latency, minute, orphaned))| CallRecord {
+                request_id: uuid::Uuid::from_u128(i as u128 + 1),
+                at_millis: base + i64::from(minute % 120) * 60_000 + (i as i64 % 60_000),
+                subscription_id: subs[usize::from(sub % 2)],
+                api_id: ApiId::from_uuid(uuid::Uuid::nil()),
+                version_id: VersionId::from_uuid(uuid::Uuid::nil()),
+                app_id: AppId::from_uuid(uuid::Uuid::nil()),
+                consumer_org_id: OrgId::from_uuid(uuid::Uuid::nil()),
+                plan_id: PlanId::from_uuid(uuid::Uuid::nil()),
+                operation: (status % 3 == 0).then(|| "search".to_owned()),
+                status: i64::from(100 + status % 500),
+                latency_micros: i64::from(latency),
+                bytes_in: i64::from(latency % 977),
+                bytes_out: i64::from(latency % 4099),
+                units: i64::from(status % 4),
+                client_request_id: None,
+                orphaned,
+            })
+            .collect()
+    }
+
+    /// Rows keyed for comparison; several rows with one key are absorbed into one.
+    fn merged(rows: impl IntoIterator<Item = Rollup>) -> HashMap<Key, Rollup> {
+        let mut out: HashMap<Key, Rollup> = HashMap::new();
+        for r in rows {
+            match out.get_mut(&r.key()) {
+                Some(m) => m.absorb(&r),
+                None => {
+                    out.insert(r.key(), r);
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// However the calls are cut into shipping rounds (or shared between instances), the
+        /// merged rows equal the rows of all calls at once: counts, sums and sketches.
+        #[test]
+        fn rolling_in_parts_then_merging_equals_rolling_everything(
+            spec in prop::collection::vec((any::<u8>(), any::<u16>(), 0u32..5_000_000, any::<u8>(), prop::bool::weighted(0.1)), 1..300),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..5),
+        ) {
+            let all = calls(&spec);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(all.len())).collect();
+            points.extend([0, all.len()]);
+            points.sort_unstable();
+            for g in [Granularity::Minute, Granularity::Day] {
+                let whole = merged(roll(&all, g));
+                let parts = merged(points.windows(2).flat_map(|w| roll(&all[w[0]..w[1]], g)));
+                prop_assert_eq!(&parts, &whole);
+            }
+            // Minute rows merged into their day equal the day rows.
+            let days: HashMap<Key, Rollup> = merged(roll(&all, Granularity::Minute).into_iter().map(|mut r| {
+                r.bucket = r.bucket.div_euclid(Granularity::Day.millis()) * Granularity::Day.millis();
+                r
+            }));
+            prop_assert_eq!(days, merged(roll(&all, Granularity::Day)));
+            // Nothing is lost: every answered call is counted once, every orphan once.
+            let whole = merged(roll(&all, Granularity::Day));
+            let answered = all.iter().filter(|c| !c.orphaned).count() as i64;
+            prop_assert_eq!(whole.values().map(|r| r.calls).sum::<i64>(), answered);
+            prop_assert_eq!(whole.values().map(|r| r.orphaned).sum::<i64>(), all.len() as i64 - answered);
+        }
+    }
+}

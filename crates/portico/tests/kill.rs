@@ -213,6 +213,26 @@ async fn finish_and_check(mut h: Harness, ok_responses: u64, label: &str) {
     );
     assert_eq!(days.iter().map(|d| d.calls).sum::<i64>(), metered.len() as i64, "the rollups agree with the calls");
     assert_eq!(days.iter().map(|d| d.orphaned).sum::<i64>(), orphaned.len() as i64);
+    // The minute and day rollups (what analytics and quotas read) agree too: every metered
+    // call counted once, with its unit; every orphan once, never billed.
+    for g in [portico_store::rollups::Granularity::Minute, portico_store::rollups::Granularity::Day] {
+        let f = portico_store::rollups::Filter { from_millis: 0, to_millis: i64::MAX, ..Default::default() };
+        let rows: Vec<_> = portico_store::rollups::read(&mut c, g, &f, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.subscription_id == h.sub_id)
+            .collect();
+        let sum = |k: fn(&portico_store::rollups::Rollup) -> i64| rows.iter().map(k).sum::<i64>();
+        assert_eq!(sum(|r| r.calls), metered.len() as i64, "{g:?} rollups count every metered call once");
+        assert_eq!(
+            sum(|r| r.units),
+            sum(|r| r.calls - r.refused),
+            "{g:?}: one billable unit per call the upstream answered"
+        );
+        assert_eq!(sum(|r| r.orphaned), orphaned.len() as i64, "{g:?} rollups count every orphan once");
+        assert_eq!(rows.iter().map(|r| r.sketch.count() as i64).sum::<i64>(), metered.len() as i64, "{g:?} sketches");
+    }
     assert!(metered.len() as u64 >= ok_responses, "every 2xx a client got is metered");
     assert!(metered.len() > 100, "the load was real: {} metered", metered.len());
     eprintln!(
