@@ -16,10 +16,15 @@ pub enum Failure {
     BodyTooLarge,
     /// No target is available (all unhealthy or their breakers open).
     NoTarget,
-    Unreachable,
+    /// No connection to the target could be made (refused, unroutable, connect timeout).
+    Connect,
+    /// Connected, but the target reset the connection, closed it early or sent something that
+    /// is not an HTTP response.
+    BadAnswer,
     /// The outbound policy refused the target's address (SSRF protection).
     Refused,
-    Timeout,
+    /// No response head within the version's `response_timeout_ms`.
+    Timeout(u32),
     /// The path could not be joined to a target's URL.
     BadPath,
 }
@@ -140,11 +145,11 @@ pub(crate) async fn send(
                     tracing::warn!(target = %pool::target(primary, policy, i), "upstream target's circuit breaker opened");
                 }
                 tracing::debug!(error = %e, "upstream attempt failed");
-                last = Failure::Unreachable;
+                last = if e.is_connect() { Failure::Connect } else { Failure::BadAnswer };
             }
             Err(_) => {
                 state.failure();
-                last = Failure::Timeout;
+                last = Failure::Timeout(policy.response_timeout_ms);
             }
         }
     }

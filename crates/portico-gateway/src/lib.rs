@@ -669,13 +669,19 @@ impl Gateway {
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
                 r
             }
-            Err(forward::Failure::Unreachable) => {
+            Err(e @ (forward::Failure::Connect | forward::Failure::BadAnswer)) => {
                 inner.metrics.upstream_errors.increment(1);
-                tracing::warn!(api = %api_slug, "upstream request failed");
+                let connect = matches!(e, forward::Failure::Connect);
+                tracing::warn!(api = %api_slug, step = if connect { "connect" } else { "response" }, "upstream request failed");
                 meter.refuse(502);
-                let mut r = errors::bad_gateway(&format!(
-                    "the upstream of API `{api_slug}` could not be reached or answered badly"
-                ));
+                let detail = if connect {
+                    format!("the gateway could not connect to the upstream of API `{api_slug}`")
+                } else {
+                    format!(
+                        "the upstream of API `{api_slug}` closed the connection or sent a response that is not valid HTTP"
+                    )
+                };
+                let mut r = errors::bad_gateway(&detail);
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
                 r
             }
@@ -688,12 +694,13 @@ impl Gateway {
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
                 r
             }
-            Err(forward::Failure::Timeout) => {
+            Err(forward::Failure::Timeout(ms)) => {
                 inner.metrics.upstream_errors.increment(1);
-                tracing::warn!(api = %api_slug, "upstream timed out");
+                tracing::warn!(api = %api_slug, timeout_ms = ms, "upstream timed out");
                 meter.refuse(504);
-                let mut r =
-                    errors::gateway_timeout(&format!("the upstream of API `{api_slug}` did not answer in time"));
+                let mut r = errors::gateway_timeout(&format!(
+                    "the upstream of API `{api_slug}` did not begin its response within {ms} ms"
+                ));
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
                 r
             }

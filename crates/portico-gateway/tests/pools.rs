@@ -248,3 +248,68 @@ async fn an_unhealthy_target_leaves_the_rotation_and_comes_back() {
     }
     assert!(ha.load(Ordering::SeqCst) > 0);
 }
+
+/// A target that reads the request, then answers with bytes that are not HTTP, or resets the
+/// connection (SO_LINGER 0) without a word.
+async fn misbehaving(garbage: bool) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                if garbage {
+                    let _ = s.write_all(b"\x00\x13SSH-2.0-not-http\r\n\r\n").await;
+                    let _ = s.shutdown().await;
+                } else {
+                    let _ = s.set_zero_linger();
+                    drop(s);
+                }
+            });
+        }
+    });
+    url
+}
+
+async fn problem(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = r.json().await.unwrap();
+    (status, body["detail"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Each failed step has its own answer; calls to a healthy target in the same pool are served
+/// all the while.
+#[tokio::test]
+async fn a_failed_step_is_named_and_the_healthy_target_keeps_serving() {
+    let http = http();
+    for (kind, bad, status, says) in [
+        ("garbage", misbehaving(true).await, 502, "not valid HTTP"),
+        ("reset", misbehaving(false).await, 502, "closed the connection"),
+        ("dead", dead().await, 502, "could not connect"),
+        ("hanging", hanging().await, 504, "within 300 ms"),
+    ] {
+        let (live, hits) = target("live").await;
+        let policy = UpstreamPolicy { targets: vec![url(&live)], response_timeout_ms: 300, ..Default::default() };
+        let (gw, key) = gateway(&bad, policy).await;
+        // POSTs are never retried: round robin alternates the bad and the live target.
+        let (mut served, mut failed) = (0, 0);
+        for _ in 0..8 {
+            let r = http.post(&gw).header("x-api-key", &key).body("x").send().await.unwrap();
+            if r.status() == 200 {
+                assert_eq!(r.text().await.unwrap(), "live");
+                served += 1;
+            } else {
+                let (s, detail) = problem(r).await;
+                assert_eq!(s, status, "{kind}: {detail}");
+                assert!(detail.contains(says), "{kind}: {detail}");
+                assert!(!detail.contains("127.0.0.1"), "{kind}: the detail leaks the upstream's address: {detail}");
+                failed += 1;
+            }
+        }
+        assert_eq!((served, failed), (4, 4), "{kind}");
+        assert_eq!(hits.load(Ordering::SeqCst), 4, "{kind}");
+    }
+}
