@@ -40,6 +40,8 @@ pub struct Shipper {
     request_log: RequestLog,
     /// The live journal, told the backlog each round (it bounds it).
     journal: Option<std::sync::Arc<crate::Journal>>,
+    /// When a round last left nothing unshipped (or when the shipper started).
+    drained_at: std::time::Instant,
 }
 
 /// Which calls the request log (`usage_events`) keeps. The rollups, which analytics, quotas
@@ -120,6 +122,7 @@ impl Shipper {
             max_read: 4 << 20,
             request_log: RequestLog::All,
             journal: None,
+            drained_at: std::time::Instant::now(),
         }
     }
 
@@ -147,6 +150,18 @@ impl Shipper {
     /// Ships what the journal holds now. On a store error nothing is marked shipped and the
     /// next round retries.
     pub async fn ship_once(&mut self) -> Result<Shipped, String> {
+        let out = self.ship_round().await;
+        metrics::gauge!("portico_journal_lag_seconds").set(self.lag().as_secs_f64());
+        out
+    }
+
+    /// How far the store is behind the journal: the time since a round last shipped everything
+    /// the journal held (near 0 while it keeps up; it grows while the store is unreachable).
+    pub fn lag(&self) -> std::time::Duration {
+        self.drained_at.elapsed()
+    }
+
+    async fn ship_round(&mut self) -> Result<Shipped, String> {
         let mut out = Shipped::default();
         let mut calls: Vec<CallRecord> = Vec::new();
         let mut steps: Vec<Step> = Vec::new();
@@ -234,6 +249,9 @@ impl Shipper {
             } else {
                 self.files.insert(s.path, s.progress);
             }
+        }
+        if pending == 0 {
+            self.drained_at = std::time::Instant::now();
         }
         Ok(out)
     }

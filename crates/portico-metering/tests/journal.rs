@@ -134,11 +134,19 @@ async fn while_the_store_is_down_the_journal_keeps_the_calls() {
     store.close().await;
     let mut shipper = Shipper::new(&jdir, j.instance(), store.clone());
     assert!(shipper.ship_once().await.is_err());
+    // The lag grows round after failed round: the store never caught up.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert!(shipper.ship_once().await.is_err());
+    assert!(shipper.lag() >= std::time::Duration::from_millis(150), "{:?}", shipper.lag());
     // Back up (a new pool on the same database): the same calls ship, once.
     let store = Store::connect(&format!("sqlite://{}", tmp.path().join("t.db").display())).await.unwrap();
     let mut shipper = Shipper::new(&jdir, j.instance(), store.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let before = shipper.lag();
     assert_eq!(shipper.ship_once().await.unwrap().calls, 1);
     assert_eq!(totals(&store, sub).await, (1, 0));
+    // Everything journaled is in the store: the lag starts again from that round.
+    assert!(shipper.lag() < before, "{:?} then {:?}", before, shipper.lag());
 }
 
 #[tokio::test]

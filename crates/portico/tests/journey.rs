@@ -370,8 +370,9 @@ async fn metrics_are_scrapable(app: &TestApp) {
         assert!(t.elapsed() < Duration::from_secs(5), "no upstream target gauge: {text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The journal's backlog is reported.
+    // The journal's backlog and lag are reported.
     assert!(scrape.samples.iter().any(|s| s.metric == "portico_journal_backlog_bytes"), "{text}");
+    assert!(scrape.samples.iter().any(|s| s.metric == "portico_journal_lag_seconds"), "{text}");
 }
 
 async fn bad_input(app: &TestApp, provider: &str, consumer: &str, app_id: &str) {
