@@ -244,6 +244,20 @@ async fn journey(backend: Backend) {
     let r = app.http.get(app.url("/analytics/usage?format=csv")).bearer_auth(&consumer).send().await.unwrap();
     assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
     assert!(r.text().await.unwrap().starts_with("group,t,calls,"));
+    let r = app
+        .http
+        .get(app.url("/analytics/top?group_by=operation&format=csv"))
+        .bearer_auth(&provider)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = r.text().await.unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("group,calls,units,"), "{csv}");
+    assert!(lines.next().unwrap().starts_with("getThing,6,"), "{csv}");
+    let (s, v) = app.get("/analytics/top?format=xml", Some(&provider)).await;
+    assert_eq!(s, 400, "{v}");
     let (s, v) = app.get("/analytics/usage?granularity=week", Some(&consumer)).await;
     assert_eq!(s, 400, "{v}");
 

@@ -26,13 +26,14 @@ pub async fn usage(
     })
 }
 
-/// The busiest groups (operations by default) in a range.
+/// The busiest groups (operations by default) in a range; `format=csv` for a spreadsheet.
 #[utoipa::path(get, path = "/analytics/top", tag = "analytics", params(AnalyticsQuery), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = Top), (status = 400, body = Problem), (status = 401, body = Problem)))]
-pub async fn top(
-    State(state): State<AppState>,
-    Auth(who): Auth,
-    Query(q): Query<AnalyticsQuery>,
-) -> Result<axum::Json<Top>> {
-    Ok(axum::Json(analytics::top(&state, &who, &q).await?))
+pub async fn top(State(state): State<AppState>, Auth(who): Auth, Query(q): Query<AnalyticsQuery>) -> Result<Response> {
+    let top = analytics::top(&state, &who, &q).await?;
+    Ok(match q.format.as_deref() {
+        Some("csv") => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], analytics::top_csv(&top)).into_response(),
+        None | Some("json") => axum::Json(top).into_response(),
+        Some(other) => return Err(crate::Error::Invalid(format!("format: `{other}` is not json or csv"))),
+    })
 }

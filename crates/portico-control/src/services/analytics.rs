@@ -304,36 +304,57 @@ fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.3}")).unwrap_or_default()
 }
 
+const CSV_STATS: &str =
+    "calls,units,refused,success,client_errors,server_errors,orphaned,bytes_in,bytes_out,p50_ms,p95_ms,p99_ms\n";
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180); one that a
+/// spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab, CR first) is prefixed with `'`.
+fn csv_field(v: &str) -> std::borrow::Cow<'_, str> {
+    let v: std::borrow::Cow<'_, str> =
+        if v.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{v}").into() } else { v.into() };
+    if v.contains([',', '"', '\n', '\r']) { format!("\"{}\"", v.replace('"', "\"\"")).into() } else { v }
+}
+
+fn csv_stats(out: &mut String, st: &Stats) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "{},{},{},{},{},{},{},{},{},{},{},{}",
+        st.calls,
+        st.units,
+        st.refused,
+        st.success,
+        st.client_errors,
+        st.server_errors,
+        st.orphaned,
+        st.bytes_in,
+        st.bytes_out,
+        opt(st.p50_ms),
+        opt(st.p95_ms),
+        opt(st.p99_ms)
+    );
+}
+
 /// CSV of a time series: one row per group and bucket.
 pub fn to_csv(ts: &TimeSeries) -> String {
-    let mut out = String::from(
-        "group,t,calls,units,refused,success,client_errors,server_errors,orphaned,bytes_in,bytes_out,p50_ms,p95_ms,p99_ms\n",
-    );
+    let mut out = format!("group,t,{CSV_STATS}");
     for s in &ts.series {
-        let group = if s.group.contains([',', '"', '\n']) {
-            format!("\"{}\"", s.group.replace('"', "\"\""))
-        } else {
-            s.group.clone()
-        };
+        let group = csv_field(&s.group);
         for p in &s.points {
-            let st = &p.stats;
-            out.push_str(&format!(
-                "{group},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-                p.t,
-                st.calls,
-                st.units,
-                st.refused,
-                st.success,
-                st.client_errors,
-                st.server_errors,
-                st.orphaned,
-                st.bytes_in,
-                st.bytes_out,
-                opt(st.p50_ms),
-                opt(st.p95_ms),
-                opt(st.p99_ms)
-            ));
+            out.push_str(&format!("{group},{},", p.t));
+            csv_stats(&mut out, &p.stats);
         }
+    }
+    out
+}
+
+/// CSV of a top-N: one row per group, busiest first.
+pub fn top_csv(top: &Top) -> String {
+    let mut out = format!("group,{CSV_STATS}");
+    for e in &top.entries {
+        out.push_str(&csv_field(&e.group));
+        out.push(',');
+        csv_stats(&mut out, &e.stats);
     }
     out
 }
@@ -341,6 +362,15 @@ pub fn to_csv(ts: &TimeSeries) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_never_formulas() {
+        assert_eq!(csv_field("getThing"), "getThing");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+    }
 
     #[test]
     fn stats_add_rows_and_merge_their_sketches() {
