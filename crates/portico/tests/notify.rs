@@ -370,6 +370,74 @@ async fn webhooks_and_alerts() {
     let alert: Value = serde_json::from_str(&alert.1).unwrap();
     assert_eq!((alert["type"].as_str(), alert["data"]["kind"].as_str()), (Some("alert.triggered"), Some("error_rate")));
     assert!(alert["data"]["value"].as_f64().unwrap() >= 50.0, "{alert}");
+
+    // A p95-latency rule: the version's upstream now answers after 300 ms.
+    let (s, rule) = app
+        .post(
+            "/apis/echo/alerts",
+            Some(&provider),
+            json!({"kind": "p95_latency", "threshold": 200, "window_minutes": 5}),
+        )
+        .await;
+    assert_eq!(s, 201, "{rule}");
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_url = format!("http://{}", slow.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = slow.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                loop {
+                    // A GET without a body: its head ends with an empty line.
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match s.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let resp = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if s.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (s, _, _) = app
+        .call(Method::PATCH, "/apis/echo/versions/1.0.0", Some(&provider), Some(json!({"upstream_url": slow_url})))
+        .await;
+    assert_eq!(s, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let (http, url, key) = (app.http.clone(), format!("{}/echo/v1/things/1", app.gateway), key2.clone());
+        calls.spawn(async move { http.get(url).header("x-api-key", key).send().await.unwrap().status().as_u16() });
+    }
+    while let Some(status) = calls.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let started = Instant::now();
+    let alert = loop {
+        portico_control::services::alerts::evaluate(&app.app_state).await.unwrap();
+        let found = pseen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| serde_json::from_str::<Value>(b).unwrap())
+            .find(|e| e["data"]["kind"] == "p95_latency");
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no p95 alert: {:?}", pseen.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(alert["type"], "alert.triggered", "{alert}");
+    assert!(alert["data"]["value"].as_f64().unwrap() >= 200.0, "{alert}");
+    assert_eq!(alert["data"]["threshold"], 200, "{alert}");
     app.stop().await;
 }
 
