@@ -1,12 +1,11 @@
 //! `portico-metering` counts every call exactly once. The gateway hands each call to the
 //! [`journal::Journal`] (a durable local log: a *begin* record before forwarding, an *end*
-//! record after), and the [`shipper::Shipper`] moves the journal into the store: the daily
-//! rollups, one row per call (the request log) and the segment's shipped offset, in one
-//! transaction per round, so nothing is counted twice. A gateway killed mid-traffic loses no call; a call
-//! cut off by the kill is recorded as orphaned and never billed.
-//!
-//! Not yet (the metering issue): minute rollups with latency sketches, retention, the journal
-//! size bound and its metrics.
+//! record after; bounded in size, with `portico_journal_backlog_bytes`), and the
+//! [`shipper::Shipper`] moves the journal into the store: the daily usage, the minute and day
+//! rollups with latency sketches, the request log (all calls, errors only, or none) and the
+//! segment's shipped offset, in one transaction per round, so nothing is counted twice
+//! (`portico_journal_lag_seconds` says how far behind it is). A gateway killed mid-traffic
+//! loses no call; a call cut off by the kill is recorded as orphaned and never billed.
 
 pub mod codec;
 pub mod journal;
