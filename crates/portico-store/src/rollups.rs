@@ -67,11 +67,18 @@ pub struct Rollup {
     pub sketch: LatencySketch,
 }
 
-type Key = (i64, SubscriptionId, VersionId, String, String);
+type Key = (i64, SubscriptionId, PlanId, VersionId, String, String);
 
 impl Rollup {
     fn key(&self) -> Key {
-        (self.bucket, self.subscription_id, self.version_id, self.operation.clone(), self.status_class.clone())
+        (
+            self.bucket,
+            self.subscription_id,
+            self.plan_id,
+            self.version_id,
+            self.operation.clone(),
+            self.status_class.clone(),
+        )
     }
 
     fn empty(bucket: i64, c: &CallRecord) -> Self {
@@ -117,6 +124,7 @@ pub fn roll(calls: &[CallRecord], g: Granularity) -> Vec<Rollup> {
         let key = (
             bucket,
             c.subscription_id,
+            c.plan_id,
             c.version_id,
             c.operation.clone().unwrap_or_default(),
             status_class(c).to_owned(),
@@ -203,7 +211,7 @@ pub async fn add(c: &mut Conn, instance: &str, calls: &[CallRecord]) -> Result<(
                 "INSERT INTO usage_rollups (granularity, instance, bucket, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, \
                  operation, status_class, calls, units, refused, orphaned, bytes_in, bytes_out, latency_micros_sum, latency_sketch) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-                 ON CONFLICT (granularity, bucket, instance, subscription_id, version_id, operation, status_class) DO UPDATE SET \
+                 ON CONFLICT (granularity, bucket, instance, subscription_id, plan_id, version_id, operation, status_class) DO UPDATE SET \
                  calls = excluded.calls, units = excluded.units, refused = excluded.refused, orphaned = excluded.orphaned, \
                  bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out, latency_micros_sum = excluded.latency_micros_sum, \
                  latency_sketch = excluded.latency_sketch",

@@ -89,6 +89,31 @@ async fn exercise(store: &Store) {
         }
         assert_eq!(sketch, all, "{g:?}: the stored sketches merge to the sketch of every call");
     }
+    // A plan change within a bucket: the calls after it are the new plan's, in a row of its own.
+    let (old_plan, new_plan) = (PlanId::new(), PlanId::new());
+    let switcher = SubscriptionId::new();
+    let at = base + 2 * 86_400_000 + 3_600_000; // another day: the sums below stay as they are
+    let switched: Vec<CallRecord> = (0..6)
+        .map(|i| CallRecord {
+            plan_id: if i < 4 { old_plan } else { new_plan },
+            ..call(switcher, at + i, 200, 900, 1, false)
+        })
+        .collect();
+    rollups::add(&mut c, "a", &switched[..3]).await.unwrap();
+    rollups::add(&mut c, "a", &switched[3..]).await.unwrap();
+    for g in [Granularity::Minute, Granularity::Day] {
+        for (plan, n) in [(old_plan, 4), (new_plan, 2)] {
+            let by_plan = Filter {
+                plan_id: Some(plan),
+                from_millis: at - 3_600_000,
+                to_millis: at + 3_600_000,
+                ..Default::default()
+            };
+            let rows = rollups::read(&mut c, g, &by_plan, None).await.unwrap();
+            assert_eq!(rows.iter().map(|r| r.calls).sum::<i64>(), n, "{g:?}: {rows:?}");
+            assert!(rows.iter().all(|r| r.plan_id == plan && r.subscription_id == switcher));
+        }
+    }
     // Filters narrow; another subscription's rows are not mixed in.
     let only_5xx = Filter { status_class: Some("5xx".into()), ..f.clone() };
     let rows = rollups::read(&mut c, Granularity::Day, &only_5xx, None).await.unwrap();
