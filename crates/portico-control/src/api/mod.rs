@@ -241,10 +241,88 @@ fn documented() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::export))
         .split_for_parts();
     doc.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
+    document_errors(&mut doc);
     (router, doc)
+}
+
+/// Makes the document say what every operation can answer besides its own results: errors are
+/// `application/problem+json` (the handlers declare them with `body = Problem`, which utoipa
+/// files under `application/json`), a bad path or query parameter is a 400 anywhere, a secured
+/// operation can answer 401 and 403, one that names an object (path, query or body) 404, a body
+/// can be too large (413) or not JSON (415), and a store that is down answers 503. Clients generated from the document then handle what the
+/// server really sends, and schemathesis holds the server to it.
+fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    let problem = || Content::new(Some(Ref::from_schema_name("Problem")));
+    let answer = |description: &str| {
+        RefOr::T(ResponseBuilder::new().description(description).content("application/problem+json", problem()).build())
+    };
+    for item in doc.paths.paths.values_mut() {
+        let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for op in ops.into_iter().flatten() {
+            let responses = &mut op.responses.responses;
+            for (status, response) in responses.iter_mut() {
+                if let RefOr::T(r) = response
+                    && status.as_str() >= "400"
+                    && r.content.shift_remove("application/json").is_some()
+                {
+                    r.content.insert("application/problem+json".into(), RefOr::T(problem()));
+                }
+            }
+            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            let mut add = |status: &str, description: &str| {
+                responses.entry(status.to_string()).or_insert_with(|| answer(description));
+            };
+            add("400", "A path or query parameter, or the body, is not valid; `detail` says which and why");
+            if secured {
+                add("401", "No valid session or bearer token");
+                add("403", "Signed in, but this account may not do that");
+            }
+            if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) || op.request_body.is_some() {
+                add("404", "An object named in the path, query or body does not exist, or is not yours");
+            }
+            if op.request_body.is_some() {
+                add("413", "The body is larger than the server accepts");
+                add("415", "The body is not sent as `application/json`");
+            }
+            add("503", "The store is unreachable; try again shortly");
+        }
+    }
 }
 
 /// A `201 Created` JSON answer.
 pub(crate) fn created<T: serde::Serialize>(v: T) -> Response {
     (axum::http::StatusCode::CREATED, axum::Json(v)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every error an operation documents is problem+json, and every operation documents the
+    /// errors any request can meet (a bad parameter, a store that is down).
+    #[test]
+    fn the_document_describes_errors_as_problems() {
+        let doc = serde_json::to_value(super::openapi()).unwrap();
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let responses = op["responses"].as_object().unwrap();
+                for status in ["400", "503"] {
+                    assert!(responses.contains_key(status), "{method} {path} does not document {status}");
+                }
+                if op.get("security").and_then(Value::as_array).is_some_and(|s| !s.is_empty()) {
+                    assert!(responses.contains_key("401"), "{method} {path} is secured but does not document 401");
+                }
+                for (status, r) in responses {
+                    if status.as_str() >= "400" {
+                        let types: Vec<_> = r["content"].as_object().unwrap().keys().collect();
+                        assert_eq!(types, ["application/problem+json"], "{method} {path} {status}");
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen > 100, "only {seen} error answers documented");
+    }
 }
