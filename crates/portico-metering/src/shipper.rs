@@ -230,10 +230,20 @@ impl Shipper {
         }
 
         if steps.iter().any(|s| s.moved) {
-            let stored = self
-                .store_round(&calls, &steps)
-                .await
-                .inspect_err(|_| metrics::counter!("portico_usage_ship_failures_total").increment(1))?;
+            let stored = match self.store_round(&calls, &steps).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    metrics::counter!("portico_usage_ship_failures_total").increment(1);
+                    // A commit whose answer was lost (the connection cut after the server
+                    // committed) may have landed: what was shipped is known only to the store
+                    // now, so these segments are read again against their stored offsets, as
+                    // after a restart, and nothing is counted twice.
+                    for s in &steps {
+                        self.files.remove(&s.path);
+                    }
+                    return Err(e);
+                }
+            };
             out.calls += stored.0;
             out.orphaned += stored.1;
         }

@@ -174,3 +174,96 @@ async fn a_full_backlog_stops_new_calls_until_the_shipper_drains_it() {
     }
     assert!(journal.accepting(), "backlog {} after {rounds} rounds", journal.backlog());
 }
+
+/// A TCP proxy in front of PostgreSQL that, once armed, passes on the first `COMMIT` it sees
+/// and then cuts the connection before the server's answer can come back: the transaction
+/// lands, and the client is told the connection failed.
+async fn commit_cutter(upstream: String, armed: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = l.accept().await.unwrap();
+            let (upstream, armed) = (upstream.clone(), armed.clone());
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (mut a, mut b) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+                loop {
+                    tokio::select! {
+                        n = client.read(&mut a) => {
+                            let n = match n { Ok(0) | Err(_) => return, Ok(n) => n };
+                            if server.write_all(&a[..n]).await.is_err() { return; }
+                            if a[..n].windows(6).any(|w| w == b"COMMIT") && armed.swap(false, Ordering::SeqCst) {
+                                // Let the server commit, then drop both sides unanswered.
+                                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                                return;
+                            }
+                        }
+                        n = server.read(&mut b) => {
+                            let n = match n { Ok(0) | Err(_) => return, Ok(n) => n };
+                            if client.write_all(&b[..n]).await.is_err() { return; }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The commit of a shipping round lands but its answer is lost: the shipper sees an error,
+/// and the next round must learn from the store what landed instead of shipping it again.
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_is_not_shipped_twice() {
+    let direct = portico_store::testing::fresh_postgres_database().await.unwrap_or_else(|e| panic!("{e}"));
+    let (scheme_user, rest) = direct.split_once('@').unwrap();
+    let (hostport, db) = rest.split_once('/').unwrap();
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = commit_cutter(hostport.to_owned(), armed.clone()).await;
+    let reference = Store::connect(&direct).await.unwrap();
+    reference.migrate().await.unwrap();
+    // In clear, so that the proxy can see the COMMIT.
+    let sep = if db.contains('?') { '&' } else { '?' };
+    let via_cutter = Store::connect(&format!("{scheme_user}@127.0.0.1:{port}/{db}{sep}sslmode=disable")).await.unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let jdir = tmp.path().join("journal");
+    let j = Journal::open(&jdir, 1 << 20).unwrap();
+    let sub = SubscriptionId::new();
+    for _ in 0..5 {
+        let e = event(sub, 200);
+        let t = j.begin(&e);
+        j.end(t, e);
+    }
+    // A first round ships, so the shipper knows how far the segment went.
+    let mut shipper = Shipper::new(&jdir, j.instance(), via_cutter.clone());
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 5);
+    for _ in 0..5 {
+        let e = event(sub, 200);
+        let t = j.begin(&e);
+        j.end(t, e);
+    }
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(shipper.ship_once().await.is_err(), "the round's answer was cut off");
+    assert!(!armed.load(std::sync::atomic::Ordering::SeqCst), "the proxy cut a COMMIT");
+    assert_eq!(totals(&reference, sub).await, (10, 0), "and that commit landed");
+
+    // The next rounds (the pool reconnects) ship nothing again.
+    let mut shipped = None;
+    for _ in 0..5 {
+        if let Ok(s) = shipper.ship_once().await {
+            shipped = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(shipped.expect("shipping resumes").calls, 0);
+    assert_eq!(totals(&reference, sub).await, (10, 0), "no call counted twice");
+    let mut c = reference.conn().await.unwrap();
+    let f = portico_store::rollups::Filter { from_millis: 0, to_millis: i64::MAX, ..Default::default() };
+    let rows =
+        portico_store::rollups::read(&mut c, portico_store::rollups::Granularity::Minute, &f, None).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.calls).sum::<i64>(), 10, "nor in the minute rollups");
+}
