@@ -4,6 +4,7 @@
 //! which polls the store's config generation.
 
 use arc_swap::ArcSwap;
+use portico_core::api_key::Pepper;
 use portico_core::ids::ApiId;
 use portico_core::operations::OperationRouter;
 use portico_core::snapshot::{ApiRoute, KeyGrant, Snapshot, SubscriptionGrant, VersionRoute};
@@ -53,8 +54,27 @@ impl SnapshotPublisher {
         Ok(moved.len())
     }
 
-    /// Flushes last-used times every `every` until the task is aborted.
-    pub fn flush_every(self: Arc<Self>, store: Store, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// Writes the hashes under the current pepper of keys the gateway found under a previous
+    /// one (after a pepper rotation), then recompiles the snapshot so that they are known by
+    /// them. Returns how many keys moved.
+    pub async fn flush_rehashed(&self, store: &Store, pepper: &Pepper) -> Result<u64, portico_store::Error> {
+        let snapshot = self.current.load_full();
+        let rehashed: Vec<_> =
+            snapshot.keys.values().filter_map(|g| g.rehash.get().map(|new| (g.key_id, g.hash, *new))).collect();
+        if rehashed.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = store.begin().await?;
+        let n = apps::rehash_keys(&mut tx, &rehashed, &pepper.id()).await?;
+        let left = apps::hashes_under_other_peppers(&mut tx, &pepper.id()).await?;
+        tx.commit().await?;
+        tracing::info!(rehashed = n, left, "keys made under a previous pepper now hashed under the current one");
+        self.refresh(store).await?;
+        Ok(n)
+    }
+
+    /// Flushes last-used times and re-hashed keys every `every` until the task is aborted.
+    pub fn flush_every(self: Arc<Self>, store: Store, pepper: Pepper, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut flushed = HashMap::new();
             let mut tick = tokio::time::interval(every);
@@ -63,6 +83,11 @@ impl SnapshotPublisher {
                 tick.tick().await;
                 if let Err(e) = self.flush_last_used(&store, &mut flushed).await {
                     tracing::warn!(error = %e, "writing keys' last-used times failed; retrying");
+                }
+                if pepper.previous_count() > 0
+                    && let Err(e) = self.flush_rehashed(&store, &pepper).await
+                {
+                    tracing::warn!(error = %e, "writing re-hashed keys failed; retrying");
                 }
             }
         })
@@ -203,6 +228,7 @@ pub async fn compile(
                     expires_at_ms: k.expires_at,
                     scopes: (!k.scopes.is_empty()).then(|| k.scopes.into()),
                     last_used: counters.get(&k.id).cloned().unwrap_or_default(),
+                    rehash: Default::default(),
                 },
             )
         })

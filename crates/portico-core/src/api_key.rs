@@ -81,10 +81,15 @@ impl ApiKey {
         self.0[KEY_LEN - 4..].to_owned()
     }
 
+    /// The key's hash under the current pepper: what a new key is stored as.
     pub fn hash(&self, pepper: &Pepper) -> KeyHash {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&pepper.0).expect("HMAC takes a key of any size");
-        mac.update(self.0.as_bytes());
-        KeyHash(mac.finalize().into_bytes().into())
+        hmac(&pepper.current, self.0.as_bytes())
+    }
+
+    /// The key's hashes under the previous peppers, newest first: a key made before a
+    /// rotation is found by one of these, then re-hashed under the current pepper.
+    pub fn previous_hashes<'p>(&'p self, pepper: &'p Pepper) -> impl Iterator<Item = KeyHash> + 'p {
+        pepper.previous.iter().map(|p| hmac(p, self.0.as_bytes()))
     }
 }
 
@@ -103,18 +108,29 @@ fn base62_fixed(mut n: u32) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The server secret that keys are hashed under: 32 bytes.
+fn hmac(key: &[u8; 32], data: &[u8]) -> KeyHash {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any size");
+    mac.update(data);
+    KeyHash(mac.finalize().into_bytes().into())
+}
+
+/// The server secret that keys are hashed under (32 bytes), and the previous ones after a
+/// rotation: new keys and secrets are hashed under the current one; those made before the
+/// rotation are still recognised under a previous one until they are re-hashed.
 #[derive(Clone)]
-pub struct Pepper([u8; 32]);
+pub struct Pepper {
+    current: [u8; 32],
+    previous: std::sync::Arc<[[u8; 32]]>,
+}
 
 impl Pepper {
     pub fn from_bytes(b: [u8; 32]) -> Self {
-        Pepper(b)
+        Pepper { current: b, previous: std::sync::Arc::new([]) }
     }
     pub fn generate() -> Self {
         let mut b = [0u8; 32];
         rand::fill(&mut b);
-        Pepper(b)
+        Pepper::from_bytes(b)
     }
     /// Parses 64 hex characters.
     pub fn from_hex(s: &str) -> Result<Self> {
@@ -123,17 +139,36 @@ impl Pepper {
         let b: [u8; 32] = v
             .try_into()
             .map_err(|_| Error::invalid("pepper", "the key pepper must be 64 hex characters (32 bytes)"))?;
-        Ok(Pepper(b))
+        Ok(Pepper::from_bytes(b))
     }
+    /// The current pepper as 64 hex characters.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        hex::encode(self.current)
+    }
+    /// This pepper, still recognising what `previous` (newest first) hashed.
+    pub fn with_previous(self, previous: impl IntoIterator<Item = Pepper>) -> Self {
+        let previous: Vec<[u8; 32]> = previous.into_iter().map(|p| p.current).filter(|p| *p != self.current).collect();
+        Pepper { current: self.current, previous: previous.into() }
+    }
+    /// How many previous peppers are still recognised.
+    pub fn previous_count(&self) -> usize {
+        self.previous.len()
+    }
+    /// The current pepper's id: 8 hex digits of a SHA-256 over it, which reveal nothing about
+    /// it. The store notes it beside each hash, so an operator can tell when no key is left
+    /// under a previous pepper.
+    pub fn id(&self) -> String {
+        use sha2::Digest;
+        hex::encode(&Sha256::new().chain_update(b"portico key pepper\0").chain_update(self.current).finalize()[..4])
     }
 
     /// `HMAC-SHA256(pepper, secret)`: how other random secrets (OAuth client secrets) are kept.
     pub fn mac(&self, secret: &str) -> KeyHash {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any size");
-        mac.update(secret.as_bytes());
-        KeyHash(mac.finalize().into_bytes().into())
+        hmac(&self.current, secret.as_bytes())
+    }
+    /// [`Pepper::mac`] under each previous pepper, newest first.
+    pub fn previous_macs<'p>(&'p self, secret: &'p str) -> impl Iterator<Item = KeyHash> + 'p {
+        self.previous.iter().map(|p| hmac(p, secret.as_bytes()))
     }
 }
 
@@ -203,6 +238,22 @@ mod tests {
         let p = Pepper::generate();
         assert_eq!(Pepper::from_hex(&p.to_hex()).unwrap().to_hex(), p.to_hex());
         assert!(Pepper::from_hex("abcd").is_err());
+    }
+
+    #[test]
+    fn a_rotated_pepper_still_recognises_what_the_previous_one_hashed() {
+        let (old, new) = (Pepper::generate(), Pepper::generate());
+        let key = ApiKey::generate();
+        let stored = key.hash(&old);
+        let rotated = new.clone().with_previous([old.clone(), new.clone()]);
+        assert_eq!(rotated.previous_count(), 1, "the current pepper is not its own previous");
+        assert_ne!(key.hash(&rotated), stored);
+        assert_eq!(key.hash(&rotated), key.hash(&new));
+        assert_eq!(key.previous_hashes(&rotated).collect::<Vec<_>>(), [stored]);
+        assert_eq!(rotated.previous_macs("s").collect::<Vec<_>>(), [old.mac("s")]);
+        assert_eq!(rotated.id(), new.id());
+        assert_ne!(old.id(), new.id());
+        assert_eq!(key.previous_hashes(&old).count(), 0);
     }
 
     proptest! {

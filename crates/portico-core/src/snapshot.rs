@@ -68,6 +68,10 @@ pub struct KeyGrant {
     /// store), written to the store in batches by the control plane; carried from snapshot to
     /// snapshot.
     pub last_used: Arc<std::sync::atomic::AtomicI64>,
+    /// The key's hash under the current pepper, set by the gateway when it found the key under
+    /// a previous pepper (after a rotation); the control plane writes it to the store in its
+    /// next batch, and the next snapshot knows the key by it.
+    pub rehash: Arc<std::sync::OnceLock<KeyHash>>,
 }
 
 #[derive(Debug, Clone)]

@@ -47,6 +47,7 @@ fn snapshot_with_keys(pepper: &Pepper, n: usize) -> (Snapshot, String) {
                 expires_at_ms: None,
                 scopes: None,
                 last_used: Arc::default(),
+                rehash: Arc::default(),
             },
         );
         last = key.expose_secret().to_owned();

@@ -14,6 +14,8 @@ use std::time::Duration;
 pub enum Failure {
     /// Our own body limit tripped while the body streamed.
     BodyTooLarge,
+    /// The client's request body failed while it streamed (not the target's fault).
+    ClientBody,
     /// No target is available (all unhealthy or their breakers open).
     NoTarget,
     /// No connection to the target could be made (refused, unroutable, connect timeout).
@@ -136,6 +138,7 @@ pub(crate) async fn send(
                 return Ok(resp);
             }
             Ok(Err(e)) if crate::body_too_large(&e) => return Err(Failure::BodyTooLarge),
+            Ok(Err(e)) if crate::client_body_failed(&e) => return Err(Failure::ClientBody),
             Ok(Err(e)) if crate::outbound::is_refused(&e) => {
                 // Not the target's health: its address is refused, and it stays refused.
                 last = Failure::Refused;

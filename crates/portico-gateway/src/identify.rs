@@ -42,10 +42,22 @@ pub enum KeyError {
 pub fn lookup<'s>(snapshot: &'s Snapshot, pepper: &Pepper, value: &str) -> Result<&'s KeyGrant, KeyError> {
     let key = ApiKey::parse(value).map_err(|_| KeyError::Malformed)?;
     let hash = key.hash(pepper);
-    match snapshot.keys.get(&hash) {
-        Some(grant) if grant.hash.ct_eq(&hash) => Ok(grant),
-        _ => Err(KeyError::Unknown),
+    if let Some(grant) = snapshot.keys.get(&hash)
+        && grant.hash.ct_eq(&hash)
+    {
+        return Ok(grant);
     }
+    // Made before a pepper rotation: found under a previous pepper, and re-hashed under the
+    // current one by the control plane's next batch.
+    for old in key.previous_hashes(pepper) {
+        if let Some(grant) = snapshot.keys.get(&old)
+            && grant.hash.ct_eq(&old)
+        {
+            let _ = grant.rehash.set(hash);
+            return Ok(grant);
+        }
+    }
+    Err(KeyError::Unknown)
 }
 
 #[cfg(test)]

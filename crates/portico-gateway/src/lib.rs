@@ -65,7 +65,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 pub(crate) use client::{UpstreamClient, upstream_client};
-pub(crate) use screen::body_too_large;
+pub(crate) use screen::{body_too_large, client_body_failed};
 use screen::{key_in_query, smuggling};
 
 /// Every body the gateway sends: streamed from the upstream or made by the gateway.
@@ -569,6 +569,8 @@ impl Gateway {
                 "API `{api_slug}` checks JSON bodies: send them without Content-Encoding"
             ));
         }
+        // Marked, so that a client's broken body is never taken for the upstream's failure.
+        let body = body.map_err(screen::ClientBodyError);
         let limited = http_body_util::Limited::new(body, inner.config.max_body_bytes as usize);
         let body = match policies.max_json_depth {
             // The depth check needs the whole body before anything is forwarded.
@@ -655,6 +657,13 @@ impl Gateway {
             Err(forward::Failure::BodyTooLarge) => {
                 meter.refuse(413);
                 errors::payload_too_large(inner.config.max_body_bytes)
+            }
+            Err(forward::Failure::ClientBody) => {
+                tracing::debug!(api = %api_slug, "the client's request body failed mid-call");
+                meter.refuse(400);
+                errors::bad_request(
+                    "the request body ended before its declared length or its chunked framing is broken; the call was abandoned",
+                )
             }
             Err(forward::Failure::BadPath) => {
                 meter.refuse(400);

@@ -40,16 +40,43 @@ pub(crate) fn smuggling(h: &http::HeaderMap) -> Option<&'static str> {
     None
 }
 
-/// Whether an upstream error was our own body limit tripping.
-pub(crate) fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+/// An error of the client's own request body (it closed the connection before the declared
+/// length, or broke the chunked framing): the client's failure, never the upstream's.
+#[derive(Debug)]
+pub struct ClientBodyError(pub hyper::Error);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client's request body failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Whether `e`, or an error it was caused by, is a `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<T>() {
             return true;
         }
         cur = err.source();
     }
     false
+}
+
+/// Whether an upstream error was our own body limit tripping.
+pub(crate) fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<http_body_util::LengthLimitError>(e)
+}
+
+/// Whether an upstream error was the client's request body failing.
+pub(crate) fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<ClientBodyError>(e)
 }
 
 #[cfg(test)]

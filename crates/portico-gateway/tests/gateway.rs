@@ -68,6 +68,7 @@ async fn fixture(upstream: &str) -> Fixture {
         expires_at_ms: None,
         scopes: None,
         last_used: Default::default(),
+        rehash: Default::default(),
     };
     let keys =
         HashMap::from([(key.hash(&pepper), grant(&key, app)), (other_key.hash(&pepper), grant(&other_key, other_app))]);

@@ -313,3 +313,31 @@ async fn a_failed_step_is_named_and_the_healthy_target_keeps_serving() {
         assert_eq!(hits.load(Ordering::SeqCst), 4, "{kind}");
     }
 }
+
+/// A client that declares a body and breaks it off is the client's failure, not the target's:
+/// the gateway answers 400 (to whoever still listens), and the target's circuit breaker does
+/// not open, so the next client is served.
+#[tokio::test]
+async fn a_client_breaking_off_its_body_is_not_held_against_the_target() {
+    let (solo, hits) = target("solo").await;
+    let (gw, key) = gateway(&solo, UpstreamPolicy::default()).await;
+    let addr = gw.trim_start_matches("http://").split('/').next().unwrap().to_owned();
+    let path = format!("/{}", gw.trim_start_matches("http://").split_once('/').unwrap().1);
+    // More broken bodies than the breaker's threshold of consecutive failures.
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {key}\r\ncontent-length: 1000\r\n\r\nonly a little"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("declared length"), "{answer}");
+    }
+    let r = http().get(&gw).header("x-api-key", &key).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the target stays in rotation");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "no broken body reached the target as a whole call");
+}

@@ -157,6 +157,8 @@ pub struct NewKey<'a> {
     pub hash: &'a KeyHash,
     pub expires_at: Option<i64>,
     pub scopes: &'a [String],
+    /// The id of the pepper `hash` was made under.
+    pub pepper_id: &'a str,
 }
 
 fn decode_key(r: &AnyRow) -> Result<KeyRecord> {
@@ -181,7 +183,7 @@ pub async fn insert_key(c: &mut Conn, k: NewKey<'_>) -> Result<KeyRecord> {
     let now = now_millis();
     let scopes = (!k.scopes.is_empty()).then(|| serde_json::to_string(k.scopes).unwrap_or_else(|_| "[]".into()));
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, NULL)"
+        "INSERT INTO api_keys ({KEY_COLS}, pepper_id) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, NULL, $10)"
     )))
     .bind(id.to_string())
     .bind(k.app.to_string())
@@ -192,6 +194,7 @@ pub async fn insert_key(c: &mut Conn, k: NewKey<'_>) -> Result<KeyRecord> {
     .bind(now)
     .bind(k.expires_at)
     .bind(scopes)
+    .bind(k.pepper_id)
     .execute(c)
     .await
     .map_err(Error::unique("that key"))?;
@@ -247,6 +250,49 @@ pub async fn set_last_used(c: &mut Conn, used: &[(KeyId, i64)]) -> Result<()> {
         .await?;
     }
     Ok(())
+}
+
+/// Replaces keys' hashes made under a previous pepper by their hashes under the current one
+/// (`(key, old hash, new hash)`), in the caller's transaction. A key whose hash changed
+/// meanwhile (revoked and reissued, or re-hashed by another process) is left alone.
+pub async fn rehash_keys(c: &mut Conn, rehashed: &[(KeyId, KeyHash, KeyHash)], pepper_id: &str) -> Result<u64> {
+    let mut n = 0;
+    for (id, old, new) in rehashed {
+        n += sqlx::query("UPDATE api_keys SET key_hash = $1, pepper_id = $2 WHERE id = $3 AND key_hash = $4")
+            .bind(new.to_hex())
+            .bind(pepper_id)
+            .bind(id.to_string())
+            .bind(old.to_hex())
+            .execute(&mut *c)
+            .await?
+            .rows_affected();
+    }
+    Ok(n)
+}
+
+/// Notes `pepper_id` on the keys and OAuth clients that predate pepper ids. Only right when
+/// that pepper is the only one configured: then every usable hash was made under it.
+pub async fn adopt_untracked_hashes(c: &mut Conn, pepper_id: &str) -> Result<()> {
+    for table in ["api_keys", "oauth_clients"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {table} SET pepper_id = $1 WHERE pepper_id IS NULL")))
+            .bind(pepper_id)
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
+
+/// How many live keys and OAuth clients have hashes made under a pepper other than
+/// `pepper_id` (or under one not noted): they stop working if the previous peppers are dropped.
+pub async fn hashes_under_other_peppers(c: &mut Conn, pepper_id: &str) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL AND (pepper_id IS NULL OR pepper_id <> $1)) \
+         + (SELECT COUNT(*) FROM oauth_clients WHERE revoked_at IS NULL AND (pepper_id IS NULL OR pepper_id <> $1)) AS n",
+    )
+    .bind(pepper_id)
+    .fetch_one(c)
+    .await?;
+    get(&row, "oauth_clients", "n")
 }
 
 pub async fn keys(c: &mut Conn, app: AppId) -> Result<Vec<KeyRecord>> {

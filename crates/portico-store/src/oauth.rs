@@ -40,11 +40,12 @@ pub async fn insert_client(
     app: AppId,
     name: &str,
     secret_hash: &KeyHash,
+    pepper_id: &str,
     scopes: &[String],
 ) -> Result<Client> {
     let now = now_millis();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO oauth_clients ({CLIENT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, NULL)"
+        "INSERT INTO oauth_clients ({CLIENT_COLS}, pepper_id) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)"
     )))
     .bind(client_id)
     .bind(app.to_string())
@@ -52,6 +53,7 @@ pub async fn insert_client(
     .bind(secret_hash.to_hex())
     .bind(serde_json::to_string(scopes).unwrap_or_else(|_| "[]".into()))
     .bind(now)
+    .bind(pepper_id)
     .execute(c)
     .await
     .map_err(Error::unique("that client"))?;
@@ -97,6 +99,24 @@ pub async fn active_client(c: &mut Conn, client_id: &str) -> Result<Option<(Clie
 }
 
 /// Ids of every client that has not been revoked (the gateway refuses tokens of the others).
+/// Replaces a client secret's hash made under a previous pepper by its hash under the current one.
+pub async fn rehash_client_secret(
+    c: &mut Conn,
+    client_id: &str,
+    old: &KeyHash,
+    new: &KeyHash,
+    pepper_id: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE oauth_clients SET secret_hash = $1, pepper_id = $2 WHERE client_id = $3 AND secret_hash = $4")
+        .bind(new.to_hex())
+        .bind(pepper_id)
+        .bind(client_id)
+        .bind(old.to_hex())
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
 pub async fn active_client_ids(c: &mut Conn) -> Result<Vec<String>> {
     let rows = sqlx::query("SELECT client_id FROM oauth_clients WHERE revoked_at IS NULL").fetch_all(c).await?;
     rows.iter().map(|r| get(r, "oauth_clients", "client_id")).collect()

@@ -128,11 +128,23 @@ async fn exercise(store: &Store) {
             hash: &key.hash(&pepper),
             expires_at: None,
             scopes: &[],
+            pepper_id: &pepper.id(),
         },
     )
     .await
     .unwrap();
     assert_eq!(apps::active_keys(&mut c).await.unwrap()[0].hash, key.hash(&pepper));
+    // A pepper rotation: the key counts as left under another pepper until it is re-hashed,
+    // and a re-hash from a hash the key no longer has changes nothing.
+    let rotated = Pepper::generate();
+    assert_eq!(apps::hashes_under_other_peppers(&mut c, &pepper.id()).await.unwrap(), 0);
+    assert_eq!(apps::hashes_under_other_peppers(&mut c, &rotated.id()).await.unwrap(), 1);
+    let stale = [(rec.id, key.hash(&rotated), key.hash(&rotated))];
+    assert_eq!(apps::rehash_keys(&mut c, &stale, &rotated.id()).await.unwrap(), 0);
+    let moved = [(rec.id, key.hash(&pepper), key.hash(&rotated))];
+    assert_eq!(apps::rehash_keys(&mut c, &moved, &rotated.id()).await.unwrap(), 1);
+    assert_eq!(apps::active_keys(&mut c).await.unwrap()[0].hash, key.hash(&rotated));
+    assert_eq!(apps::hashes_under_other_peppers(&mut c, &rotated.id()).await.unwrap(), 0);
     apps::revoke_key(&mut c, app.id, rec.id).await.unwrap();
     assert!(apps::active_keys(&mut c).await.unwrap().is_empty());
     assert!(apps::keys(&mut c, app.id).await.unwrap()[0].revoked_at.is_some());

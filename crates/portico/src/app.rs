@@ -71,6 +71,7 @@ impl App {
             Store::connect(&url).await.with_context(|| format!("connecting to {}", portico_store::redact(&url)))?;
         store.migrate().await.context("running migrations")?;
         let pepper = load_pepper(&settings.data_dir)?;
+        note_pepper(&store, &pepper).await?;
 
         let gateway_listener = bind(&settings.gateway_addr, "gateway").await?;
         let api_listener = bind(&settings.api_addr, "api").await?;
@@ -213,7 +214,8 @@ impl App {
         } = self;
         let metrics = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.store.clone(), stopped())));
         let watcher = state.snapshot.clone().watch(state.store.clone(), SNAPSHOT_POLL_EVERY);
-        let last_used = state.snapshot.clone().flush_every(state.store.clone(), Duration::from_secs(30));
+        let last_used =
+            state.snapshot.clone().flush_every(state.store.clone(), (*state.pepper).clone(), Duration::from_secs(30));
         let (ship_stop, ship_stopped) = tokio::sync::oneshot::channel::<()>();
         let shipper = Shipper::new(journal.dir(), journal.instance(), state.store.clone())
             .with_request_log(self_request_log)
@@ -375,6 +377,25 @@ async fn prune_usage(store: portico_store::Store, r: crate::settings::Retention)
             Err(e) => tracing::warn!(error = %e, "pruning old usage failed; retrying in an hour"),
         }
     }
+}
+
+/// With one pepper, every usable hash was made under it: the hashes that predate pepper ids
+/// are noted as its. With previous peppers (a rotation), says how many keys and clients still
+/// need one of them; they move to the current pepper as they are used.
+async fn note_pepper(store: &Store, pepper: &portico_core::api_key::Pepper) -> anyhow::Result<()> {
+    let mut c = store.conn().await.context("reading the key hashes")?;
+    if pepper.previous_count() == 0 {
+        portico_store::apps::adopt_untracked_hashes(&mut c, &pepper.id()).await.context("noting the key pepper")?;
+    } else {
+        let left = portico_store::apps::hashes_under_other_peppers(&mut c, &pepper.id()).await?;
+        tracing::info!(
+            pepper = %pepper.id(),
+            previous = pepper.previous_count(),
+            keys_and_clients_left = left,
+            "key pepper rotated: keys and OAuth clients made under a previous pepper are re-hashed when next used; drop the previous peppers when none is left"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod document;
+pub mod fuzzing;
 pub mod settings;
 pub mod telemetry;
 pub mod tls;

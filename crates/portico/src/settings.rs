@@ -263,6 +263,17 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Settings from a TOML file's text alone (no flags, no environment), validated like
+    /// [`Settings::load`]'s: what the config fuzz target drives.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
     /// Settings for commands that only need the store.
     pub fn for_store(args: &StoreArgs) -> anyhow::Result<Self> {
         Self::load(&ServeArgs { store: args.clone(), ..Default::default() })
@@ -347,17 +358,38 @@ fn networks(setting: &str, list: &[String], example: &str) -> anyhow::Result<Vec
         .collect()
 }
 
-/// The pepper that API keys are hashed under: `PORTICO_KEY_PEPPER` (64 hex characters; every
-/// process of a cluster must share it) or `<data-dir>/key-pepper`, created on first start.
+/// The pepper that API keys and OAuth client secrets are hashed under, with the previous ones
+/// after a rotation: `PORTICO_KEY_PEPPER` (64 hex characters; every process of a cluster must
+/// share it) plus any `PORTICO_KEY_PEPPER_PREVIOUS` (comma-separated, newest first), or
+/// `<data-dir>/key-pepper`, one pepper per line, current first, created on first start.
 pub fn load_pepper(data_dir: &Path) -> anyhow::Result<portico_core::api_key::Pepper> {
     use portico_core::api_key::Pepper;
+    let parse_all = |text: &str, source: &str| -> anyhow::Result<Vec<Pepper>> {
+        text.split([',', '\n'])
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| Pepper::from_hex(l).map_err(|e| anyhow::anyhow!("{source}: {e}")))
+            .collect()
+    };
     if let Ok(hex) = std::env::var("PORTICO_KEY_PEPPER") {
-        return Pepper::from_hex(&hex).map_err(|e| anyhow::anyhow!("PORTICO_KEY_PEPPER: {e}"));
+        let current = Pepper::from_hex(&hex).map_err(|e| anyhow::anyhow!("PORTICO_KEY_PEPPER: {e}"))?;
+        let previous = match std::env::var("PORTICO_KEY_PEPPER_PREVIOUS") {
+            Ok(list) => parse_all(&list, "PORTICO_KEY_PEPPER_PREVIOUS")?,
+            Err(_) => Vec::new(),
+        };
+        return Ok(current.with_previous(previous));
     }
     let path = data_dir.join("key-pepper");
     if path.exists() {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        return Pepper::from_hex(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+        let mut peppers = parse_all(&text, &path.display().to_string())?.into_iter();
+        let current = peppers.next().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} holds no pepper: put the current one (64 hex characters) on the first line",
+                path.display()
+            )
+        })?;
+        return Ok(current.with_previous(peppers));
     }
     let pepper = Pepper::generate();
     write_private(&path, &pepper.to_hex())?;

@@ -1,6 +1,8 @@
 //! `portico serve --demo` as a newcomer runs it: the real binary, a fresh data dir, then the
 //! printed gateway call returns the demo API's answer; SIGTERM stops it cleanly.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 async fn serve_demo_answers_the_printed_call() {
     portico::install_crypto();
     let dir = tempfile::tempdir().unwrap();
+    let log_path = common::test_log_path("demo").unwrap_or_else(|| dir.path().join("stderr.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
         .args([
             "serve",
@@ -25,7 +28,7 @@ async fn serve_demo_answers_the_printed_call() {
         ])
         .arg(dir.path())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
     let info_path = dir.path().join("demo.json");
@@ -81,7 +84,7 @@ async fn serve_demo_answers_the_printed_call() {
     assert!(status.success(), "{status}");
 
     // The JSON access log has the call; no log line holds the key or the admin's password.
-    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     let access: Vec<serde_json::Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

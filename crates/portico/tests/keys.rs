@@ -109,3 +109,69 @@ async fn scopes_rotation_expiry_and_last_use() {
     assert!(used >= 2, "{keys}");
     app.stop().await;
 }
+
+/// A pepper rotation loses no key and no OAuth client: with the new pepper first and the old
+/// one kept, keys and client secrets made before still work and move to the new pepper as
+/// they are used; once the old pepper is dropped, those that moved keep working and one never
+/// used in between is refused.
+#[tokio::test]
+async fn a_pepper_rotation_keeps_what_was_used_in_the_overlap() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let upstream = spawn_upstream().await;
+    let provider = app.signup("pia@provider.example", "provider").await;
+    app.publish_api(&provider, "echo", &upstream.url).await;
+    let consumer = app.signup("cole@consumer.example", "consumer").await;
+    let (_, a) = app.post("/apps", Some(&consumer), json!({"name": "Rotating app"})).await;
+    let app_id = a["id"].as_str().unwrap().to_owned();
+    let sub = json!({"app_id": app_id, "api": "echo", "plan": "free"});
+    assert_eq!(app.post("/subscriptions", Some(&consumer), sub).await.0, 201);
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let (s, k) = app.post(&format!("/apps/{app_id}/keys"), Some(&consumer), json!({})).await;
+        assert_eq!(s, 201, "{k}");
+        keys.push(k["key"].as_str().unwrap().to_owned());
+    }
+    let (s, client) = app.post(&format!("/apps/{app_id}/clients"), Some(&consumer), json!({"name": "ci"})).await;
+    assert_eq!(s, 201, "{client}");
+    let client =
+        (client["client_id"].as_str().unwrap().to_owned(), client["client_secret"].as_str().unwrap().to_owned());
+    let call = |app: &common::TestApp, key: &str| {
+        let req = app.http.get(format!("{}/echo/v1/things/1", app.gateway)).header("x-api-key", key);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let token = |app: &common::TestApp| {
+        // Client ids and secrets are base62 after their prefix: nothing to escape.
+        let req = app
+            .http
+            .post(format!("{}/oauth/token", app.api))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("grant_type=client_credentials&client_id={}&client_secret={}", client.0, client.1));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!((call(&app, &keys[0]).await, call(&app, &keys[1]).await, token(&app).await), (200, 200, 200));
+
+    // Rotate: a new pepper on the first line, the old one kept on the next.
+    let file = app.dir.path().join("key-pepper");
+    let old = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    let new = portico_core::api_key::Pepper::generate().to_hex();
+    std::fs::write(&file, format!("{new}\n{old}\n")).unwrap();
+    let app = app.restart().await;
+    assert_eq!(app.app_state.pepper.previous_count(), 1);
+    assert_eq!(call(&app, &keys[0]).await, 200, "a key made before the rotation works during the overlap");
+    assert_eq!(token(&app).await, 200, "so does a client secret (re-hashed as it is checked)");
+    let state = &app.app_state;
+    assert_eq!(state.snapshot.flush_rehashed(&state.store, &state.pepper).await.unwrap(), 1, "the used key moved");
+    assert_eq!(call(&app, &keys[0]).await, 200, "and works under its new hash");
+    let mut c = state.store.conn().await.unwrap();
+    let left = portico_store::apps::hashes_under_other_peppers(&mut c, &state.pepper.id()).await.unwrap();
+    assert_eq!(left, 1, "only the key never used in the overlap is left under the old pepper");
+    drop(c);
+
+    // The old pepper dropped: what moved works, the key that never did is refused.
+    std::fs::write(&file, format!("{new}\n")).unwrap();
+    let app = app.restart().await;
+    assert_eq!(call(&app, &keys[0]).await, 200);
+    assert_eq!(token(&app).await, 200);
+    assert_eq!(call(&app, &keys[1]).await, 401);
+    app.stop().await;
+}

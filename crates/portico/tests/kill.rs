@@ -3,6 +3,8 @@
 //! drains, every call the upstream served is in the store exactly once — metered, or orphaned
 //! when the kill cut it off — and no call was metered that the upstream did not serve.
 
+mod common;
+
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,7 +106,7 @@ async fn setup(database: Option<String>, store_url: Option<String>) -> Harness {
         args,
         api: format!("http://127.0.0.1:{api_port}"),
         gateway: format!("http://127.0.0.1:{gw_port}"),
-        log: dir.path().join("portico.log"),
+        log: common::test_log_path("kill").unwrap_or_else(|| dir.path().join("portico.log")),
     };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -4,6 +4,8 @@
 //! upstream span whose id is the parent the upstream was told of. Without an endpoint no
 //! trace is exported and the client's `traceparent` goes upstream unchanged.
 
+mod common;
+
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -53,6 +55,7 @@ async fn receiver() -> (String, Arc<Mutex<Vec<ExportTraceServiceRequest>>>, Arc<
 struct Demo {
     child: Child,
     dir: tempfile::TempDir,
+    log: std::path::PathBuf,
     key: String,
     gateway: String,
 }
@@ -65,6 +68,7 @@ impl Drop for Demo {
 
 async fn demo(extra: &[&str]) -> Demo {
     let dir = tempfile::tempdir().unwrap();
+    let log = common::test_log_path("traces").unwrap_or_else(|| dir.path().join("stderr.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_portico"))
         .args(["serve", "--demo", "--gateway-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
         .args(["--metrics-addr", "off", "--data-dir"])
@@ -73,11 +77,11 @@ async fn demo(extra: &[&str]) -> Demo {
         // The SDK's batch delay, so the test does not wait the default 5 s.
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut d = Demo { child, dir, key: String::new(), gateway: String::new() };
+    let mut d = Demo { child, dir, log, key: String::new(), gateway: String::new() };
     let info: serde_json::Value = loop {
         if let Ok(bytes) = std::fs::read(d.dir.path().join("demo.json"))
             && let Ok(v) = serde_json::from_slice(&bytes)
@@ -95,7 +99,7 @@ async fn demo(extra: &[&str]) -> Demo {
 
 impl Demo {
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
     /// One weather call with `traceparent`; the upstream's echo of what it received.
     async fn call(&self, traceparent: Option<&str>) -> serde_json::Value {

@@ -213,7 +213,16 @@ async fn issue_key(
     let (prefix, last4) = (key.display_prefix(), key.last4());
     let rec = apps::insert_key(
         c,
-        apps::NewKey { app: app.id, name, prefix: &prefix, last4: &last4, hash: &hash, expires_at, scopes },
+        apps::NewKey {
+            app: app.id,
+            name,
+            prefix: &prefix,
+            last4: &last4,
+            hash: &hash,
+            expires_at,
+            scopes,
+            pepper_id: &state.pepper.id(),
+        },
     )
     .await?;
     let info = KeyView::from(&rec);

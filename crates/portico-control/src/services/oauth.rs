@@ -17,7 +17,6 @@ use portico_core::ids::{AppId, OrgId};
 use portico_core::model::OrgKind;
 use portico_store::{Store, apps, oauth, orgs};
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 /// Access tokens from the client-credentials grant live this long.
@@ -208,11 +207,20 @@ pub async fn client_credentials(
     // Compare against something even for an unknown client, so timing tells nothing.
     let presented = state.pepper.mac(secret);
     let Some((client, org_id, org_slug)) = found else {
-        let _ = presented.to_hex().as_bytes().ct_eq(presented.to_hex().as_bytes());
+        let _ = presented.ct_eq(&presented);
         return Err(invalid());
     };
-    if !bool::from(presented.to_hex().as_bytes().ct_eq(client.secret_hash.to_hex().as_bytes())) {
-        return Err(invalid());
+    let matches = |h: &portico_core::api_key::KeyHash| h.ct_eq(&client.secret_hash);
+    if !matches(&presented) {
+        // Issued before a pepper rotation: accepted under the previous pepper it was hashed
+        // under, and re-hashed under the current one now.
+        let Some(old) = state.pepper.previous_macs(secret).find(|h| matches(h)) else {
+            return Err(invalid());
+        };
+        let mut c = state.store.conn().await.map_err(|e| internal(e.into()))?;
+        oauth::rehash_client_secret(&mut c, client_id, &old, &presented, &state.pepper.id())
+            .await
+            .map_err(|e| internal(e.into()))?;
     }
     let scope: Vec<String> = match requested_scope.map(str::trim).filter(|s| !s.is_empty()) {
         None => client.scopes.clone(),
@@ -314,8 +322,16 @@ pub async fn create_client(state: &AppState, who: &Principal, app: &str, req: Cr
     let client_id = format!("ptci_{}", random_base62(22));
     let secret = format!("ptcs_{}", random_base62(40));
     let mut tx = state.store.begin().await?;
-    let client =
-        oauth::insert_client(&mut tx, &client_id, app.id, name.trim(), &state.pepper.mac(&secret), &req.scopes).await?;
+    let client = oauth::insert_client(
+        &mut tx,
+        &client_id,
+        app.id,
+        name.trim(),
+        &state.pepper.mac(&secret),
+        &state.pepper.id(),
+        &req.scopes,
+    )
+    .await?;
     let view = ClientView::from(&client);
     audit::record(
         &mut tx,

@@ -70,6 +70,8 @@ pub struct Setup {
     pub sink: Arc<dyn UsageSink>,
     /// Consumer apps, each with its own key and subscription (`c1`, `c2`, …): at least one.
     pub consumers: usize,
+    /// When it fires, the gateway stops accepting and drains; `None`: it serves until the test ends.
+    pub shutdown: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Setup {
@@ -85,6 +87,7 @@ impl Setup {
             config: config(),
             sink: Arc::new(DiscardUsage),
             consumers: 1,
+            shutdown: None,
         }
     }
 }
@@ -97,6 +100,8 @@ pub struct Running {
     /// One key per consumer app; `key` is the first.
     pub keys: Vec<String>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The gateway's `serve`: ends after a [`Setup::shutdown`] once the drain is over.
+    pub served: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 pub async fn start(s: Setup) -> Running {
@@ -124,6 +129,7 @@ pub async fn start(s: Setup) -> Running {
             expires_at_ms: None,
             scopes: None,
             last_used: Default::default(),
+            rehash: Default::default(),
         };
         let sub = SubscriptionGrant {
             subscription_id: SubscriptionId::new(),
@@ -148,6 +154,14 @@ pub async fn start(s: Setup) -> Running {
     let gw = Gateway::new(snapshot.clone(), pepper, s.sink, s.config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(gw.serve(listener, std::future::pending()));
-    Running { addr, base: format!("http://{addr}/{}/v1", s.slug), key: keys[0].clone(), keys, snapshot }
+    let shutdown = s.shutdown;
+    let served = tokio::spawn(gw.serve(listener, async move {
+        match shutdown {
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
+        }
+    }));
+    Running { addr, base: format!("http://{addr}/{}/v1", s.slug), key: keys[0].clone(), keys, snapshot, served }
 }

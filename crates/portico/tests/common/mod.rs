@@ -27,6 +27,7 @@ pub struct TestApp {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub dir: tempfile::TempDir,
+    pub settings: Settings,
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -39,8 +40,36 @@ pub async fn spawn_app_with(backend: Backend, outbound: Outbound) -> TestApp {
     spawn_app_configured(backend, |s| s.outbound = outbound).await
 }
 
+/// Where this test binary's logs go when `PORTICO_TEST_LOG_DIR` is set (`./scripts/test` sets
+/// it, then scans everything there for keys, tokens, passwords and secrets): one file per
+/// process and `name`. `None` when unset.
+pub fn test_log_path(name: &str) -> Option<std::path::PathBuf> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::path::PathBuf::from(std::env::var_os("PORTICO_TEST_LOG_DIR")?);
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = std::env::current_exe().ok().and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    Some(dir.join(format!("{}-{name}-{}-{n}.log", exe.unwrap_or_default(), std::process::id())))
+}
+
+/// Sends the in-process apps' logs, at debug level and as JSON, to a [`test_log_path`] file
+/// (once per test binary; nothing when `PORTICO_TEST_LOG_DIR` is unset).
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(path) = test_log_path("in-process") else { return };
+        let file = std::fs::File::create(&path).unwrap();
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    });
+}
+
 /// [`spawn_app`] with settings changed by `configure` (after the test defaults are set).
 pub async fn spawn_app_configured(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let database = match backend {
         Backend::Sqlite => None,
@@ -58,6 +87,10 @@ pub async fn spawn_app_configured(backend: Backend, configure: impl FnOnce(&mut 
         ..Settings::default()
     };
     configure(&mut settings);
+    start(dir, settings).await
+}
+
+async fn start(dir: tempfile::TempDir, settings: Settings) -> TestApp {
     let app = App::build(&settings).await.unwrap();
     let (api, gateway, app_state) = (app.api_url(), app.gateway_url(), app.state.clone());
     let (gateway_tls, api_tls) = (app.gateway_tls_addr, app.api_tls_addr);
@@ -77,6 +110,7 @@ pub async fn spawn_app_configured(backend: Backend, configure: impl FnOnce(&mut 
         stop: Some(tx),
         task: Some(task),
         dir,
+        settings,
     }
 }
 
@@ -150,13 +184,23 @@ impl TestApp {
             .token
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the app and starts it again on the same data dir and database (on new ports).
+    pub async fn restart(mut self) -> TestApp {
+        self.halt().await;
+        start(self.dir, self.settings).await
+    }
+
+    async fn halt(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();
         }
+    }
+
+    pub async fn stop(mut self) {
+        self.halt().await;
     }
 }
 
