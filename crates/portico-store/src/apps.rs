@@ -282,14 +282,17 @@ pub async fn adopt_untracked_hashes(c: &mut Conn, pepper_id: &str) -> Result<()>
     Ok(())
 }
 
-/// How many live keys and OAuth clients have hashes made under a pepper other than
-/// `pepper_id` (or under one not noted): they stop working if the previous peppers are dropped.
+/// How many usable keys (not revoked, not expired) and OAuth clients have hashes made under a
+/// pepper other than `pepper_id` (or under one not noted): they stop working if the previous
+/// peppers are dropped.
 pub async fn hashes_under_other_peppers(c: &mut Conn, pepper_id: &str) -> Result<i64> {
     let row = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL AND (pepper_id IS NULL OR pepper_id <> $1)) \
+        "SELECT (SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
+         AND (pepper_id IS NULL OR pepper_id <> $1)) \
          + (SELECT COUNT(*) FROM oauth_clients WHERE revoked_at IS NULL AND (pepper_id IS NULL OR pepper_id <> $1)) AS n",
     )
     .bind(pepper_id)
+    .bind(now_millis())
     .fetch_one(c)
     .await?;
     get(&row, "oauth_clients", "n")

@@ -98,7 +98,6 @@ pub async fn active_client(c: &mut Conn, client_id: &str) -> Result<Option<(Clie
     }
 }
 
-/// Ids of every client that has not been revoked (the gateway refuses tokens of the others).
 /// Replaces a client secret's hash made under a previous pepper by its hash under the current one.
 pub async fn rehash_client_secret(
     c: &mut Conn,
@@ -117,6 +116,7 @@ pub async fn rehash_client_secret(
     Ok(())
 }
 
+/// Ids of every client that has not been revoked (the gateway refuses tokens of the others).
 pub async fn active_client_ids(c: &mut Conn) -> Result<Vec<String>> {
     let rows = sqlx::query("SELECT client_id FROM oauth_clients WHERE revoked_at IS NULL").fetch_all(c).await?;
     rows.iter().map(|r| get(r, "oauth_clients", "client_id")).collect()

@@ -148,6 +148,21 @@ async fn exercise(store: &Store) {
     apps::revoke_key(&mut c, app.id, rec.id).await.unwrap();
     assert!(apps::active_keys(&mut c).await.unwrap().is_empty());
     assert!(apps::keys(&mut c, app.id).await.unwrap()[0].revoked_at.is_some());
+    // An expired key can never be re-hashed (the gateway refuses it): it is not counted as left.
+    let expired = ApiKey::generate();
+    let (hash, prefix, last4) = (expired.hash(&pepper), expired.display_prefix(), expired.last4());
+    let new = apps::NewKey {
+        app: app.id,
+        name: "expired",
+        prefix: &prefix,
+        last4: &last4,
+        hash: &hash,
+        expires_at: Some(1),
+        scopes: &[],
+        pepper_id: &pepper.id(),
+    };
+    apps::insert_key(&mut c, new).await.unwrap();
+    assert_eq!(apps::hashes_under_other_peppers(&mut c, &rotated.id()).await.unwrap(), 0);
 
     let sub = apps::insert_subscription(&mut c, app.id, api.id, plan.id).await.unwrap();
     assert!(

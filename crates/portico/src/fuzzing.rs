@@ -68,9 +68,11 @@ pub fn api_key(data: &[u8]) {
     }
 }
 
-static TOKEN_SNAPSHOT: LazyLock<Snapshot> =
+/// The snapshot the `jwt` target verifies against: it trusts [`JWT_KID`] / [`JWT_PUBLIC_KEY`].
+pub static TOKEN_SNAPSHOT: LazyLock<Snapshot> =
     LazyLock::new(|| Snapshot { token_keys: vec![(JWT_KID.to_string(), JWT_PUBLIC_KEY, None)], ..Snapshot::default() });
-static TRUST: LazyLock<TokenTrust> =
+/// The issuer and audience the `jwt` target requires.
+pub static TRUST: LazyLock<TokenTrust> =
     LazyLock::new(|| TokenTrust { issuer: JWT_ISSUER.into(), audience: JWT_AUDIENCE.into() });
 
 /// A bearer token as the gateway verifies it, against a snapshot that trusts one signing key.

@@ -379,6 +379,11 @@ pub fn load_pepper(data_dir: &Path) -> anyhow::Result<portico_core::api_key::Pep
         };
         return Ok(current.with_previous(previous));
     }
+    if std::env::var_os("PORTICO_KEY_PEPPER_PREVIOUS").is_some() {
+        anyhow::bail!(
+            "PORTICO_KEY_PEPPER_PREVIOUS is set but PORTICO_KEY_PEPPER is not: set the current pepper there too, or list the previous ones in <data-dir>/key-pepper"
+        );
+    }
     let path = data_dir.join("key-pepper");
     if path.exists() {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

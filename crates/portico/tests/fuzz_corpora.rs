@@ -5,8 +5,7 @@
 //! refused.
 
 use portico::fuzzing::{self, TARGETS};
-use portico_core::snapshot::Snapshot;
-use portico_gateway::token::{self, TokenTrust};
+use portico_gateway::token;
 use std::path::{Path, PathBuf};
 
 fn fuzz_dir(kind: &str, target: &str) -> PathBuf {
@@ -41,13 +40,10 @@ fn every_corpus_input_runs_without_a_panic() {
 
 #[test]
 fn the_jwt_fixtures_are_what_their_names_say() {
-    let snapshot =
-        Snapshot { token_keys: vec![(fuzzing::JWT_KID.into(), fuzzing::JWT_PUBLIC_KEY, None)], ..Snapshot::default() };
-    let trust = TokenTrust { issuer: fuzzing::JWT_ISSUER.into(), audience: fuzzing::JWT_AUDIENCE.into() };
     let dir = fuzz_dir("seeds", "jwt");
     let verify = |name: &str| {
         let t = std::fs::read_to_string(dir.join(name)).unwrap();
-        token::verify(&snapshot, Some(&trust), t.trim()).map_err(|r| r.0)
+        token::verify(&fuzzing::TOKEN_SNAPSHOT, Some(&*fuzzing::TRUST), t.trim()).map_err(|r| r.0)
     };
     let caller = verify("valid").expect("the valid fixture verifies");
     assert_eq!(caller.consumer_slug.as_str(), "globex");

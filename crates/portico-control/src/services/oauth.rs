@@ -207,7 +207,8 @@ pub async fn client_credentials(
     // Compare against something even for an unknown client, so timing tells nothing.
     let presented = state.pepper.mac(secret);
     let Some((client, org_id, org_slug)) = found else {
-        let _ = presented.ct_eq(&presented);
+        // As much work as for a known client with a wrong secret.
+        let _ = std::hint::black_box(state.pepper.previous_macs(secret).filter(|h| h.ct_eq(&presented)).count());
         return Err(invalid());
     };
     let matches = |h: &portico_core::api_key::KeyHash| h.ct_eq(&client.secret_hash);
@@ -217,10 +218,14 @@ pub async fn client_credentials(
         let Some(old) = state.pepper.previous_macs(secret).find(|h| matches(h)) else {
             return Err(invalid());
         };
-        let mut c = state.store.conn().await.map_err(|e| internal(e.into()))?;
-        oauth::rehash_client_secret(&mut c, client_id, &old, &presented, &state.pepper.id())
-            .await
-            .map_err(|e| internal(e.into()))?;
+        // The secret is right: a failed re-hash is retried at the next token, not refused now.
+        let rehashed = match state.store.conn().await {
+            Ok(mut c) => oauth::rehash_client_secret(&mut c, client_id, &old, &presented, &state.pepper.id()).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = rehashed {
+            tracing::warn!(error = %e, client_id, "re-hashing a client secret under the current pepper failed");
+        }
     }
     let scope: Vec<String> = match requested_scope.map(str::trim).filter(|s| !s.is_empty()) {
         None => client.scopes.clone(),
