@@ -64,6 +64,22 @@ pub fn payload_too_large(max: u64) -> Response<GwBody> {
     problem(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large", &detail)
 }
 
+pub fn uri_too_long(max: usize) -> Response<GwBody> {
+    let detail =
+        format!("the path and query are longer than the gateway accepts ({max} bytes); send large inputs in the body");
+    problem(StatusCode::URI_TOO_LONG, "uri_too_long", "URI too long", &detail)
+}
+
+pub fn too_many_headers(max: usize) -> Response<GwBody> {
+    let detail = format!("the request has more headers than the gateway accepts ({max})");
+    problem(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "header_fields_too_large",
+        "Request header fields too large",
+        &detail,
+    )
+}
+
 pub fn bad_gateway(detail: &str) -> Response<GwBody> {
     problem(StatusCode::BAD_GATEWAY, "bad_gateway", "Bad gateway", detail)
 }

@@ -77,6 +77,13 @@ pub type UpBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>
 pub struct GatewayConfig {
     /// A request whose `Content-Length` is larger is refused with 413 before it is read.
     pub max_body_bytes: u64,
+    /// More request headers than this: 431.
+    pub max_headers: usize,
+    /// A request head (request line and headers) larger than this: 431 (HTTP/1.1; HTTP/2's
+    /// header list is bounded the same).
+    pub max_head_bytes: usize,
+    /// A path and query longer than this: 414.
+    pub max_url_bytes: usize,
     /// From sending the request to the upstream's response head; then 504.
     pub upstream_timeout: Duration,
     /// How long a client may take to send its request head.
@@ -109,6 +116,9 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             max_body_bytes: 10 * 1024 * 1024,
+            max_headers: 100,
+            max_head_bytes: 64 * 1024,
+            max_url_bytes: 8 * 1024,
             upstream_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
@@ -277,6 +287,14 @@ impl Gateway {
         }
 
         // Screen: the cheap checks, before any lookup.
+        let url_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if url_len > inner.config.max_url_bytes {
+            return errors::uri_too_long(inner.config.max_url_bytes);
+        }
+        if req.headers().len() > inner.config.max_headers {
+            // HTTP/1.1 heads are cut off by the server already; this is for HTTP/2.
+            return errors::too_many_headers(inner.config.max_headers);
+        }
         if let Some(why) = smuggling(req.headers()) {
             return errors::bad_request(why);
         }

@@ -119,7 +119,10 @@ impl Gateway {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.inner.config.header_read_timeout)
-            .max_buf_size(64 * 1024);
+            .max_headers(self.inner.config.max_headers)
+            // hyper's floor for its read buffer is 8 KiB.
+            .max_buf_size(self.inner.config.max_head_bytes.max(8192));
+        builder.http2().max_header_list_size(u32::try_from(self.inner.config.max_head_bytes).unwrap_or(u32::MAX));
         tokio::pin!(shutdown);
         loop {
             let (accepted, acceptor) = tokio::select! {

@@ -194,3 +194,46 @@ async fn a_slow_client_is_cut_off_by_the_header_timeout() {
         ),
     }
 }
+
+/// The limits on headers and URL are the configured ones, refused before the key is looked up
+/// and before anything reaches the upstream; HTTP/2 heads are held to the same count.
+#[tokio::test]
+async fn header_and_url_limits_are_configurable() {
+    let config = GatewayConfig { max_headers: 12, max_url_bytes: 300, max_head_bytes: 16 * 1024, ..common::config() };
+    let e = env(config).await;
+    let k = &e.key;
+    let with_headers = |n: usize| {
+        let mut r = format!("GET /echo/v1/a HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\n");
+        for i in 0..n {
+            r.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        r + "\r\n"
+    };
+    assert_eq!(raw(e.addr, with_headers(8).as_bytes()).await, 200, "10 headers are within 12");
+    assert_eq!(raw(e.addr, with_headers(20).as_bytes()).await, 431, "22 headers are not");
+    let url = |len: usize| format!("/echo/v1/{}", "a".repeat(len));
+    let ok = format!("GET {} HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\n\r\n", url(200));
+    assert_eq!(raw(e.addr, ok.as_bytes()).await, 200);
+    let before = e.upstream_hits.load(Ordering::SeqCst);
+    let long = format!("GET {} HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\n\r\n", url(400));
+    assert_eq!(raw(e.addr, long.as_bytes()).await, 414);
+    let huge = format!("GET /echo/v1/a HTTP/1.1\r\nhost: x\r\nx-api-key: {k}\r\nx-big: {}\r\n\r\n", "b".repeat(20_000));
+    assert_eq!(raw(e.addr, huge.as_bytes()).await, 431, "a head over 16 KiB");
+    assert_eq!(e.upstream_hits.load(Ordering::SeqCst), before, "none of these reached the upstream");
+
+    // The 414 is a problem that says the limit; over HTTP/2 too many headers is a 431 problem.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let base = format!("http://{}", e.addr);
+    let r = h2.get(format!("{base}{}", url(400))).header("x-api-key", k).send().await.unwrap();
+    assert_eq!(r.status(), 414);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert!(r.text().await.unwrap().contains("300 bytes"));
+    let mut req = h2.get(format!("{base}/echo/v1/a")).header("x-api-key", k);
+    for i in 0..20 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 431);
+    assert!(r.text().await.unwrap().contains("(12)"));
+}

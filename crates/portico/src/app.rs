@@ -134,6 +134,10 @@ impl App {
                 audience: config.gateway_url.trim_end_matches('/').to_owned(),
             }),
             cache_max_bytes: settings.cache_max_bytes,
+            max_body_bytes: settings.limits.max_body_bytes,
+            max_headers: settings.limits.max_headers,
+            max_head_bytes: settings.limits.max_header_bytes,
+            max_url_bytes: settings.limits.max_url_bytes,
             ..GatewayConfig::default()
         };
         let sink: Arc<dyn portico_core::usage::UsageSink> = if settings.unmetered {

@@ -32,6 +32,8 @@ pub struct Settings {
     pub request_log: portico_metering::RequestLog,
     /// How long usage detail is kept.
     pub retention: Retention,
+    /// What the gateway accepts from a client: the `[limits]` section.
+    pub limits: Limits,
     /// What outbound calls (upstreams, health checks) may reach: the `[outbound]` section.
     pub outbound: Outbound,
     /// The most unshipped usage the local journal may hold (while the database is down); at the
@@ -87,6 +89,53 @@ impl Default for Retention {
     }
 }
 
+/// `[limits]`: what the gateway accepts from a client, checked before any key lookup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The largest request body (413 beyond it; a declared length is refused before reading).
+    pub max_body_bytes: u64,
+    /// The most request headers (431 beyond).
+    pub max_headers: usize,
+    /// The largest request head, request line and headers together (431 beyond).
+    pub max_header_bytes: usize,
+    /// The longest path and query (414 beyond).
+    pub max_url_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let g = portico_gateway::GatewayConfig::default();
+        Limits {
+            max_body_bytes: g.max_body_bytes,
+            max_headers: g.max_headers,
+            max_header_bytes: g.max_head_bytes,
+            max_url_bytes: g.max_url_bytes,
+        }
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=1 << 40).contains(&self.max_body_bytes) {
+            bail!("limits.max_body_bytes must be between 1 and 1 TiB");
+        }
+        if !(8..=1000).contains(&self.max_headers) {
+            bail!("limits.max_headers must be between 8 and 1000");
+        }
+        if !(8192..=1 << 20).contains(&self.max_header_bytes) {
+            bail!("limits.max_header_bytes must be between 8192 (8 KiB) and 1048576 (1 MiB)");
+        }
+        if !(256..=self.max_header_bytes).contains(&self.max_url_bytes) {
+            bail!(
+                "limits.max_url_bytes must be at least 256 and at most limits.max_header_bytes ({})",
+                self.max_header_bytes
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The `[outbound]` section: SSRF protection of every call Portico makes on someone's behalf.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +161,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             request_log: portico_metering::RequestLog::All,
             retention: Retention::default(),
+            limits: Limits::default(),
             outbound: Outbound::default(),
             smtp: Smtp::default(),
             journal_max_bytes: 1 << 30,
@@ -329,6 +379,7 @@ impl Settings {
             bail!("cache_max_bytes must be at least 1048576 (1 MiB) and at most 1 TiB");
         }
         self.tls.validate()?;
+        self.limits.validate()?;
         self.tracing.validate()?;
         if let Some(db) = &self.database
             && !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://"))
@@ -448,6 +499,23 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_come_from_the_file_and_nonsense_is_refused() {
+        let s = Settings::from_toml("[limits]\nmax_headers = 50\nmax_url_bytes = 2048\n").unwrap();
+        assert_eq!((s.limits.max_headers, s.limits.max_url_bytes), (50, 2048));
+        assert_eq!(s.limits.max_body_bytes, 10 * 1024 * 1024, "the rest keep their defaults");
+        for (bad, says) in [
+            ("max_headers = 0", "max_headers"),
+            ("max_header_bytes = 100", "max_header_bytes"),
+            ("max_url_bytes = 100000", "max_url_bytes"),
+            ("max_body_bytes = 0", "max_body_bytes"),
+            ("max_hedaers = 5", "max_hedaers"),
+        ] {
+            let e = Settings::from_toml(&format!("[limits]\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn file_then_flags() {
