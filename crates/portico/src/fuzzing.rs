@@ -46,7 +46,9 @@ pub fn openapi_import(data: &[u8]) {
     }
 }
 
-static PEPPER: LazyLock<Pepper> = LazyLock::new(|| Pepper::from_bytes([9; 32]));
+/// A pepper with a previous one, so that a miss also walks the rotation path.
+static PEPPER: LazyLock<Pepper> =
+    LazyLock::new(|| Pepper::from_bytes([9; 32]).with_previous([Pepper::from_bytes([8; 32])]));
 static EMPTY: LazyLock<Snapshot> = LazyLock::new(Snapshot::default);
 
 /// A credential as the gateway meets it: in `X-Api-Key` and in `Authorization: Bearer`, parsed,
