@@ -51,25 +51,81 @@ pub fn parse(path: &str) -> Result<Target<'_>, RouteError> {
         return Err(RouteError::NoMatch);
     }
     let major = digits.parse().map_err(|_| RouteError::NoMatch)?;
-    for seg in rest.split('/') {
-        let lower = seg.to_ascii_lowercase();
-        let decoded_dots = lower.replace("%2e", ".");
-        if decoded_dots == "."
-            || decoded_dots == ".."
-            || lower.contains("%00")
-            || lower.contains("%2f")
-            || lower.contains("%5c")
-            || seg.contains('\\')
-        {
-            return Err(RouteError::Unsafe);
-        }
+    if unsafe_rest(rest) {
+        return Err(RouteError::Unsafe);
     }
     Ok(Target { slug, major, rest })
+}
+
+fn hex(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    }
+}
+
+/// Whether a segment of `rest` is `.` or `..` (a dot written as `.` or `%2e`), or `rest` holds
+/// a backslash or an encoded NUL, slash or backslash. One pass, no allocation; the escapes are
+/// known to be valid (`valid_escapes`).
+fn unsafe_rest(rest: &str) -> bool {
+    let b = rest.as_bytes();
+    let (mut dots, mut only_dots) = (0u32, true);
+    let mut i = 0;
+    loop {
+        if i == b.len() || b[i] == b'/' {
+            if only_dots && (dots == 1 || dots == 2) {
+                return true;
+            }
+            if i == b.len() {
+                return false;
+            }
+            (dots, only_dots) = (0, true);
+            i += 1;
+            continue;
+        }
+        let (byte, escaped) = match b[i] {
+            b'%' if i + 2 < b.len() => (hex(b[i + 1]) << 4 | hex(b[i + 2]), true),
+            other => (other, false),
+        };
+        if byte == b'\\' || (escaped && (byte == 0 || byte == b'/')) {
+            return true;
+        }
+        if byte == b'.' {
+            dots += 1;
+        } else {
+            only_dots = false;
+        }
+        i += if escaped { 3 } else { 1 };
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The check as it was first written (two strings per segment), kept as the reference.
+    fn unsafe_rest_reference(rest: &str) -> bool {
+        rest.split('/').any(|seg| {
+            let lower = seg.to_ascii_lowercase();
+            let decoded_dots = lower.replace("%2e", ".");
+            decoded_dots == "."
+                || decoded_dots == ".."
+                || lower.contains("%00")
+                || lower.contains("%2f")
+                || lower.contains("%5c")
+                || seg.contains('\\')
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_one_pass_check_agrees_with_the_reference(rest in "(/([a.\\\\]|%2[eEfF]|%00|%5[cC]|%41){0,4}){0,5}") {
+            prop_assume!(valid_escapes(&rest));
+            prop_assert_eq!(unsafe_rest(&rest), unsafe_rest_reference(&rest), "{}", rest);
+        }
+    }
 
     #[test]
     fn routes() {
