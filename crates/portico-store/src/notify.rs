@@ -381,6 +381,23 @@ pub async fn fire_once(c: &mut Conn, key: &str) -> Result<bool> {
     Ok(n > 0)
 }
 
+/// Marks alert `key` fired at `now_ms` unless it last fired less than `quiet_ms` before; true
+/// when it fired now. A rule that stays breached so fires at most once per `quiet_ms`, however
+/// the evaluation rounds fall.
+pub async fn fire_unless_fired_within(c: &mut Conn, key: &str, now_ms: i64, quiet_ms: i64) -> Result<bool> {
+    let n = sqlx::query(
+        "INSERT INTO alerts_fired (alert_key, fired_at) VALUES ($1, $2) \
+         ON CONFLICT (alert_key) DO UPDATE SET fired_at = excluded.fired_at WHERE alerts_fired.fired_at <= $3",
+    )
+    .bind(key)
+    .bind(now_ms)
+    .bind(now_ms - quiet_ms)
+    .execute(c)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
 /// Every endpoint's (id, stored secret), disabled ones too: what re-sealing walks.
 pub async fn all_endpoint_secrets(c: &mut Conn) -> Result<Vec<(uuid::Uuid, String)>> {
     let rows = sqlx::query("SELECT id, secret FROM webhook_endpoints").fetch_all(c).await?;

@@ -186,6 +186,19 @@ async fn exercise(store: &Store) {
     assert_eq!(usage::calls_since(&mut c, SubscriptionId::new(), "2026-11-25").await.unwrap(), 0);
     drop(c);
 
+    // An alert that stays breached fires at most once per quiet period, wherever the rounds fall.
+    let mut c = store.conn().await.unwrap();
+    assert!(portico_store::notify::fire_unless_fired_within(&mut c, "rule:test", 1_000_000, 300_000).await.unwrap());
+    for now in [1_000_001, 1_200_000, 1_299_999] {
+        assert!(
+            !portico_store::notify::fire_unless_fired_within(&mut c, "rule:test", now, 300_000).await.unwrap(),
+            "{now}"
+        );
+    }
+    assert!(portico_store::notify::fire_unless_fired_within(&mut c, "rule:test", 1_300_000, 300_000).await.unwrap());
+    assert!(!portico_store::notify::fire_unless_fired_within(&mut c, "rule:test", 1_300_001, 300_000).await.unwrap());
+    drop(c);
+
     // A transaction that is not committed leaves nothing behind.
     {
         let mut tx = store.begin().await.unwrap();

@@ -3,7 +3,8 @@
 //! - **quota**: a subscription has used 80% and 100% of its plan's monthly quota (to the
 //!   consumer), once per threshold per month;
 //! - **rules** of an API (its provider's): `error_rate` (5xx share of calls, percent) or
-//!   `p95_latency` (ms) over the last `window_minutes`, at most once per window.
+//!   `p95_latency` (ms) over the last `window_minutes`, at most once per `window_minutes` while it
+//!   stays breached (measured from when it last fired, not from aligned windows).
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
@@ -204,7 +205,7 @@ pub async fn evaluate(state: &AppState) -> Result<usize> {
             continue;
         }
         let mut tx = state.store.begin().await?;
-        if !notify::fire_once(&mut tx, &format!("rule:{}:{}", r.id, now_ms / window_ms)).await? {
+        if !notify::fire_unless_fired_within(&mut tx, &format!("rule:{}", r.id), now_ms, window_ms).await? {
             continue;
         }
         let Some(api) = catalog::api_by_id(&mut tx, r.api_id).await? else { continue };
