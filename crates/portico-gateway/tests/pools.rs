@@ -252,25 +252,18 @@ async fn an_unhealthy_target_leaves_the_rotation_and_comes_back() {
 /// A target that reads the request, then answers with bytes that are not HTTP, or resets the
 /// connection (SO_LINGER 0) without a word.
 async fn misbehaving(garbage: bool) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let _ = s.read(&mut buf).await;
-                if garbage {
-                    let _ = s.write_all(b"\x00\x13SSH-2.0-not-http\r\n\r\n").await;
-                    let _ = s.shutdown().await;
-                } else {
-                    let _ = s.set_zero_linger();
-                    drop(s);
-                }
-            });
+    common::tcp_server(move |mut s| async move {
+        let mut buf = vec![0u8; 8192];
+        let _ = s.read(&mut buf).await;
+        if garbage {
+            let _ = s.write_all(b"\x00\x13SSH-2.0-not-http\r\n\r\n").await;
+            let _ = s.shutdown().await;
+        } else {
+            let _ = s.set_zero_linger();
+            drop(s);
         }
-    });
-    url
+    })
+    .await
 }
 
 async fn problem(r: reqwest::Response) -> (u16, String) {

@@ -77,22 +77,15 @@ async fn server_sent_events_arrive_one_by_one() {
 
 /// An upstream that answers every call after `delay`.
 async fn slow_upstream(delay: Duration) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                while read_head(&mut s).await {
-                    tokio::time::sleep(delay).await;
-                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished").await.is_err() {
-                        return;
-                    }
-                }
-            });
+    common::tcp_server(move |mut s| async move {
+        while read_head(&mut s).await {
+            tokio::time::sleep(delay).await;
+            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished").await.is_err() {
+                return;
+            }
         }
-    });
-    url
+    })
+    .await
 }
 
 #[tokio::test]

@@ -53,6 +53,24 @@ pub fn loopback() -> portico_core::outbound::OutboundPolicy {
     portico_core::outbound::OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap()])
 }
 
+/// A raw TCP upstream on a free loopback port that hands every connection to `serve` on its
+/// own task (for upstreams that misbehave or speak more than HTTP); its `http://` URL.
+pub async fn tcp_server<F, Fut>(serve: F) -> String
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(serve(s));
+        }
+    });
+    url
+}
+
 /// The gateway's defaults with loopback upstreams allowed.
 pub fn config() -> GatewayConfig {
     GatewayConfig { outbound: loopback(), ..GatewayConfig::default() }
