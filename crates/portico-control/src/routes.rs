@@ -98,6 +98,8 @@ pub enum OwnerOf {
     Key,
     /// `{client_id}`, an OAuth client of the app `{app_id}`.
     Client,
+    /// `{external_client_id}`, an identity of the app `{app_id}` at an external token issuer.
+    ExternalClient,
     /// `{subscription_id}`: the organization of the subscribed app.
     Subscription,
     /// `{webhook_id}`, an endpoint of the organization `{org_id}`.
@@ -229,6 +231,9 @@ pub static ROUTES: &[RouteSpec] = &[
     api(Get, "/api/v1/apps/{app_id}/clients", OrgMember, OwnerOf::App),
     api(Post, "/api/v1/apps/{app_id}/clients", OrgManager, OwnerOf::App),
     api(Delete, "/api/v1/apps/{app_id}/clients/{client_id}", OrgManager, OwnerOf::Client),
+    api(Get, "/api/v1/apps/{app_id}/external-clients", OrgMember, OwnerOf::App),
+    api(Post, "/api/v1/apps/{app_id}/external-clients", OrgManager, OwnerOf::App),
+    api(Delete, "/api/v1/apps/{app_id}/external-clients/{external_client_id}", OrgManager, OwnerOf::ExternalClient),
     api(Post, "/api/v1/apps/{app_id}/token", OrgManager, OwnerOf::App),
     // Subscriptions and usage.
     api(Get, "/api/v1/subscriptions", Authenticated, OwnerOf::None),
@@ -344,6 +349,7 @@ mod tests {
                 OwnerOf::Session => Some("{session_id}"),
                 OwnerOf::Key => Some("{key_id}"),
                 OwnerOf::Client => Some("{client_id}"),
+                OwnerOf::ExternalClient => Some("{external_client_id}"),
                 OwnerOf::Subscription => Some("{subscription_id}"),
                 OwnerOf::Webhook => Some("{webhook_id}"),
                 OwnerOf::Delivery => Some("{delivery_id}"),

@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use portico_core::api_key::Pepper;
 use portico_core::ids::ApiId;
 use portico_core::operations::OperationRouter;
-use portico_core::snapshot::{ApiRoute, KeyGrant, Snapshot, SubscriptionGrant, VersionRoute};
+use portico_core::snapshot::{ApiRoute, ExternalGrant, KeyGrant, Snapshot, SubscriptionGrant, VersionRoute};
 use portico_store::{Store, apps, catalog};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -171,6 +171,11 @@ pub async fn compile(
         })
         .collect();
     let oauth_clients = portico_store::oauth::active_client_ids(&mut tx).await?.into_iter().collect();
+    let mut external_clients: HashMap<String, HashMap<String, ExternalGrant>> = HashMap::new();
+    for (x, org, slug) in portico_store::oauth::external_client_grants(&mut tx).await? {
+        let grant = ExternalGrant { app_id: x.app_id, consumer_org_id: org, consumer_slug: slug };
+        external_clients.entry(x.issuer).or_default().insert(x.client_id, grant);
+    }
     let month_start_ms = (month_start.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let used = portico_store::rollups::units_by_subscription_since(&mut tx, month_start_ms).await?;
     tx.commit().await?;
@@ -251,5 +256,5 @@ pub async fn compile(
             ))
         })
         .collect();
-    Ok(Snapshot { generation, apis, keys, subscriptions, token_keys, oauth_clients })
+    Ok(Snapshot { generation, apis, keys, subscriptions, token_keys, oauth_clients, external_clients })
 }

@@ -48,4 +48,16 @@ macro_rules! id_type {
     )*};
 }
 
-id_type!(UserId, OrgId, ApiId, VersionId, PlanId, AppId, KeyId, SubscriptionId, SessionId, InvitationId);
+id_type!(
+    UserId,
+    OrgId,
+    ApiId,
+    VersionId,
+    PlanId,
+    AppId,
+    KeyId,
+    SubscriptionId,
+    SessionId,
+    InvitationId,
+    ExternalClientId
+);

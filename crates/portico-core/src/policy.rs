@@ -179,6 +179,100 @@ pub struct Policies {
     /// Answers of `GET` / `HEAD` kept by the gateway; none without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CachePolicy>,
+    /// Identity providers besides Portico whose access tokens the gateway accepts for this
+    /// version (at most 4). A token is matched to an issuer by its `iss`, verified with a key
+    /// from the issuer's JWKS, and its client claim names a Portico app: the app's owner
+    /// registers that client (`/api/v1/apps/{app_id}/external-clients`), and the app still
+    /// needs a subscription.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_issuers: Vec<TokenIssuer>,
+}
+
+/// An external issuer of access tokens (an OpenID provider, Auth0, Keycloak, Okta…).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIssuer {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// The `aud` its tokens must carry for this API.
+    pub audience: String,
+    /// Where its signing keys are published (`https://…`; `http://` only for a network that
+    /// `outbound.allow_cidrs` allows). Fetched by the gateway through the outbound policy,
+    /// kept in memory, fetched again (once, for every waiting call) on an unknown `kid` at most
+    /// every `refresh_cooldown_secs`, and in the background when older than `max_age_secs`.
+    pub jwks_url: String,
+    /// Signature algorithms accepted: `RS256`, `RS384`, `RS512`, `PS256`, `PS384`, `PS512`,
+    /// `ES256`, `ES384`, `EdDSA`. Never `HS*` (a shared secret is not a public key) or `none`.
+    pub algorithms: Vec<String>,
+    /// The claim that names the client (`client_id`; Keycloak and Auth0 use `azp`, Okta `cid`).
+    #[serde(default = "default_client_claim")]
+    pub client_claim: String,
+    #[serde(default = "default_jwks_cooldown")]
+    pub refresh_cooldown_secs: u32,
+    #[serde(default = "default_jwks_max_age")]
+    pub max_age_secs: u32,
+}
+
+fn default_client_claim() -> String {
+    "client_id".into()
+}
+
+fn default_jwks_cooldown() -> u32 {
+    30
+}
+
+fn default_jwks_max_age() -> u32 {
+    600
+}
+
+/// The signature algorithms an external issuer may be trusted with (asymmetric only).
+pub const TOKEN_ALGORITHMS: &[&str] =
+    &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+
+impl TokenIssuer {
+    fn validate(&self) -> Result<()> {
+        let at = format!("token_issuers `{}`", self.issuer.escape_default());
+        let bad = |m: String| Err(Error::invalid("policies", format!("{at}: {m}")));
+        let printable = |s: &str| !s.is_empty() && s.len() <= 512 && header_value_ok(s) && !s.contains(' ');
+        if !printable(&self.issuer) {
+            return bad("issuer must be the issuer's `iss` (1-512 printable characters, no spaces)".into());
+        }
+        if !printable(&self.audience) {
+            return bad("audience must be 1-512 printable characters, no spaces".into());
+        }
+        let u = &self.jwks_url;
+        let authority = u
+            .strip_prefix("https://")
+            .or_else(|| u.strip_prefix("http://"))
+            .map(|r| r.split(['/', '?']).next().unwrap_or_default());
+        let url_ok = authority.is_some_and(|a| !a.is_empty() && !a.contains('@'))
+            && u.len() <= 2048
+            && header_value_ok(u)
+            && !u.contains([' ', '#']);
+        if !url_ok {
+            return bad(format!("jwks_url `{}` must be an http(s) URL", self.jwks_url.escape_default()));
+        }
+        if self.algorithms.is_empty() {
+            return bad(format!("algorithms: name at least one of {}", TOKEN_ALGORITHMS.join(", ")));
+        }
+        if let Some(a) = self.algorithms.iter().find(|a| !TOKEN_ALGORITHMS.contains(&a.as_str())) {
+            return bad(format!(
+                "algorithm `{}` is not accepted (only {}; HS* and none never are)",
+                a.escape_default(),
+                TOKEN_ALGORITHMS.join(", ")
+            ));
+        }
+        if !header_name_ok(&self.client_claim) {
+            return bad("client_claim must be a claim name (letters, digits, `-`, `_`)".into());
+        }
+        if !(1..=86_400).contains(&self.refresh_cooldown_secs) {
+            return bad("refresh_cooldown_secs must be between 1 and 86400".into());
+        }
+        if !(10..=604_800).contains(&self.max_age_secs) {
+            return bad("max_age_secs must be between 10 and 604800".into());
+        }
+        Ok(())
+    }
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -311,7 +405,21 @@ impl Policies {
         if let Some(c) = &self.cache {
             c.validate()?;
         }
+        if self.token_issuers.len() > 4 {
+            return bad("at most 4 token_issuers");
+        }
+        for (i, t) in self.token_issuers.iter().enumerate() {
+            t.validate()?;
+            if self.token_issuers[..i].iter().any(|o| o.issuer == t.issuer) {
+                return bad("token_issuers: each issuer once");
+            }
+        }
         Ok(())
+    }
+
+    /// The external issuer whose tokens carry this `iss`.
+    pub fn token_issuer(&self, iss: &str) -> Option<&TokenIssuer> {
+        self.token_issuers.iter().find(|t| t.issuer == iss)
     }
 
     pub fn is_default(&self) -> bool {
@@ -534,6 +642,32 @@ mod tests {
             (serde_json::json!({"cache": {"max_body_bytes": 0}}), "cache: max_body_bytes"),
             (serde_json::json!({"cache": {"max_body_bytes": 17 * 1024 * 1024}}), "cache: max_body_bytes"),
             (serde_json::json!({"cache": {"vary_headers": ["accept lang"]}}), "not a header name"),
+            (
+                serde_json::json!({"token_issuers": [{"issuer": "https://idp.example", "audience": "a",
+                    "jwks_url": "https://idp.example/jwks", "algorithms": ["HS256"]}]}),
+                "HS* and none never are",
+            ),
+            (
+                serde_json::json!({"token_issuers": [{"issuer": "https://idp.example", "audience": "a",
+                    "jwks_url": "https://idp.example/jwks", "algorithms": []}]}),
+                "name at least one",
+            ),
+            (
+                serde_json::json!({"token_issuers": [{"issuer": "https://idp.example", "audience": "a",
+                    "jwks_url": "ftp://idp.example/jwks", "algorithms": ["RS256"]}]}),
+                "must be an http(s) URL",
+            ),
+            (
+                serde_json::json!({"token_issuers": [{"issuer": "", "audience": "a",
+                    "jwks_url": "https://idp.example/jwks", "algorithms": ["RS256"]}]}),
+                "issuer must be",
+            ),
+            (
+                serde_json::json!({"token_issuers": [
+                    {"issuer": "i", "audience": "a", "jwks_url": "https://i/jwks", "algorithms": ["RS256"]},
+                    {"issuer": "i", "audience": "b", "jwks_url": "https://i/jwks", "algorithms": ["ES256"]}]}),
+                "each issuer once",
+            ),
             (serde_json::json!({"cache": {"vary_headers": ["X-Api-Key"]}}), "never a cache key"),
             (
                 serde_json::json!({"upstream_auth": {"type": "header", "name": "X-Portico-Key", "value": "v"}}),

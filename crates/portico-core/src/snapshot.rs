@@ -29,6 +29,17 @@ pub struct Snapshot {
     /// OAuth client ids that are not revoked: a token issued to any other is refused at once,
     /// before it expires.
     pub oauth_clients: std::collections::HashSet<String>,
+    /// External issuer → client id (its tokens' client claim) → the app it calls as: what the
+    /// apps' owners registered for an API's `policies.token_issuers`.
+    pub external_clients: HashMap<String, HashMap<String, ExternalGrant>>,
+}
+
+/// The app an external issuer's client calls as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalGrant {
+    pub app_id: AppId,
+    pub consumer_org_id: OrgId,
+    pub consumer_slug: Slug,
 }
 
 #[derive(Debug, Clone)]

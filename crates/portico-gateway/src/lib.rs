@@ -33,6 +33,7 @@ pub mod errors;
 pub mod forward;
 mod health;
 pub mod identify;
+mod jwks;
 pub mod limit;
 pub mod meter;
 pub mod metrics;
@@ -63,6 +64,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
+use token::ExternalIssuers;
 
 pub(crate) use client::{UpstreamClient, upstream_client};
 pub(crate) use screen::{body_too_large, client_body_failed};
@@ -146,6 +148,8 @@ struct Inner {
     outbound: Arc<portico_core::outbound::OutboundPolicy>,
     pool: pool::Pool,
     cache: cache::ResponseCache,
+    /// External token issuers' signing keys, by JWKS URL.
+    jwks: jwks::Jwks,
 }
 
 /// The gateway; cheap to clone.
@@ -192,6 +196,7 @@ impl Gateway {
                 limiter: limit::Limiter::new(),
                 metrics: metrics::GatewayMetrics::default(),
                 pool: pool::Pool::default(),
+                jwks: jwks::Jwks::default(),
             }),
         }
     }
@@ -394,6 +399,37 @@ impl Gateway {
                     return errors::unauthenticated("the API key is not valid (unknown or revoked)");
                 }
             },
+            Credential::Token(t)
+                if let Some(issuer) = policies.external_issuer(t, inner.config.token_trust.as_ref()) =>
+            {
+                match token::verify_external(&inner.jwks, client, issuer, t).await {
+                    Ok(client_id) => {
+                        match snapshot.external_clients.get(&issuer.issuer).and_then(|m| m.get(&client_id)) {
+                            Some(x) => (
+                                Caller {
+                                    app_id: x.app_id,
+                                    consumer_org_id: x.consumer_org_id,
+                                    consumer_slug: x.consumer_slug.clone(),
+                                },
+                                true,
+                            ),
+                            None => {
+                                return errors::unauthenticated(&format!(
+                                    "client `{}` of this token's issuer is not registered on any Portico app; \
+                                     register it under the app's external clients",
+                                    client_id.escape_default()
+                                ));
+                            }
+                        }
+                    }
+                    Err(token::ExternalRefused::Invalid(why)) => return errors::unauthenticated(&why),
+                    Err(token::ExternalRefused::KeysUnavailable) => {
+                        return errors::service_unavailable(
+                            "the signing keys of this token's issuer could not be fetched; try again shortly",
+                        );
+                    }
+                }
+            }
             Credential::Token(t) => match token::verify(&snapshot, inner.config.token_trust.as_ref(), t) {
                 Ok(tc) if !tc.allows(api.slug.as_str()) => {
                     return errors::forbidden(&format!(

@@ -3,7 +3,7 @@
 use crate::row::{get, opt_time, parse, time, with};
 use crate::{Conn, Error, Result, now_millis};
 use portico_core::api_key::KeyHash;
-use portico_core::ids::{AppId, OrgId};
+use portico_core::ids::{AppId, ExternalClientId, OrgId};
 use portico_core::values::Slug;
 use sqlx::any::AnyRow;
 
@@ -134,6 +134,97 @@ pub async fn revoke_client(c: &mut Conn, app: AppId, client_id: &str) -> Result<
     .await?
     .rows_affected();
     if n == 0 { Err(Error::NotFound) } else { Ok(()) }
+}
+
+/// An app's identity at an external token issuer.
+#[derive(Debug, Clone)]
+pub struct ExternalClient {
+    pub id: ExternalClientId,
+    pub app_id: AppId,
+    pub issuer: String,
+    pub client_id: String,
+    pub name: String,
+    pub created_at: time::OffsetDateTime,
+}
+
+const EXTERNAL_COLS: &str = "id, app_id, issuer, client_id, name, created_at";
+
+fn decode_external(r: &AnyRow) -> Result<ExternalClient> {
+    let t = "app_external_clients";
+    Ok(ExternalClient {
+        id: parse(r, t, "id")?,
+        app_id: parse(r, t, "app_id")?,
+        issuer: get(r, t, "issuer")?,
+        client_id: get(r, t, "client_id")?,
+        name: get(r, t, "name")?,
+        created_at: time(r, t, "created_at")?,
+    })
+}
+
+/// Registers `client_id` at `issuer` as `app`; `Conflict` when another app (or this one) has it.
+pub async fn insert_external_client(
+    c: &mut Conn,
+    app: AppId,
+    issuer: &str,
+    client_id: &str,
+    name: &str,
+) -> Result<ExternalClient> {
+    let (id, now) = (ExternalClientId::new(), now_millis());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO app_external_clients ({EXTERNAL_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"
+    )))
+    .bind(id.to_string())
+    .bind(app.to_string())
+    .bind(issuer)
+    .bind(client_id)
+    .bind(name)
+    .bind(now)
+    .execute(c)
+    .await
+    .map_err(Error::unique("that client of that issuer"))?;
+    Ok(ExternalClient {
+        id,
+        app_id: app,
+        issuer: issuer.into(),
+        client_id: client_id.into(),
+        name: name.into(),
+        created_at: crate::from_millis(now),
+    })
+}
+
+pub async fn external_clients_of_app(c: &mut Conn, app: AppId) -> Result<Vec<ExternalClient>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EXTERNAL_COLS} FROM app_external_clients WHERE app_id = $1 ORDER BY created_at, id"
+    )))
+    .bind(app.to_string())
+    .fetch_all(c)
+    .await?;
+    rows.iter().map(decode_external).collect()
+}
+
+/// Removes an external client of `app`; `NotFound` when the app has no such client.
+pub async fn delete_external_client(c: &mut Conn, app: AppId, id: ExternalClientId) -> Result<ExternalClient> {
+    let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM app_external_clients WHERE id = $1 AND app_id = $2 RETURNING {EXTERNAL_COLS}"
+    )))
+    .bind(id.to_string())
+    .bind(app.to_string())
+    .fetch_optional(c)
+    .await?;
+    r.as_ref().map(decode_external).transpose()?.ok_or(Error::NotFound)
+}
+
+/// Every external client with its app's organization (for the snapshot).
+pub async fn external_client_grants(c: &mut Conn) -> Result<Vec<(ExternalClient, OrgId, Slug)>> {
+    let rows = sqlx::query(
+        "SELECT x.id, x.app_id, x.issuer, x.client_id, x.name, x.created_at, a.org_id, o.slug \
+         FROM app_external_clients x JOIN apps a ON a.id = x.app_id JOIN organizations o ON o.id = a.org_id",
+    )
+    .fetch_all(c)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((decode_external(r)?, parse(r, "apps", "org_id")?, with(r, "organizations", "slug", Slug::parse)?)))
+        .collect()
 }
 
 #[derive(Debug, Clone)]

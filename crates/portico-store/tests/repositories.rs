@@ -164,6 +164,24 @@ async fn exercise(store: &Store) {
     apps::insert_key(&mut c, new).await.unwrap();
     assert_eq!(apps::hashes_under_other_peppers(&mut c, &rotated.id()).await.unwrap(), 0);
 
+    // External clients: one app per (issuer, client); the snapshot sees each with its org.
+    use portico_store::oauth;
+    let x = oauth::insert_external_client(&mut c, app.id, "https://idp.example", "robot", "Robot").await.unwrap();
+    oauth::insert_external_client(&mut c, app.id, "https://other.example", "robot", "Robot").await.unwrap();
+    assert!(matches!(
+        oauth::insert_external_client(&mut c, app.id, "https://idp.example", "robot", "Again").await,
+        Err(Error::Conflict(_))
+    ));
+    let grants = oauth::external_client_grants(&mut c).await.unwrap();
+    assert_eq!(grants.len(), 2);
+    assert!(grants.iter().all(|(g, org, _)| g.app_id == app.id && *org == app.org_id));
+    let listed = oauth::external_clients_of_app(&mut c, app.id).await.unwrap();
+    assert_eq!((listed.len(), listed[0].client_id.as_str()), (2, "robot"));
+    let gone = oauth::delete_external_client(&mut c, app.id, x.id).await.unwrap();
+    assert_eq!(gone.issuer, "https://idp.example");
+    assert!(matches!(oauth::delete_external_client(&mut c, app.id, x.id).await, Err(Error::NotFound)));
+    assert_eq!(oauth::external_client_grants(&mut c).await.unwrap().len(), 1);
+
     let sub = apps::insert_subscription(&mut c, app.id, api.id, plan.id).await.unwrap();
     assert!(
         matches!(apps::insert_subscription(&mut c, app.id, api.id, plan.id).await, Err(Error::Conflict(_))),

@@ -124,6 +124,7 @@ enum Fresh {
     App,
     Key,
     Client,
+    ExternalClient,
     Subscription,
     Webhook,
     Rule,
@@ -250,6 +251,14 @@ const PROBES: &[Probe] = &[
     p(G, "/api/v1/apps/{app_id}/clients", None, F::No),
     p(PO, "/api/v1/apps/{app_id}/clients", Some(r#"{"name":"c{n}"}"#), F::No),
     p(D, "/api/v1/apps/{app_id}/clients/{client_id}", None, F::Client),
+    p(G, "/api/v1/apps/{app_id}/external-clients", None, F::No),
+    p(
+        PO,
+        "/api/v1/apps/{app_id}/external-clients",
+        Some(r#"{"issuer":"https://idp.matrix.example","client_id":"m{n}"}"#),
+        F::No,
+    ),
+    p(D, "/api/v1/apps/{app_id}/external-clients/{external_client_id}", None, F::ExternalClient),
     p(PO, "/api/v1/apps/{app_id}/token", None, F::No),
     p(G, "/api/v1/subscriptions", None, F::No),
     p(PO, "/api/v1/subscriptions", Some(r#"{"app_id":"{app_id}","api":"{api_a}","plan":"{plan_a}"}"#), F::App),
@@ -301,6 +310,7 @@ fn owner_org(row: &RouteSpec, probe: &Probe, side: Side) -> Option<Org> {
         | OwnerOf::App
         | OwnerOf::Key
         | OwnerOf::Client
+        | OwnerOf::ExternalClient
         | OwnerOf::Subscription
         | OwnerOf::Webhook
         | OwnerOf::Delivery
@@ -315,6 +325,7 @@ fn leaf_param(owner: OwnerOf) -> Option<&'static str> {
     Some(match owner {
         OwnerOf::Key => "key_id",
         OwnerOf::Client => "client_id",
+        OwnerOf::ExternalClient => "external_client_id",
         OwnerOf::Webhook => "webhook_id",
         OwnerOf::Delivery => "delivery_id",
         OwnerOf::Version => "version",
@@ -496,6 +507,12 @@ impl World {
                         .await;
                 out.insert("client_id", v["client_id"].as_str().unwrap().into());
             }
+            F::ExternalClient => {
+                let path = format!("/apps/{}/external-clients", t.values["app_id"]);
+                let body = json!({"issuer": "https://idp.matrix.example", "client_id": format!("fresh{}", self.n)});
+                let v = must(&self.app, post, &path, &owner, Some(body)).await;
+                out.insert("external_client_id", v["id"].as_str().unwrap().into());
+            }
             F::Subscription => {
                 let app_id = self.fresh_app(&t).await;
                 let body = json!({"app_id": app_id, "api": self.globals["api_a"], "plan": self.globals["plan_a"]});
@@ -629,6 +646,8 @@ async fn tenant(app: &TestApp, upstream: &str, b: bool, consumer: (&str, &str), 
     let app_id = id(&a, "id");
     let key = must(app, post.clone(), &format!("/apps/{app_id}/keys"), token, Some(json!({}))).await;
     let client = must(app, post.clone(), &format!("/apps/{app_id}/clients"), token, Some(json!({}))).await;
+    let external = json!({"issuer": "https://idp.matrix.example", "client_id": format!("fixture-{app_id}")});
+    let external = must(app, post.clone(), &format!("/apps/{app_id}/external-clients"), token, Some(external)).await;
     let sub = json!({"app_id": app_id, "api": "alpha-public", "plan": "gold-a"});
     let sub = must(app, post.clone(), "/subscriptions", token, Some(sub)).await;
     let hook = json!({"url": "http://127.0.0.1:9/hook"});
@@ -646,6 +665,7 @@ async fn tenant(app: &TestApp, upstream: &str, b: bool, consumer: (&str, &str), 
         ("key_id", id(&key, "id")),
         ("client_id", id(&client, "client_id")),
         ("client_secret", id(&client, "client_secret")),
+        ("external_client_id", id(&external, "id")),
         ("subscription_id", id(&sub, "id")),
         ("webhook_id", hook_id),
         ("delivery_id", id(&delivery, "id")),

@@ -256,3 +256,140 @@ async fn client_credentials_tokens_at_the_gateway() {
     assert_eq!(r.status(), 401);
     app.stop().await;
 }
+
+/// A JWKS endpoint on loopback that serves `jwks` to every request.
+async fn jwks_server(jwks: Value) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", l.local_addr().unwrap());
+    let body = jwks.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// A provider trusts an external issuer for its API (`policies.token_issuers`); a consumer
+/// registers its client at that issuer on an app; the issuer's tokens then call as the app —
+/// only on that API, only while registered, only for the app's owner to manage.
+#[tokio::test]
+async fn an_external_issuers_tokens_call_as_the_app_that_registered_the_client() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+    let app = spawn_app(Backend::Sqlite).await;
+    let upstream = spawn_upstream().await;
+    let pem =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../portico-gateway/tests/fixtures/idp-es256.pem")).unwrap();
+    let key = EncodingKey::from_ec_pem(&pem).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("idp-1".into());
+    let jwks_url = jwks_server(json!({"keys": [jwk]})).await;
+    let (issuer, audience) = ("https://login.idp.example", "urn:echo");
+
+    let provider = app.signup("pia@provider.example", "provider").await;
+    app.publish_api(&provider, "other", &upstream.url).await;
+    let (s, v) = app.post("/apis", Some(&provider), json!({"slug": "echo", "name": "Echo"})).await;
+    assert_eq!(s, 201, "{v}");
+    let policies = json!({"token_issuers": [{"issuer": issuer, "audience": audience, "jwks_url": jwks_url,
+        "algorithms": ["ES256"], "client_claim": "azp"}]});
+    let version = json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": common::echo_openapi(),
+        "state": "published", "policies": policies});
+    let (s, v) = app.post("/apis/echo/versions", Some(&provider), version).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = app
+        .post("/apis/echo/plans", Some(&provider), json!({"slug": "free", "name": "Free", "pricing": {"type": "free"}}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mut bad = policies.clone();
+    bad["token_issuers"][0]["algorithms"] = json!(["HS256"]);
+    let (s, v) = app
+        .post(
+            "/apis/echo/versions",
+            Some(&provider),
+            json!({"version": "1.1.0", "upstream_url": upstream.url,
+            "openapi": common::echo_openapi(), "policies": bad}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("HS* and none never are"), "{v}");
+
+    let consumer = app.signup("cyd@consumer.example", "consumer").await;
+    let (_, a) = app.post("/apps", Some(&consumer), json!({"name": "Robot"})).await;
+    let app_id = a["id"].as_str().unwrap().to_owned();
+    for api in ["echo", "other"] {
+        let (s, v) =
+            app.post("/subscriptions", Some(&consumer), json!({"app_id": app_id, "api": api, "plan": "free"})).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let claims = json!({"iss": issuer, "aud": audience, "azp": "robot-7", "sub": "robot-7",
+        "exp": time::OffsetDateTime::now_utc().unix_timestamp() + 300});
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("idp-1".into());
+    let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+
+    // Not registered yet.
+    let r = call(&app, "echo", &token).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("not registered on any Portico app"));
+
+    let path = format!("/apps/{app_id}/external-clients");
+    let (s, v) = app.post(&path, Some(&consumer), json!({"issuer": issuer, "client_id": "bad id"})).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, x) = app.post(&path, Some(&consumer), json!({"issuer": issuer, "client_id": "robot-7"})).await;
+    assert_eq!(s, 201, "{x}");
+    assert_eq!(
+        (x["issuer"].as_str(), x["client_id"].as_str(), x["name"].as_str()),
+        (Some(issuer), Some("robot-7"), Some("robot-7"))
+    );
+    let (s, list) = app.get(&path, Some(&consumer)).await;
+    assert_eq!((s, list.as_array().unwrap().len()), (200, 1));
+    // One app per client of an issuer: another app (anyone's) cannot claim it.
+    let stranger = app.signup("sal@elsewhere.example", "consumer").await;
+    let (_, b) = app.post("/apps", Some(&stranger), json!({"name": "Squatter"})).await;
+    let (s, v) = app
+        .post(
+            &format!("/apps/{}/external-clients", b["id"].as_str().unwrap()),
+            Some(&stranger),
+            json!({"issuer": issuer, "client_id": "robot-7"}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(app.get(&path, Some(&stranger)).await.0, 404);
+
+    let started = Instant::now();
+    let r = loop {
+        let r = call(&app, "echo", &token).await;
+        if r.status() != 401 || started.elapsed() > Duration::from_secs(1) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r.status(), 200, "a registered client's token calls as the app");
+    let seen: Value = r.json().await.unwrap();
+    assert!(seen["headers"]["x-portico-consumer"].as_str().is_some_and(|c| !c.is_empty()), "{seen}");
+    // An API that does not trust the issuer refuses its tokens.
+    assert_eq!(call(&app, "other", &token).await.status(), 401);
+
+    // Deleting the registration ends the tokens within a second.
+    let id = x["id"].as_str().unwrap();
+    let (s, _, _) = app.call(Method::DELETE, &format!("{path}/{id}"), Some(&stranger), None).await;
+    assert_eq!(s, 404);
+    let (s, _, _) = app.call(Method::DELETE, &format!("{path}/{id}"), Some(&consumer), None).await;
+    assert_eq!(s, 204);
+    let started = Instant::now();
+    while call(&app, "echo", &token).await.status() != 401 {
+        assert!(started.elapsed() < Duration::from_secs(1), "a deleted registration's tokens still work");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}

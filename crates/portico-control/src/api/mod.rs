@@ -229,6 +229,8 @@ fn documented() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(apps::usage))
         .routes(routes!(oauth::list_clients, oauth::create_client))
         .routes(routes!(oauth::revoke_client))
+        .routes(routes!(oauth::list_external_clients, oauth::create_external_client))
+        .routes(routes!(oauth::delete_external_client))
         .routes(routes!(oauth::app_token))
         .routes(routes!(oauth::rotate_key))
         .routes(routes!(subscriptions::list, subscriptions::create))

@@ -4,7 +4,10 @@
 use crate::api::{Json, Path, created};
 use crate::auth::Auth;
 use crate::error::{Problem, Result};
-use crate::services::oauth::{self as svc, ClientView, CreateClient, CreatedClient, OAuthError, TokenResponse};
+use crate::services::oauth::{
+    self as svc, ClientView, CreateClient, CreateExternalClient, CreatedClient, ExternalClientView, OAuthError,
+    TokenResponse,
+};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -174,6 +177,46 @@ pub async fn revoke_client(
     Path((app_id, client_id)): Path<(String, String)>,
 ) -> Result<StatusCode> {
     svc::revoke_client(&state, &who, &app_id, &client_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The app's identities at external token issuers.
+#[utoipa::path(get, path = "/apps/{app_id}/external-clients", tag = "apps", params(("app_id" = String, Path)),
+    security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = Vec<ExternalClientView>), (status = 404, body = Problem)))]
+pub async fn list_external_clients(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(app_id): Path<String>,
+) -> Result<axum::Json<Vec<ExternalClientView>>> {
+    Ok(axum::Json(svc::list_external_clients(&state, &who, &app_id).await?))
+}
+
+/// Tokens that an external issuer gave this client call as the app, on APIs whose policies
+/// trust the issuer (`token_issuers`) and that the app subscribes to. One app per client.
+#[utoipa::path(post, path = "/apps/{app_id}/external-clients", tag = "apps", params(("app_id" = String, Path)),
+    request_body = CreateExternalClient, security(("bearer" = []), ("session" = [])),
+    responses((status = 201, body = ExternalClientView), (status = 400, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn create_external_client(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(app_id): Path<String>,
+    Json(req): Json<CreateExternalClient>,
+) -> Result<Response> {
+    Ok(created(svc::create_external_client(&state, &who, &app_id, req).await?))
+}
+
+/// Stop accepting the issuer's tokens for this client (within a second).
+#[utoipa::path(delete, path = "/apps/{app_id}/external-clients/{external_client_id}", tag = "apps",
+    params(("app_id" = String, Path), ("external_client_id" = String, Path)), security(("bearer" = []), ("session" = [])),
+    responses((status = 204), (status = 404, body = Problem)))]
+pub async fn delete_external_client(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((app_id, id)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    svc::delete_external_client(&state, &who, &app_id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

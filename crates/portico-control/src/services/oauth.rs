@@ -375,6 +375,114 @@ pub async fn revoke_client(state: &AppState, who: &Principal, app: &str, client_
     Ok(())
 }
 
+/// An app's identity at an external token issuer (named by an API's `policies.token_issuers`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateExternalClient {
+    /// The issuer's `iss`, exactly as its tokens carry it.
+    pub issuer: String,
+    /// The client's id at that issuer: the value of the API's `client_claim` in its tokens.
+    pub client_id: String,
+    /// 1-60 characters.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExternalClientView {
+    pub id: String,
+    pub app_id: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+impl From<&oauth::ExternalClient> for ExternalClientView {
+    fn from(x: &oauth::ExternalClient) -> Self {
+        ExternalClientView {
+            id: x.id.to_string(),
+            app_id: x.app_id.to_string(),
+            issuer: x.issuer.clone(),
+            client_id: x.client_id.clone(),
+            name: x.name.clone(),
+            created_at: rfc3339(x.created_at),
+        }
+    }
+}
+
+fn printable(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| (0x21..0x7f).contains(&b))
+}
+
+pub async fn list_external_clients(state: &AppState, who: &Principal, app: &str) -> Result<Vec<ExternalClientView>> {
+    let app_id: AppId = parse_id(app, "app")?;
+    let mut c = state.store.conn().await?;
+    let app = apps::app_by_id(&mut c, app_id)
+        .await?
+        .filter(|a| who.can_read(a.org_id))
+        .ok_or_else(|| Error::not_found(format_args!("app `{app_id}`")))?;
+    Ok(oauth::external_clients_of_app(&mut c, app.id).await?.iter().map(ExternalClientView::from).collect())
+}
+
+/// Lets tokens that `issuer` gave `client_id` call as the app (on APIs whose policies trust
+/// that issuer, and that the app subscribes to).
+pub async fn create_external_client(
+    state: &AppState,
+    who: &Principal,
+    app: &str,
+    req: CreateExternalClient,
+) -> Result<ExternalClientView> {
+    let app = managed_app(state, who, app).await?;
+    if !printable(&req.issuer, 512) {
+        return Err(Error::Invalid("issuer: the issuer's `iss` (1-512 printable characters, no spaces)".into()));
+    }
+    if !printable(&req.client_id, 256) {
+        return Err(Error::Invalid(
+            "client_id: the client's id at the issuer (1-256 printable characters, no spaces)".into(),
+        ));
+    }
+    let name = req.name.unwrap_or_else(|| req.client_id.chars().take(60).collect());
+    if name.trim().is_empty() || name.chars().count() > 60 {
+        return Err(Error::Invalid("name: 1-60 characters".into()));
+    }
+    let mut tx = state.store.begin().await?;
+    let x = oauth::insert_external_client(&mut tx, app.id, &req.issuer, &req.client_id, name.trim()).await?;
+    let view = ExternalClientView::from(&x);
+    audit::record(
+        &mut tx,
+        who,
+        Change::new("external_client.create", "external_client", x.id, Some(app.org_id)).after(&view),
+    )
+    .await?;
+    portico_store::bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    publish(state).await;
+    Ok(view)
+}
+
+/// The issuer's tokens for that client are refused from the next snapshot (within a second).
+pub async fn delete_external_client(state: &AppState, who: &Principal, app: &str, id: &str) -> Result<()> {
+    let app = managed_app(state, who, app).await?;
+    let xid: portico_core::ids::ExternalClientId =
+        id.parse().map_err(|_| Error::not_found(format_args!("external client `{id}`")))?;
+    let mut tx = state.store.begin().await?;
+    let x = oauth::delete_external_client(&mut tx, app.id, xid).await.map_err(|e| match e {
+        portico_store::Error::NotFound => Error::not_found(format_args!("external client `{id}`")),
+        other => other.into(),
+    })?;
+    audit::record(
+        &mut tx,
+        who,
+        Change::new("external_client.delete", "external_client", x.id, Some(app.org_id))
+            .before(ExternalClientView::from(&x)),
+    )
+    .await?;
+    portico_store::bump_generation(&mut tx).await?;
+    tx.commit().await?;
+    publish(state).await;
+    Ok(())
+}
+
 /// A short-lived token for one of the caller's apps: how the portal's try-it calls the gateway
 /// without ever handling the app's key.
 pub async fn app_token(state: &AppState, who: &Principal, app: &str) -> Result<TokenResponse> {
