@@ -35,6 +35,8 @@ pub fn router(state: AppState) -> axum::Router {
             "/healthz" => on(m, || async { axum::Json(json!({"status": "ok"})) }),
             "/readyz" => on(m, readyz),
             "/oauth/token" => on(m, api::oauth::token),
+            "/auth/sso/{provider}" => on(m, api::auth::sso_start),
+            "/auth/sso/{provider}/callback" => on(m, api::auth::sso_callback),
             "/.well-known/jwks.json" => on(m, api::oauth::jwks),
             "/.well-known/oauth-authorization-server" => on(m, api::oauth::metadata),
             _ => return None,

@@ -168,6 +168,7 @@ pub static ROUTES: &[RouteSpec] = &[
     // Accounts and sessions.
     api(Post, "/api/v1/auth/signup", Public, OwnerOf::None),
     api(Post, "/api/v1/auth/login", Public, OwnerOf::None),
+    api(Get, "/api/v1/auth/sso", Public, OwnerOf::None),
     api(Post, "/api/v1/auth/logout", Authenticated, OwnerOf::None),
     api(Post, "/api/v1/auth/verify-email", Public, OwnerOf::None),
     api(Post, "/api/v1/auth/password-reset", Public, OwnerOf::None),
@@ -254,6 +255,9 @@ pub static ROUTES: &[RouteSpec] = &[
     public(Get, "/readyz", Control),
     // The client authenticates with its own credentials (HTTP Basic or the form).
     public(Post, "/oauth/token", Control),
+    // Single sign-on: browser redirects to and from an OpenID provider.
+    public(Get, "/auth/sso/{provider}", Control),
+    public(Get, "/auth/sso/{provider}/callback", Control),
     public(Get, "/.well-known/jwks.json", Control),
     public(Get, "/.well-known/oauth-authorization-server", Control),
     public(Get, "/api/v1/docs", Reference),

@@ -25,6 +25,9 @@ pub struct ControlConfig {
     /// Which addresses upstream URLs may point at; a version whose upstream is refused is not
     /// saved (the gateway's connect-time check is the real guard).
     pub outbound: portico_core::outbound::OutboundPolicy,
+    /// The portal's single sign-on providers (OpenID Connect), in the order the sign-in page
+    /// shows them.
+    pub sso: Vec<crate::services::sso::SsoProvider>,
 }
 
 impl Default for ControlConfig {
@@ -37,6 +40,7 @@ impl Default for ControlConfig {
             max_body_bytes: 5 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             outbound: portico_core::outbound::OutboundPolicy::default(),
+            sso: Vec::new(),
         }
     }
 }

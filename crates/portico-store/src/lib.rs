@@ -14,6 +14,7 @@ pub mod notify;
 pub mod oauth;
 pub mod orgs;
 pub mod rollups;
+pub mod sso;
 pub mod testing;
 pub mod usage;
 pub mod users;

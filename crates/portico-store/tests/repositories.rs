@@ -182,6 +182,19 @@ async fn exercise(store: &Store) {
     assert!(matches!(oauth::delete_external_client(&mut c, app.id, x.id).await, Err(Error::NotFound)));
     assert_eq!(oauth::external_client_grants(&mut c).await.unwrap().len(), 1);
 
+    // SSO: an identity names one user; a pending sign-in is taken once, and not when too old.
+    use portico_store::sso;
+    assert_eq!(sso::user_of(&mut c, "https://idp.example", "s1").await.unwrap(), None);
+    sso::link(&mut c, "https://idp.example", "s1", user.id).await.unwrap();
+    assert!(matches!(sso::link(&mut c, "https://idp.example", "s1", user.id).await, Err(Error::Conflict(_))));
+    assert_eq!(sso::user_of(&mut c, "https://idp.example", "s1").await.unwrap(), Some(user.id));
+    let pending = sso::PendingLogin { provider: "idp".into(), nonce: "n".into(), pkce_verifier: "v".into() };
+    sso::begin(&mut c, "h1", &pending).await.unwrap();
+    sso::begin(&mut c, "h2", &pending).await.unwrap();
+    assert_eq!(sso::take(&mut c, "h1", 600_000).await.unwrap(), Some(pending.clone()));
+    assert_eq!(sso::take(&mut c, "h1", 600_000).await.unwrap(), None, "single use");
+    assert_eq!(sso::take(&mut c, "h2", -1_000).await.unwrap(), None, "too old");
+
     let sub = apps::insert_subscription(&mut c, app.id, api.id, plan.id).await.unwrap();
     assert!(
         matches!(apps::insert_subscription(&mut c, app.id, api.id, plan.id).await, Err(Error::Conflict(_))),

@@ -114,6 +114,7 @@ impl App {
                 || settings.tls.api_addr.is_some(),
             trusted_proxies: settings.trusted_networks()?,
             outbound: outbound.clone(),
+            sso: settings.sso.clone(),
             ..ControlConfig::default()
         };
         let journal = Journal::open(&settings.data_dir.join("journal"), JOURNAL_SEGMENT_BYTES)

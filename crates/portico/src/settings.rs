@@ -52,6 +52,9 @@ pub struct Settings {
     pub tls: crate::tls::TlsSettings,
     /// Traces over OTLP: the `[tracing]` section (off by default).
     pub tracing: crate::telemetry::TracingSettings,
+    /// The portal's single sign-on providers (OpenID Connect): `[[sso]]` tables with `id`,
+    /// `name`, `issuer`, `client_id`, `client_secret`, optional `scopes` and `account_type`.
+    pub sso: Vec<portico_control::services::sso::SsoProvider>,
     pub demo: bool,
 }
 
@@ -170,6 +173,7 @@ impl Default for Settings {
             cache_max_bytes: 64 * 1024 * 1024,
             tls: crate::tls::TlsSettings::default(),
             tracing: crate::telemetry::TracingSettings::default(),
+            sso: Vec::new(),
             demo: false,
         }
     }
@@ -346,6 +350,14 @@ impl Settings {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        for (i, p) in self.sso.iter().enumerate() {
+            if let Err(e) = p.validate() {
+                bail!("{e}");
+            }
+            if self.sso[..i].iter().any(|o| o.id == p.id) {
+                bail!("sso `{}` is declared twice: give each provider its own id", p.id);
+            }
+        }
         self.trusted_networks()?;
         let r = &self.retention;
         if r.minute_days == 0 || r.day_days == 0 || r.request_log_days == 0 {
@@ -514,6 +526,26 @@ mod tests {
         ] {
             let e = Settings::from_toml(&format!("[limits]\n{bad}\n")).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn sso_providers_come_from_the_file_and_nonsense_is_refused() {
+        let ok = "[[sso]]\nid = \"corp\"\nname = \"Corp\"\nissuer = \"https://login.corp.example\"\n\
+                  client_id = \"portico\"\nclient_secret = \"s3cret\"\n";
+        let s = Settings::from_toml(ok).unwrap();
+        assert_eq!((s.sso.len(), s.sso[0].id.as_str()), (1, "corp"));
+        assert_eq!(s.sso[0].account_type, portico_core::model::OrgKind::Consumer);
+        assert!(!format!("{s:?}").contains("s3cret"), "the client secret is never printed");
+        for (toml, says) in [
+            (ok.replace("corp\"\nname", "Corp Inc\"\nname"), "id must be a slug"),
+            (ok.replace("https://login.corp.example", "login"), "issuer"),
+            (ok.replace("s3cret", ""), "client_secret are required"),
+            (format!("{ok}{ok}"), "declared twice"),
+            (format!("{ok}account_type = \"platform\"\n"), "account_type"),
+        ] {
+            let e = Settings::from_toml(&toml).unwrap_err().to_string();
+            assert!(e.contains(says), "{toml}: {e}");
         }
     }
 

@@ -115,6 +115,8 @@ const EXCEPTIONS: &[(Method, &str, Want, &str)] = &[
     (Method::Post, "/api/v1/auth/verify-email", Want::Status(400), "a made-up token, for everyone"),
     (Method::Post, "/api/v1/auth/password-reset/confirm", Want::Status(400), "a made-up token, for everyone"),
     (Method::Post, "/api/v1/invitations/accept", Want::Status(400), "a made-up token, for everyone signed in"),
+    (Method::Get, "/auth/sso/{provider}", Want::Status(404), "the matrix app has no single sign-on provider"),
+    (Method::Get, "/auth/sso/{provider}/callback", Want::Status(404), "the matrix app has no single sign-on provider"),
 ];
 
 /// Objects made for one call, so that a destructive call leaves the fixture as it was.
@@ -175,6 +177,7 @@ const PROBES: &[Probe] = &[
     p(PO, "/api/v1/auth/logout", None, F::ActorToken),
     p(PO, "/api/v1/auth/verify-email", Some(r#"{"token":"pte_madeup"}"#), F::No),
     p(PO, "/api/v1/auth/password-reset", Some(r#"{"email":"reset{n}@matrix.example"}"#), F::No),
+    p(G, "/api/v1/auth/sso", None, F::No),
     p(
         PO,
         "/api/v1/auth/password-reset/confirm",
@@ -281,6 +284,8 @@ const PROBES: &[Probe] = &[
         F::No,
     ),
     p(G, "/.well-known/jwks.json", None, F::No),
+    p(G, "/auth/sso/{provider}", None, F::No),
+    p(G, "/auth/sso/{provider}/callback", None, F::No),
     p(G, "/.well-known/oauth-authorization-server", None, F::No),
     p(G, "/api/v1/docs", None, F::No),
     p(G, "/api/v1/docs/", None, F::No),
@@ -721,6 +726,7 @@ async fn world() -> World {
         ("openapi", echo_openapi().to_string()),
         ("api_a", "alpha-public".to_owned()),
         ("plan_a", "gold-a".to_owned()),
+        ("provider", "idp".to_owned()),
     ]);
     let mut secrets = vec![("zz-private-beta".to_owned(), Org::ProviderB)];
     for t in [&a, &b] {

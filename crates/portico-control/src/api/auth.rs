@@ -162,3 +162,70 @@ pub async fn confirm_reset(
     accounts::confirm_reset(&state, req, &client).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The portal's single sign-on providers: a sign-in page shows a button per provider that
+/// sends the browser to its `start_url`.
+#[utoipa::path(get, path = "/auth/sso", tag = "auth",
+    responses((status = 200, body = Vec<crate::services::sso::SsoProviderView>)))]
+pub async fn sso_providers(State(state): State<AppState>) -> axum::Json<Vec<crate::services::sso::SsoProviderView>> {
+    axum::Json(crate::services::sso::providers(&state))
+}
+
+/// `GET /auth/sso/{provider}`: off to the provider, with the sign-in's state in a cookie.
+pub async fn sso_start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(provider): axum::extract::Path<String>,
+) -> Result<Response> {
+    use crate::services::sso;
+    let started = sso::start(&state, &provider).await?;
+    let secure = auth::secure_context(&state, &headers);
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&started.authorize_url) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) =
+        HeaderValue::from_str(&sso::state_set_cookie(secure, &started.state, std::time::Duration::from_secs(600)))
+    {
+        h.append(header::SET_COOKIE, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// `GET /auth/sso/{provider}/callback`: the provider's answer. Signs in and hands the browser
+/// to the portal with a page of its own (a same-site navigation, so that the `SameSite=Strict`
+/// session cookie goes with it).
+pub async fn sso_callback(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    axum::extract::Path(provider): axum::extract::Path<String>,
+    axum::extract::Query(cb): axum::extract::Query<crate::services::sso::Callback>,
+) -> Result<Response> {
+    use crate::services::sso;
+    let secure = auth::secure_context(&state, &headers);
+    let bound = cookie(&headers, sso::state_cookie_name(secure));
+    let old = auth::session_cookie(&headers, !secure);
+    let s = sso::finish(&state, &provider, cb, bound.as_deref(), &client, old.as_deref()).await?;
+    let page = "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0;url=/\">\
+                <title>Signed in</title><p>Signed in. <a href=\"/\">Continue to the portal</a>.</p>";
+    let mut r = with_cookie(axum::response::Html(page).into_response(), &state, &headers, &s.token, SESSION_TTL_SECS);
+    if let Ok(v) = HeaderValue::from_str(&sso::state_set_cookie(secure, "", std::time::Duration::ZERO)) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+/// A cookie's value by name.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}

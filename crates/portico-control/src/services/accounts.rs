@@ -175,6 +175,125 @@ pub async fn login(
     })
 }
 
+/// What an OpenID provider vouched for about the person signing in.
+#[derive(Debug, Clone)]
+pub(crate) struct ExternalIdentity {
+    /// The provider's id in the settings (for the audit log).
+    pub provider: String,
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub name: Option<String>,
+}
+
+/// The password hash of an account made by single sign-on: no password verifies against it
+/// (a password reset sets one).
+const NO_PASSWORD: &str = "!sso";
+
+/// Signs in with an identity of an OpenID provider. A known identity signs in as its user.
+/// A new one is linked to the account with the same e-mail only when both the provider and
+/// Portico have verified that address (otherwise whoever registered the address first could
+/// take over, or be taken over); with no such account, a new account and organization are
+/// made. `replaces`: the session cookie the browser still had, ended.
+pub(crate) async fn sso_sign_in(
+    state: &AppState,
+    id: ExternalIdentity,
+    account_type: OrgKind,
+    client: &ClientInfo,
+    replaces: Option<&str>,
+) -> Result<SessionView> {
+    use portico_store::sso;
+    let mut tx = state.store.begin().await?;
+    let mut verify = None;
+    let user = match sso::user_of(&mut tx, &id.issuer, &id.subject).await? {
+        Some(uid) => users::by_id(&mut tx, uid).await?.ok_or_else(|| Error::not_found("the account"))?,
+        None => {
+            let raw = id.email.as_deref().ok_or_else(|| {
+                Error::Invalid(
+                    "the identity provider shared no e-mail address; Portico needs one (ask for the `email` scope)"
+                        .into(),
+                )
+            })?;
+            let email = Email::parse(raw).map_err(|_| {
+                Error::Invalid(format!(
+                    "the identity provider's e-mail `{}` is not an address Portico accepts",
+                    raw.escape_default()
+                ))
+            })?;
+            match users::by_email(&mut tx, &email).await? {
+                Some(u) if id.email_verified && u.email_verified_at.is_some() => {
+                    sso::link(&mut tx, &id.issuer, &id.subject, u.id).await?;
+                    let ch = Change::new("user.link_identity", "user", u.id, None)
+                        .after(serde_json::json!({"provider": id.provider, "issuer": id.issuer}));
+                    audit::record_as(&mut tx, None, u.email.as_str(), client, ch).await?;
+                    u
+                }
+                Some(_) if !id.email_verified => {
+                    return Err(Error::Conflict(
+                        "an account with this e-mail exists and the identity provider has not verified the address, \
+                         so it cannot sign in to it; sign in with your password"
+                            .into(),
+                    ));
+                }
+                Some(_) => {
+                    return Err(Error::Conflict(
+                        "an account with this e-mail exists but its address is not verified yet; verify it with the \
+                         link Portico sent (or reset the password), then sign in with single sign-on again"
+                            .into(),
+                    ));
+                }
+                None => {
+                    let fallback = email.as_str().split('@').next().unwrap_or("member").to_owned();
+                    let name = id
+                        .name
+                        .as_deref()
+                        .and_then(|n| Name::parse(n).ok())
+                        .or_else(|| Name::parse(&fallback).ok())
+                        .unwrap_or_else(|| Name::parse("Member").expect("valid"));
+                    let u = users::insert(&mut tx, &email, &name, NO_PASSWORD, false).await?;
+                    if id.email_verified {
+                        portico_store::notify::mark_email_verified(&mut tx, u.id).await?;
+                    } else {
+                        verify = Some(email_token(&mut tx, u.id, VERIFY_EMAIL, VERIFY_TTL_MS).await?);
+                    }
+                    let slug = free_org_slug(&mut tx, &name).await?;
+                    let org = orgs::insert(&mut tx, &slug, &name, account_type).await?;
+                    orgs::add_member(&mut tx, org.id, u.id, MemberRole::Owner).await?;
+                    sso::link(&mut tx, &id.issuer, &id.subject, u.id).await?;
+                    let ch = Change::new("user.signup", "user", u.id, Some(org.id)).after(serde_json::json!({
+                        "email": u.email.as_str(), "organization": org.slug.as_str(), "kind": org.kind.to_string(),
+                        "provider": id.provider,
+                    }));
+                    audit::record_as(&mut tx, None, u.email.as_str(), client, ch).await?;
+                    users::by_id(&mut tx, u.id).await?.ok_or_else(|| Error::not_found("the account"))?
+                }
+            }
+        }
+    };
+    if let Some(old) = replaces
+        && let Some(s) = users::session_by_hash(&mut tx, &auth::token_hash(old), i64::MAX / 4).await?
+    {
+        users::delete_session(&mut tx, s.id).await?;
+    }
+    let session = new_session(&mut tx, &user, SessionKind::Browser, client).await?;
+    let ch = Change::new("session.login", "user", user.id, None).after(serde_json::json!({"provider": id.provider}));
+    audit::record_as(&mut tx, None, user.email.as_str(), client, ch).await?;
+    tx.commit().await?;
+    if let Some(token) = verify {
+        send_verification(state, &user, &token);
+    }
+    let mut c = state.store.conn().await?;
+    let ms = orgs::memberships(&mut c, user.id).await?;
+    Ok(SessionView {
+        csrf_token: auth::csrf_token(&session.0),
+        token: session.0,
+        expires_at: session.1,
+        user: UserView::from(&user),
+        organizations: membership_views(&ms),
+    })
+}
+
 pub async fn logout(state: &AppState, who: &Principal) -> Result<()> {
     let mut c = state.store.conn().await?;
     users::delete_session(&mut c, who.session_id).await?;

@@ -17,6 +17,7 @@ pub mod orgs;
 pub(crate) mod outbound;
 pub mod requests;
 pub mod secrets;
+pub mod sso;
 pub mod webhooks;
 
 use crate::auth::Principal;
