@@ -275,6 +275,7 @@ pub static ROUTES: &[RouteSpec] = &[
     public(Get, "/verify-email", Portal),
     public(Get, "/reset-password", Portal),
     public(Get, "/invitations", Portal),
+    public(Get, "/sign-in", Portal),
 ];
 
 /// The rows one router mounts.

@@ -171,10 +171,10 @@ pub async fn compile(
         })
         .collect();
     let oauth_clients = portico_store::oauth::active_client_ids(&mut tx).await?.into_iter().collect();
-    let mut external_clients: HashMap<String, HashMap<String, ExternalGrant>> = HashMap::new();
+    let mut external_clients: HashMap<String, HashMap<String, HashMap<String, ExternalGrant>>> = HashMap::new();
     for (x, org, slug) in portico_store::oauth::external_client_grants(&mut tx).await? {
         let grant = ExternalGrant { app_id: x.app_id, consumer_org_id: org, consumer_slug: slug };
-        external_clients.entry(x.issuer).or_default().insert(x.client_id, grant);
+        external_clients.entry(x.jwks_url).or_default().entry(x.issuer).or_default().insert(x.client_id, grant);
     }
     let month_start_ms = (month_start.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let used = portico_store::rollups::units_by_subscription_since(&mut tx, month_start_ms).await?;

@@ -9,6 +9,7 @@ pub mod api_key;
 pub mod declarative;
 pub mod error;
 pub mod ids;
+pub mod jwt;
 pub mod model;
 pub mod openapi;
 pub mod operations;

@@ -145,6 +145,21 @@ fn refusal_v6(ip: Ipv6Addr) -> Option<Refusal> {
 
 /// The address a URL's host names when it is an IP literal (`10.0.0.1`, `[::1]` or `::1`),
 /// read as hyper's connector reads it; `None` for a name that must be resolved.
+/// Whether key material or credentials may go over plain `http://` to this URL: only on the
+/// machine itself (`localhost`, a loopback address). Anywhere else an attacker on the path
+/// could swap the keys or read the secret, so such URLs must be `https://`.
+pub fn plain_http_allowed(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || literal_ip(host).is_some_and(|ip| ip.is_loopback())
+}
+
 pub fn literal_ip(host: &str) -> Option<IpAddr> {
     let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     bare.parse().ok()
@@ -167,6 +182,23 @@ pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        for ok in ["http://127.0.0.1:9/jwks", "http://localhost/x", "http://[::1]:80/", "http://a.localhost"] {
+            assert!(plain_http_allowed(ok), "{ok}");
+        }
+        for no in [
+            "http://idp.example/jwks",
+            "http://10.0.0.1/",
+            "http://127.0.0.1.evil.example/",
+            "https://x",
+            "http://[::ffff:10.0.0.1]/",
+        ] {
+            assert!(!plain_http_allowed(no), "{no}");
+        }
+    }
+
     use proptest::prelude::*;
 
     fn ip(s: &str) -> IpAddr {

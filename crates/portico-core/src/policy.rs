@@ -196,8 +196,7 @@ pub struct TokenIssuer {
     pub issuer: String,
     /// The `aud` its tokens must carry for this API.
     pub audience: String,
-    /// Where its signing keys are published (`https://…`; `http://` only for a network that
-    /// `outbound.allow_cidrs` allows). Fetched by the gateway through the outbound policy,
+    /// Where its signing keys are published (`https://…`; `http://` only on loopback). Fetched by the gateway through the outbound policy,
     /// kept in memory, fetched again (once, for every waiting call) on an unknown `kid` at most
     /// every `refresh_cooldown_secs`, and in the background when older than `max_age_secs`.
     pub jwks_url: String,
@@ -251,6 +250,12 @@ impl TokenIssuer {
             && !u.contains([' ', '#']);
         if !url_ok {
             return bad(format!("jwks_url `{}` must be an http(s) URL", self.jwks_url.escape_default()));
+        }
+        if u.starts_with("http://") && !crate::outbound::plain_http_allowed(u) {
+            return bad(format!(
+                "jwks_url `{}` must be https:// (plain http only on loopback): keys fetched in the clear can be swapped",
+                u.escape_default()
+            ));
         }
         if self.algorithms.is_empty() {
             return bad(format!("algorithms: name at least one of {}", TOKEN_ALGORITHMS.join(", ")));
@@ -656,6 +661,11 @@ mod tests {
                 serde_json::json!({"token_issuers": [{"issuer": "https://idp.example", "audience": "a",
                     "jwks_url": "ftp://idp.example/jwks", "algorithms": ["RS256"]}]}),
                 "must be an http(s) URL",
+            ),
+            (
+                serde_json::json!({"token_issuers": [{"issuer": "https://idp.example", "audience": "a",
+                    "jwks_url": "http://idp.example/jwks", "algorithms": ["RS256"]}]}),
+                "must be https://",
             ),
             (
                 serde_json::json!({"token_issuers": [{"issuer": "", "audience": "a",

@@ -29,9 +29,11 @@ pub struct Snapshot {
     /// OAuth client ids that are not revoked: a token issued to any other is refused at once,
     /// before it expires.
     pub oauth_clients: std::collections::HashSet<String>,
-    /// External issuer → client id (its tokens' client claim) → the app it calls as: what the
-    /// apps' owners registered for an API's `policies.token_issuers`.
-    pub external_clients: HashMap<String, HashMap<String, ExternalGrant>>,
+    /// An external issuer's JWKS URL → its `iss` → client id (its tokens' client claim) → the
+    /// app it calls as: what the apps' owners registered (and proved) for an API's
+    /// `policies.token_issuers`. An issuer is its `iss` with its keys: the same `iss` with other
+    /// keys reaches none of these.
+    pub external_clients: HashMap<String, HashMap<String, HashMap<String, ExternalGrant>>>,
 }
 
 /// The app an external issuer's client calls as.

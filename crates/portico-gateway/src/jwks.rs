@@ -1,22 +1,25 @@
 //! The signing keys of external token issuers (an API's `policies.token_issuers`), fetched
-//! from their JWKS URLs and kept in memory, one set per URL for the whole process.
+//! from their JWKS URLs and kept in memory, one set per URL for the whole process (parsed by
+//! [`portico_core::jwt::KeySet`]).
 //!
 //! A token whose `kid` is in the set costs no fetch. An unknown `kid` (the issuer rotated its
 //! keys) starts one fetch for everyone — calls that arrive while it runs wait for the same
 //! fetch — unless the last fetch started less than the issuer's `refresh_cooldown_secs` ago,
 //! so that tokens with made-up `kid`s cannot make the gateway hammer the issuer. A set older
 //! than `max_age_secs` is fetched again in the background (keys the issuer withdrew stop
-//! verifying) while calls go on with the set in hand.
+//! verifying) while calls go on with the set in hand; a set that could not be refreshed for
+//! [`hard_max_age`] is not used at all (503) — a withdrawn key must not live on because the
+//! issuer is unreachable.
 //!
 //! The fetch goes through the worker's upstream client, so the outbound (SSRF) policy judges
 //! the address it connects to; it follows no redirect, waits at most 5 s and reads at most
-//! 512 KiB. A failed fetch keeps the keys already known.
+//! 512 KiB. A failed fetch keeps the keys already known. Waiting calls hold no lock.
 
 use crate::{UpBody, UpstreamClient};
 use arc_swap::ArcSwap;
 use http_body_util::BodyExt;
-use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
+use portico_core::jwt::{Key, KeySet};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,66 +27,19 @@ use tokio::sync::watch;
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_JWKS_BYTES: usize = 512 * 1024;
+/// JWKS URLs kept; beyond, the map starts again empty (they are refetched on use).
+const MAX_SOURCES: usize = 1024;
 
-/// One verification key of an issuer.
-pub(crate) struct Key {
-    kid: Option<String>,
-    /// The JWK's own `alg`, when it names one: the key verifies only that algorithm.
-    alg: Option<Algorithm>,
-    pub(crate) key: DecodingKey,
+/// How old keys may get when every refresh fails: ten times `max_age`, at least a day.
+pub(crate) fn hard_max_age(max_age: Duration) -> Duration {
+    (max_age * 10).max(Duration::from_secs(86_400))
 }
 
 /// The keys of one JWKS URL as last fetched.
 #[derive(Default)]
-pub(crate) struct KeySet {
-    fetched_at: Option<Instant>,
-    keys: Vec<Key>,
-}
-
-impl KeySet {
-    /// The key for a token's `kid` and `alg`. A token without a `kid` is verified only when the
-    /// set has exactly one key that fits the algorithm.
-    pub(crate) fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&Key> {
-        let fits = |k: &&Key| k.alg.is_none_or(|a| a == alg);
-        match kid {
-            Some(kid) => self.keys.iter().filter(fits).find(|k| k.kid.as_deref() == Some(kid)),
-            None => {
-                let mut it = self.keys.iter().filter(fits);
-                let one = it.next()?;
-                it.next().is_none().then_some(one)
-            }
-        }
-    }
-
-    /// Keys of a JWKS document: signing keys of the asymmetric kinds only (an `oct` key — a
-    /// shared secret — or an encryption key never verifies a token); a key this gateway cannot
-    /// read is skipped, not fatal for the others.
-    pub(crate) fn parse(body: &[u8]) -> Result<KeySet, String> {
-        #[derive(serde::Deserialize)]
-        struct Doc {
-            keys: Vec<serde_json::Value>,
-        }
-        let doc: Doc = serde_json::from_slice(body).map_err(|e| format!("the JWKS is not a JSON key set ({e})"))?;
-        let mut keys = Vec::new();
-        for v in doc.keys {
-            let Ok(jwk) = serde_json::from_value::<Jwk>(v) else { continue };
-            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))) {
-                continue;
-            }
-            if matches!(jwk.algorithm, jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)) {
-                continue;
-            }
-            let alg = match jwk.common.key_algorithm.map(Algorithm::try_from) {
-                Some(Ok(a)) => Some(a),
-                // An `alg` for something other than signatures (RSA-OAEP…): not a signing key.
-                Some(Err(_)) => continue,
-                None => None,
-            };
-            let Ok(key) = DecodingKey::from_jwk(&jwk) else { continue };
-            keys.push(Key { kid: jwk.common.key_id.clone(), alg, key });
-        }
-        Ok(KeySet { fetched_at: Some(Instant::now()), keys })
-    }
+pub(crate) struct Fetched {
+    at: Option<Instant>,
+    pub(crate) set: KeySet,
 }
 
 /// What a fetch ended with, for the calls that waited on it.
@@ -99,7 +55,7 @@ struct Refresh {
 /// One JWKS URL's keys and its refreshing.
 pub(crate) struct Source {
     url: http::Uri,
-    keys: ArcSwap<KeySet>,
+    keys: ArcSwap<Fetched>,
     refresh: Mutex<Refresh>,
 }
 
@@ -108,12 +64,22 @@ pub(crate) struct Source {
 pub(crate) enum Miss {
     /// The issuer does not publish that key (after a fetch, or within the cooldown).
     Unknown,
-    /// The issuer's keys could not be fetched.
+    /// The issuer's keys could not be fetched (or are too old to trust).
     Unreachable,
 }
 
+/// Clears the running fetch when the fetching task ends in any way (a panic, a runtime that
+/// shuts down), so that a lost fetch never blocks refreshing for good.
+struct ClearOnDrop(Arc<Source>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.refresh.lock().unwrap_or_else(|p| p.into_inner()).running = None;
+    }
+}
+
 impl Source {
-    /// The key set, and the key for `kid` / `alg` in it; fetches (once, for every caller) when
+    /// The key set and the key for `kid` / `alg` in it; fetches (once, for every caller) when
     /// the key is unknown and the cooldown allows.
     pub(crate) async fn key(
         self: &Arc<Self>,
@@ -122,24 +88,34 @@ impl Source {
         alg: Algorithm,
         cooldown: Duration,
         max_age: Duration,
-    ) -> Result<(Arc<KeySet>, usize), Miss> {
-        let set = self.keys.load_full();
-        if let Some(i) = position(&set, kid, alg) {
-            if set.fetched_at.is_none_or(|t| t.elapsed() > max_age) {
+    ) -> Result<(Arc<Fetched>, usize), Miss> {
+        let now = self.keys.load_full();
+        let age = now.at.map(|t| t.elapsed());
+        let usable = age.is_some_and(|a| a <= hard_max_age(max_age));
+        if usable && let Some(i) = position(&now.set, kid, alg) {
+            if age.is_some_and(|a| a > max_age) {
                 // Stale: refresh in the background, verify with what we have.
                 drop(self.start(client, cooldown));
             }
-            return Ok((set, i));
+            return Ok((now, i));
         }
         let Some(mut running) = self.start(client, cooldown) else {
-            return Err(if set.fetched_at.is_none() { Miss::Unreachable } else { Miss::Unknown });
+            // Within the cooldown: a fetch that ended a moment ago may have brought the key.
+            let now = self.keys.load_full();
+            return match position(&now.set, kid, alg) {
+                Some(i) if now.at.is_some_and(|t| t.elapsed() <= hard_max_age(max_age)) => Ok((now, i)),
+                _ if now.at.is_none_or(|t| t.elapsed() > hard_max_age(max_age)) => Err(Miss::Unreachable),
+                _ => Err(Miss::Unknown),
+            };
         };
         let outcome = running.wait_for(Option::is_some).await.map(|o| o.clone()).ok().flatten();
-        let set = self.keys.load_full();
-        match position(&set, kid, alg) {
-            Some(i) => Ok((set, i)),
-            None if matches!(outcome, Some(Err(_))) => Err(Miss::Unreachable),
-            None => Err(Miss::Unknown),
+        let now = self.keys.load_full();
+        let fresh = now.at.is_some_and(|t| t.elapsed() <= hard_max_age(max_age));
+        match (position(&now.set, kid, alg), fresh, outcome) {
+            (Some(i), true, _) => Ok((now, i)),
+            // Fetched, and the key is not there.
+            (_, _, Some(Ok(()))) => Err(Miss::Unknown),
+            _ => Err(Miss::Unreachable),
         }
     }
 
@@ -148,7 +124,11 @@ impl Source {
     fn start(self: &Arc<Self>, client: &UpstreamClient, cooldown: Duration) -> Option<watch::Receiver<Outcome>> {
         let mut r = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = &r.running {
-            return Some(rx.clone());
+            if rx.has_changed().is_ok() {
+                return Some(rx.clone());
+            }
+            // Its sender is gone without a word: that fetch is lost.
+            r.running = None;
         }
         if r.started.is_some_and(|t| t.elapsed() < cooldown) {
             return None;
@@ -157,21 +137,26 @@ impl Source {
         r.started = Some(Instant::now());
         r.running = Some(rx.clone());
         drop(r);
-        let (me, client) = (self.clone(), client.clone());
+        let (clear, client) = (ClearOnDrop(self.clone()), client.clone());
         tokio::spawn(async move {
+            let me = &clear.0;
             let outcome = match tokio::time::timeout(FETCH_TIMEOUT, fetch(&client, &me.url)).await {
                 Ok(Ok(set)) => {
-                    tracing::info!(url = %me.url, keys = set.keys.len(), "fetched a token issuer's signing keys");
-                    me.keys.store(Arc::new(set));
+                    tracing::info!(
+                        host = me.url.host().unwrap_or_default(),
+                        keys = set.len(),
+                        "fetched a token issuer's signing keys"
+                    );
+                    me.keys.store(Arc::new(Fetched { at: Some(Instant::now()), set }));
                     Ok(())
                 }
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err("no answer within 5 s".to_owned()),
             };
             if let Err(e) = &outcome {
-                tracing::warn!(url = %me.url, error = %e, "fetching a token issuer's signing keys (JWKS) failed; keeping the keys known");
+                tracing::warn!(host = me.url.host().unwrap_or_default(), error = %e, "fetching a token issuer's signing keys (JWKS) failed; keeping the keys known");
             }
-            me.refresh.lock().unwrap_or_else(|p| p.into_inner()).running = None;
+            drop(clear);
             let _ = tx.send(Some(outcome.map_err(Arc::from)));
         });
         Some(rx)
@@ -180,12 +165,12 @@ impl Source {
 
 fn position(set: &KeySet, kid: Option<&str>, alg: Algorithm) -> Option<usize> {
     let k = set.find(kid, alg)?;
-    set.keys.iter().position(|x| std::ptr::eq(x, k))
+    (0..set.len()).find(|&i| std::ptr::eq(set.get(i), k))
 }
 
-impl KeySet {
-    pub(crate) fn get(&self, i: usize) -> &Key {
-        &self.keys[i]
+impl Fetched {
+    pub(crate) fn key(&self, i: usize) -> &Key {
+        self.set.get(i)
     }
 }
 
@@ -231,38 +216,12 @@ impl Jwks {
         let made = Arc::new(Source { url: uri, keys: ArcSwap::default(), refresh: Mutex::default() });
         let mut out = made.clone();
         self.sources.rcu(|m| {
-            let mut m = HashMap::clone(m);
+            // URLs come from providers' policies; a process that saw more than this many
+            // starts again (the dropped ones are fetched again when next used).
+            let mut m = if m.len() >= MAX_SOURCES { HashMap::new() } else { HashMap::clone(m) };
             out = m.entry(url.to_owned()).or_insert_with(|| made.clone()).clone();
             m
         });
         Some(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_asymmetric_signing_keys_are_kept() {
-        let doc = serde_json::json!({"keys": [
-            {"kty": "oct", "kid": "secret", "k": "c2VjcmV0", "alg": "HS256"},
-            {"kty": "EC", "kid": "ec", "crv": "P-256", "use": "sig", "alg": "ES256",
-             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
-            {"kty": "EC", "kid": "enc", "crv": "P-256", "use": "enc",
-             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
-            {"kty": "RSA", "kid": "oaep", "alg": "RSA-OAEP", "n": "AQAB", "e": "AQAB"},
-            {"kty": "weird", "kid": "w"},
-        ]});
-        let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
-        assert_eq!(set.keys.iter().map(|k| k.kid.as_deref().unwrap()).collect::<Vec<_>>(), ["ec"]);
-        assert!(set.find(Some("ec"), Algorithm::ES256).is_some());
-        // The key's own alg binds it: the same key does not verify ES384 or an HMAC.
-        assert!(set.find(Some("ec"), Algorithm::ES384).is_none());
-        assert!(set.find(Some("secret"), Algorithm::HS256).is_none());
-        // Without a kid, only a set with one fitting key answers.
-        assert!(set.find(None, Algorithm::ES256).is_some());
-        assert!(KeySet::parse(b"{\"no\": 1}").is_err());
-        assert!(KeySet::parse(b"not json").is_err());
     }
 }

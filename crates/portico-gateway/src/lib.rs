@@ -404,7 +404,12 @@ impl Gateway {
             {
                 match token::verify_external(&inner.jwks, client, issuer, t).await {
                     Ok(client_id) => {
-                        match snapshot.external_clients.get(&issuer.issuer).and_then(|m| m.get(&client_id)) {
+                        let registered = snapshot
+                            .external_clients
+                            .get(&issuer.jwks_url)
+                            .and_then(|m| m.get(&issuer.issuer))
+                            .and_then(|m| m.get(&client_id));
+                        match registered {
                             Some(x) => (
                                 Caller {
                                     app_id: x.app_id,

@@ -119,21 +119,12 @@ impl ExternalIssuers for portico_core::policy::Policies {
         if self.token_issuers.is_empty() {
             return None;
         }
-        let iss = unverified_issuer(token)?;
+        let iss = portico_core::jwt::unverified_issuer(token)?;
         if portico.is_some_and(|p| p.issuer == iss) {
             return None;
         }
         self.token_issuer(&iss)
     }
-}
-
-/// The `iss` of a token, read without verifying it: only to pick which issuer's keys verify it.
-pub fn unverified_issuer(token: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Iss {
-        iss: String,
-    }
-    jsonwebtoken::dangerous::insecure_decode_claims::<Iss>(token).ok().map(|c| c.iss)
 }
 
 /// Why an external issuer's token was refused: 401, or 503 when the issuer's keys could not be
@@ -144,64 +135,25 @@ pub enum ExternalRefused {
     KeysUnavailable,
 }
 
-/// Verifies a token of an external issuer and returns its client (the issuer's
-/// `client_claim`). The algorithm must be in the issuer's allowlist and fit the key; `exp`,
-/// `iss` and `aud` are required and checked (30 s leeway), `nbf` when present.
+/// Verifies a token of an external issuer ([`portico_core::jwt`]'s rules, with the keys from
+/// the process's JWKS cache) and returns its client (the issuer's `client_claim`).
 pub(crate) async fn verify_external(
     jwks: &crate::jwks::Jwks,
     client: &crate::UpstreamClient,
     issuer: &portico_core::policy::TokenIssuer,
     token: &str,
 ) -> Result<String, ExternalRefused> {
-    let invalid = |m: &str| ExternalRefused::Invalid(m.to_owned());
-    let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the access token is not a valid JWT"))?;
-    if !issuer.algorithms.iter().any(|a| a.parse::<Algorithm>().ok() == Some(header.alg)) {
-        return Err(ExternalRefused::Invalid(format!(
-            "the access token is signed with {:?}; this API accepts {} from its issuer",
-            header.alg,
-            issuer.algorithms.join(", ")
-        )));
-    }
-    if let Some(typ) = header.typ.as_deref()
-        && !["jwt", "at+jwt", "application/at+jwt"].iter().any(|t| typ.eq_ignore_ascii_case(t))
-    {
-        return Err(invalid("that is not an access token (its typ says otherwise)"));
-    }
+    use portico_core::jwt;
+    let header = jwt::check_header(issuer, token).map_err(ExternalRefused::Invalid)?;
     let source = jwks.source(&issuer.jwks_url).ok_or(ExternalRefused::KeysUnavailable)?;
     let cooldown = std::time::Duration::from_secs(issuer.refresh_cooldown_secs.into());
     let max_age = std::time::Duration::from_secs(issuer.max_age_secs.into());
-    let (set, i) =
+    let (keys, i) =
         source.key(client, header.kid.as_deref(), header.alg, cooldown, max_age).await.map_err(|m| match m {
-            crate::jwks::Miss::Unknown => invalid("the access token was signed with a key its issuer does not publish"),
+            crate::jwks::Miss::Unknown => ExternalRefused::Invalid(
+                "the access token was signed with a key its issuer does not publish".to_owned(),
+            ),
             crate::jwks::Miss::Unreachable => ExternalRefused::KeysUnavailable,
         })?;
-    let mut v = Validation::new(header.alg);
-    v.set_issuer(&[issuer.issuer.as_str()]);
-    v.set_audience(&[issuer.audience.as_str()]);
-    v.required_spec_claims = ["exp", "iss", "aud"].into_iter().map(String::from).collect();
-    v.validate_nbf = true;
-    v.leeway = 30;
-    let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &set.get(i).key, &v).map_err(
-        |e| {
-            invalid(match e.kind() {
-                ErrorKind::ExpiredSignature => "the access token has expired; get a new one from its issuer",
-                ErrorKind::ImmatureSignature => "the access token is not valid yet",
-                ErrorKind::InvalidIssuer => "the access token was issued by someone else",
-                ErrorKind::InvalidAudience => "the access token is meant for another audience",
-                ErrorKind::InvalidSignature => "the access token's signature does not verify",
-                ErrorKind::InvalidAlgorithm => "the access token's algorithm does not fit its key",
-                ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-                    "the access token lacks a required claim or has one in the wrong format"
-                }
-                _ => "the access token is invalid",
-            })
-        },
-    )?;
-    match data.claims.get(&issuer.client_claim).and_then(|c| c.as_str()) {
-        Some(c) if !c.is_empty() => Ok(c.to_owned()),
-        _ => Err(ExternalRefused::Invalid(format!(
-            "the access token has no `{}` claim naming its client",
-            issuer.client_claim
-        ))),
-    }
+    jwt::verify(issuer, header.alg, &keys.key(i).key, token).map_err(ExternalRefused::Invalid)
 }

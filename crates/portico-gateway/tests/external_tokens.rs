@@ -129,14 +129,17 @@ async fn world(outbound_loopback: bool, cooldown: u64) -> World {
     let consumer = grant.consumer_slug.to_string();
     let next = Snapshot {
         external_clients: HashMap::from([(
-            ISSUER.to_owned(),
+            idp.url.clone(),
             HashMap::from([(
-                "app-1".to_owned(),
-                ExternalGrant {
-                    app_id: grant.app_id,
-                    consumer_org_id: grant.consumer_org_id,
-                    consumer_slug: grant.consumer_slug.clone(),
-                },
+                ISSUER.to_owned(),
+                HashMap::from([(
+                    "app-1".to_owned(),
+                    ExternalGrant {
+                        app_id: grant.app_id,
+                        consumer_org_id: grant.consumer_org_id,
+                        consumer_slug: grant.consumer_slug.clone(),
+                    },
+                )]),
             )]),
         )]),
         ..Snapshot::clone(&running.snapshot.load())

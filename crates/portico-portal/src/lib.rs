@@ -22,6 +22,7 @@ fn templates() -> Environment<'static> {
         ("reference.html", include_str!("../templates/reference.html")),
         ("token_action.html", include_str!("../templates/token_action.html")),
         ("invitation.html", include_str!("../templates/invitation.html")),
+        ("sign_in.html", include_str!("../templates/sign_in.html")),
     ] {
         env.add_template(name, src).expect("the portal's templates parse");
     }
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> axum::Router {
             "/verify-email" => on(m, verify_email_page),
             "/reset-password" => on(m, reset_password_page),
             "/invitations" => on(m, invitation_page),
+            "/sign-in" => on(m, sign_in_page),
             _ => return None,
         })
     })
@@ -188,4 +190,10 @@ async fn invitation_page(State(p): State<Portal>, axum::extract::RawQuery(q): ax
     let mut r = render(&p, "invitation.html", context! { token => token_param(q.as_deref()) });
     r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     r
+}
+
+/// The sign-in page: e-mail and password, and a button per single sign-on provider.
+async fn sign_in_page(State(p): State<Portal>) -> Response {
+    let providers = portico_control::services::sso::providers(&p.state);
+    render(&p, "sign_in.html", context! { providers => minijinja::value::Serde(&providers) })
 }

@@ -18,3 +18,4 @@ CREATE TABLE sso_logins (
     pkce_verifier TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
+CREATE INDEX sso_logins_created ON sso_logins (created_at);

@@ -142,12 +142,14 @@ pub struct ExternalClient {
     pub id: ExternalClientId,
     pub app_id: AppId,
     pub issuer: String,
+    /// Where the issuer's keys that verified the proof are published.
+    pub jwks_url: String,
     pub client_id: String,
     pub name: String,
     pub created_at: time::OffsetDateTime,
 }
 
-const EXTERNAL_COLS: &str = "id, app_id, issuer, client_id, name, created_at";
+const EXTERNAL_COLS: &str = "id, app_id, issuer, jwks_url, client_id, name, created_at";
 
 fn decode_external(r: &AnyRow) -> Result<ExternalClient> {
     let t = "app_external_clients";
@@ -155,27 +157,37 @@ fn decode_external(r: &AnyRow) -> Result<ExternalClient> {
         id: parse(r, t, "id")?,
         app_id: parse(r, t, "app_id")?,
         issuer: get(r, t, "issuer")?,
+        jwks_url: get(r, t, "jwks_url")?,
         client_id: get(r, t, "client_id")?,
         name: get(r, t, "name")?,
         created_at: time(r, t, "created_at")?,
     })
 }
 
-/// Registers `client_id` at `issuer` as `app`; `Conflict` when another app (or this one) has it.
+/// An identity at an external issuer: its `iss`, its keys' URL, the client.
+#[derive(Debug, Clone, Copy)]
+pub struct ExternalIdentity<'a> {
+    pub issuer: &'a str,
+    pub jwks_url: &'a str,
+    pub client_id: &'a str,
+}
+
+/// Registers an identity as `app`'s; `Conflict` when another app (or this one) has it.
 pub async fn insert_external_client(
     c: &mut Conn,
     app: AppId,
-    issuer: &str,
-    client_id: &str,
+    who: ExternalIdentity<'_>,
     name: &str,
 ) -> Result<ExternalClient> {
+    let ExternalIdentity { issuer, jwks_url, client_id } = who;
     let (id, now) = (ExternalClientId::new(), now_millis());
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO app_external_clients ({EXTERNAL_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        "INSERT INTO app_external_clients ({EXTERNAL_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
     )))
     .bind(id.to_string())
     .bind(app.to_string())
     .bind(issuer)
+    .bind(jwks_url)
     .bind(client_id)
     .bind(name)
     .bind(now)
@@ -186,6 +198,7 @@ pub async fn insert_external_client(
         id,
         app_id: app,
         issuer: issuer.into(),
+        jwks_url: jwks_url.into(),
         client_id: client_id.into(),
         name: name.into(),
         created_at: crate::from_millis(now),
@@ -217,7 +230,7 @@ pub async fn delete_external_client(c: &mut Conn, app: AppId, id: ExternalClient
 /// Every external client with its app's organization (for the snapshot).
 pub async fn external_client_grants(c: &mut Conn) -> Result<Vec<(ExternalClient, OrgId, Slug)>> {
     let rows = sqlx::query(
-        "SELECT x.id, x.app_id, x.issuer, x.client_id, x.name, x.created_at, a.org_id, o.slug \
+        "SELECT x.id, x.app_id, x.issuer, x.jwks_url, x.client_id, x.name, x.created_at, a.org_id, o.slug \
          FROM app_external_clients x JOIN apps a ON a.id = x.app_id JOIN organizations o ON o.id = a.org_id",
     )
     .fetch_all(c)

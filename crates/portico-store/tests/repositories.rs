@@ -166,21 +166,26 @@ async fn exercise(store: &Store) {
 
     // External clients: one app per (issuer, client); the snapshot sees each with its org.
     use portico_store::oauth;
-    let x = oauth::insert_external_client(&mut c, app.id, "https://idp.example", "robot", "Robot").await.unwrap();
-    oauth::insert_external_client(&mut c, app.id, "https://other.example", "robot", "Robot").await.unwrap();
-    assert!(matches!(
-        oauth::insert_external_client(&mut c, app.id, "https://idp.example", "robot", "Again").await,
-        Err(Error::Conflict(_))
-    ));
+    let id = |issuer, jwks_url| oauth::ExternalIdentity { issuer, jwks_url, client_id: "robot" };
+    let idp = id("https://idp.example", "https://idp.example/jwks");
+    let x = oauth::insert_external_client(&mut c, app.id, idp, "Robot").await.unwrap();
+    oauth::insert_external_client(&mut c, app.id, id("https://other.example", "https://idp.example/jwks"), "Robot")
+        .await
+        .unwrap();
+    // The same `iss` with other keys is another issuer.
+    oauth::insert_external_client(&mut c, app.id, id("https://idp.example", "https://evil.example/jwks"), "Robot")
+        .await
+        .unwrap();
+    assert!(matches!(oauth::insert_external_client(&mut c, app.id, idp, "Again").await, Err(Error::Conflict(_))));
     let grants = oauth::external_client_grants(&mut c).await.unwrap();
-    assert_eq!(grants.len(), 2);
+    assert_eq!(grants.len(), 3);
     assert!(grants.iter().all(|(g, org, _)| g.app_id == app.id && *org == app.org_id));
     let listed = oauth::external_clients_of_app(&mut c, app.id).await.unwrap();
-    assert_eq!((listed.len(), listed[0].client_id.as_str()), (2, "robot"));
+    assert_eq!((listed.len(), listed[0].client_id.as_str()), (3, "robot"));
     let gone = oauth::delete_external_client(&mut c, app.id, x.id).await.unwrap();
     assert_eq!(gone.issuer, "https://idp.example");
     assert!(matches!(oauth::delete_external_client(&mut c, app.id, x.id).await, Err(Error::NotFound)));
-    assert_eq!(oauth::external_client_grants(&mut c).await.unwrap().len(), 1);
+    assert_eq!(oauth::external_client_grants(&mut c).await.unwrap().len(), 2);
 
     // SSO: an identity names one user; a pending sign-in is taken once, and not when too old.
     use portico_store::sso;

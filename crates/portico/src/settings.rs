@@ -540,6 +540,7 @@ mod tests {
         for (toml, says) in [
             (ok.replace("corp\"\nname", "Corp Inc\"\nname"), "id must be a slug"),
             (ok.replace("https://login.corp.example", "login"), "issuer"),
+            (ok.replace("https://login.corp.example", "http://login.corp.example"), "must be an https:// URL"),
             (ok.replace("s3cret", ""), "client_secret are required"),
             (format!("{ok}{ok}"), "declared twice"),
             (format!("{ok}account_type = \"platform\"\n"), "account_type"),

@@ -255,12 +255,7 @@ const PROBES: &[Probe] = &[
     p(PO, "/api/v1/apps/{app_id}/clients", Some(r#"{"name":"c{n}"}"#), F::No),
     p(D, "/api/v1/apps/{app_id}/clients/{client_id}", None, F::Client),
     p(G, "/api/v1/apps/{app_id}/external-clients", None, F::No),
-    p(
-        PO,
-        "/api/v1/apps/{app_id}/external-clients",
-        Some(r#"{"issuer":"https://idp.matrix.example","client_id":"m{n}"}"#),
-        F::No,
-    ),
+    p(PO, "/api/v1/apps/{app_id}/external-clients", Some(r#"{"api":"alpha-public","token":"{idp_token}"}"#), F::No),
     p(D, "/api/v1/apps/{app_id}/external-clients/{external_client_id}", None, F::ExternalClient),
     p(PO, "/api/v1/apps/{app_id}/token", None, F::No),
     p(G, "/api/v1/subscriptions", None, F::No),
@@ -301,6 +296,7 @@ const PROBES: &[Probe] = &[
     p(G, "/verify-email", None, F::No),
     p(G, "/reset-password", None, F::No),
     p(G, "/invitations", None, F::No),
+    p(G, "/sign-in", None, F::No),
 ];
 
 /// The organization that owns a cell's object (for `Mixed`, the parent's: it decides).
@@ -419,6 +415,8 @@ struct World {
     /// Ids another tenant must never see in a 2xx, with the organization they belong to.
     secrets: Vec<(String, Org)>,
     n: u64,
+    /// The issuer `alpha-public` trusts: each external-client probe proves a new client.
+    idp: common::TestIdp,
 }
 
 fn fill(template: &str, values: &HashMap<&'static str, String>) -> String {
@@ -514,7 +512,7 @@ impl World {
             }
             F::ExternalClient => {
                 let path = format!("/apps/{}/external-clients", t.values["app_id"]);
-                let body = json!({"issuer": "https://idp.matrix.example", "client_id": format!("fresh{}", self.n)});
+                let body = json!({"api": "alpha-public", "token": self.idp.token(MATRIX_AUDIENCE, &format!("fresh{}", self.n))});
                 let v = must(&self.app, post, &path, &owner, Some(body)).await;
                 out.insert("external_client_id", v["id"].as_str().unwrap().into());
             }
@@ -576,6 +574,7 @@ impl World {
         values.insert("password", actor.password().into());
         self.n += 1;
         values.insert("n", self.n.to_string());
+        values.insert("idp_token", self.idp.token(MATRIX_AUDIENCE, &format!("m{}", self.n)));
         let made = self.fresh(probe.fresh, actor, leaf_b).await;
         let token = made.get("actor_token").cloned().or_else(|| self.token(actor));
         values.extend(made);
@@ -628,7 +627,17 @@ impl World {
     }
 }
 
-async fn tenant(app: &TestApp, upstream: &str, b: bool, consumer: (&str, &str), provider: (&str, &str)) -> Tenant {
+/// The audience of the matrix's external tokens (`alpha-public` trusts its test issuer).
+const MATRIX_AUDIENCE: &str = "urn:alpha-public";
+
+async fn tenant(
+    app: &TestApp,
+    idp: &common::TestIdp,
+    upstream: &str,
+    b: bool,
+    consumer: (&str, &str),
+    provider: (&str, &str),
+) -> Tenant {
     let (provider, provider_org) = provider;
     let post = reqwest::Method::POST;
     let (slug, visibility, version, plan) = if b {
@@ -638,7 +647,9 @@ async fn tenant(app: &TestApp, upstream: &str, b: bool, consumer: (&str, &str), 
     };
     let api = json!({"slug": slug, "name": slug, "visibility": visibility});
     must(app, post.clone(), "/apis", provider, Some(api)).await;
-    let v = json!({"version": version, "upstream_url": upstream, "openapi": echo_openapi(), "state": "published"});
+    let policies = json!({"token_issuers": [idp.trusted_by(MATRIX_AUDIENCE)]});
+    let v = json!({"version": version, "upstream_url": upstream, "openapi": echo_openapi(), "state": "published",
+        "policies": policies});
     must(app, post.clone(), &format!("/apis/{slug}/versions"), provider, Some(v)).await;
     let pl = json!({"slug": plan, "name": plan, "pricing": {"type": "free"}});
     must(app, post.clone(), &format!("/apis/{slug}/plans"), provider, Some(pl)).await;
@@ -651,7 +662,7 @@ async fn tenant(app: &TestApp, upstream: &str, b: bool, consumer: (&str, &str), 
     let app_id = id(&a, "id");
     let key = must(app, post.clone(), &format!("/apps/{app_id}/keys"), token, Some(json!({}))).await;
     let client = must(app, post.clone(), &format!("/apps/{app_id}/clients"), token, Some(json!({}))).await;
-    let external = json!({"issuer": "https://idp.matrix.example", "client_id": format!("fixture-{app_id}")});
+    let external = json!({"api": "alpha-public", "token": idp.token(MATRIX_AUDIENCE, &format!("fixture-{app_id}"))});
     let external = must(app, post.clone(), &format!("/apps/{app_id}/external-clients"), token, Some(external)).await;
     let sub = json!({"app_id": app_id, "api": "alpha-public", "plan": "gold-a"});
     let sub = must(app, post.clone(), "/subscriptions", token, Some(sub)).await;
@@ -719,8 +730,9 @@ async fn world() -> World {
     for actor in ACTORS.into_iter().filter(|a| *a != Actor::Anonymous) {
         users.insert(actor, user(&app, actor.email()).await);
     }
-    let a = tenant(&app, &upstream.url, false, (&owner_a, &org_a), (&prov_a, &prov_org_a)).await;
-    let b = tenant(&app, &upstream.url, true, (&owner_b, &org_b), (&prov_b, &prov_org_b)).await;
+    let idp = common::test_idp().await;
+    let a = tenant(&app, &idp, &upstream.url, false, (&owner_a, &org_a), (&prov_a, &prov_org_a)).await;
+    let b = tenant(&app, &idp, &upstream.url, true, (&owner_b, &org_b), (&prov_b, &prov_org_b)).await;
     let globals = HashMap::from([
         ("upstream", upstream.url.clone()),
         ("openapi", echo_openapi().to_string()),
@@ -746,7 +758,7 @@ async fn world() -> World {
         secrets.push((t.values["rule_id"].clone(), t.provider));
     }
     let bystander = user(&app, BYSTANDER).await;
-    World { app, tokens, users, bystander, a, b, globals, secrets, n: 0 }
+    World { app, tokens, users, bystander, a, b, globals, secrets, n: 0, idp }
 }
 
 #[tokio::test]

@@ -257,51 +257,22 @@ async fn client_credentials_tokens_at_the_gateway() {
     app.stop().await;
 }
 
-/// A JWKS endpoint on loopback that serves `jwks` to every request.
-async fn jwks_server(jwks: Value) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/jwks.json", l.local_addr().unwrap());
-    let body = jwks.to_string();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
-            });
-        }
-    });
-    url
-}
-
 /// A provider trusts an external issuer for its API (`policies.token_issuers`); a consumer
-/// registers its client at that issuer on an app; the issuer's tokens then call as the app —
-/// only on that API, only while registered, only for the app's owner to manage.
+/// registers its client at that issuer on an app, proving it with one of the client's tokens;
+/// the issuer's tokens then call as the app — only on that API, only while registered, only
+/// for the app's owner to manage, and nobody can claim a client without its token.
 #[tokio::test]
 async fn an_external_issuers_tokens_call_as_the_app_that_registered_the_client() {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
     let app = spawn_app(Backend::Sqlite).await;
     let upstream = spawn_upstream().await;
-    let pem =
-        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../portico-gateway/tests/fixtures/idp-es256.pem")).unwrap();
-    let key = EncodingKey::from_ec_pem(&pem).unwrap();
-    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
-    jwk.common.key_id = Some("idp-1".into());
-    let jwks_url = jwks_server(json!({"keys": [jwk]})).await;
-    let (issuer, audience) = ("https://login.idp.example", "urn:echo");
+    let idp = common::test_idp().await;
+    let audience = "urn:echo";
 
     let provider = app.signup("pia@provider.example", "provider").await;
     app.publish_api(&provider, "other", &upstream.url).await;
     let (s, v) = app.post("/apis", Some(&provider), json!({"slug": "echo", "name": "Echo"})).await;
     assert_eq!(s, 201, "{v}");
-    let policies = json!({"token_issuers": [{"issuer": issuer, "audience": audience, "jwks_url": jwks_url,
-        "algorithms": ["ES256"], "client_claim": "azp"}]});
+    let policies = json!({"token_issuers": [idp.trusted_by(audience)]});
     let version = json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": common::echo_openapi(),
         "state": "published", "policies": policies});
     let (s, v) = app.post("/apis/echo/versions", Some(&provider), version).await;
@@ -331,11 +302,7 @@ async fn an_external_issuers_tokens_call_as_the_app_that_registered_the_client()
             app.post("/subscriptions", Some(&consumer), json!({"app_id": app_id, "api": api, "plan": "free"})).await;
         assert_eq!(s, 201, "{v}");
     }
-    let claims = json!({"iss": issuer, "aud": audience, "azp": "robot-7", "sub": "robot-7",
-        "exp": time::OffsetDateTime::now_utc().unix_timestamp() + 300});
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("idp-1".into());
-    let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let token = idp.token(audience, "robot-7");
 
     // Not registered yet.
     let r = call(&app, "echo", &token).await;
@@ -343,27 +310,44 @@ async fn an_external_issuers_tokens_call_as_the_app_that_registered_the_client()
     assert!(r.text().await.unwrap().contains("not registered on any Portico app"));
 
     let path = format!("/apps/{app_id}/external-clients");
-    let (s, v) = app.post(&path, Some(&consumer), json!({"issuer": issuer, "client_id": "bad id"})).await;
-    assert_eq!(s, 400, "{v}");
-    let (s, x) = app.post(&path, Some(&consumer), json!({"issuer": issuer, "client_id": "robot-7"})).await;
+    // The proof must be a real token of the client, for an API that trusts its issuer.
+    let forged = {
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        let claims = json!({"iss": idp.issuer, "aud": audience, "azp": "someone-else", "exp": 4_000_000_000u64});
+        parts[1] = B64URL.encode(claims.to_string());
+        parts.join(".")
+    };
+    for (body, says) in [
+        (json!({"api": "echo", "token": forged}), "does not verify"),
+        (json!({"api": "echo", "token": idp.token("urn:other", "robot-7")}), "another audience"),
+        (json!({"api": "other", "token": token}), "does not accept tokens of issuer"),
+        (json!({"api": "echo", "token": "not a jwt"}), "not a JWT"),
+        (json!({"api": "nope", "token": token}), "was not found"),
+    ] {
+        let (s, v) = app.post(&path, Some(&consumer), body.clone()).await;
+        assert!(s == 400 || s == 404, "{body}: {s} {v}");
+        assert!(v["detail"].as_str().unwrap().contains(says), "{body}: {v}");
+    }
+    let (s, x) = app.post(&path, Some(&consumer), json!({"api": "echo", "token": token})).await;
     assert_eq!(s, 201, "{x}");
     assert_eq!(
-        (x["issuer"].as_str(), x["client_id"].as_str(), x["name"].as_str()),
-        (Some(issuer), Some("robot-7"), Some("robot-7"))
+        (x["issuer"].as_str(), x["client_id"].as_str(), x["jwks_url"].as_str()),
+        (Some(idp.issuer), Some("robot-7"), Some(idp.jwks_url.as_str()))
     );
+    assert!(!x.to_string().contains(&token), "the proof is not kept");
     let (s, list) = app.get(&path, Some(&consumer)).await;
     assert_eq!((s, list.as_array().unwrap().len()), (200, 1));
-    // One app per client of an issuer: another app (anyone's) cannot claim it.
-    let stranger = app.signup("sal@elsewhere.example", "consumer").await;
-    let (_, b) = app.post("/apps", Some(&stranger), json!({"name": "Squatter"})).await;
+    // One app per client: the same client cannot be registered twice.
+    let (_, other_app) = app.post("/apps", Some(&consumer), json!({"name": "Robot 2"})).await;
     let (s, v) = app
         .post(
-            &format!("/apps/{}/external-clients", b["id"].as_str().unwrap()),
-            Some(&stranger),
-            json!({"issuer": issuer, "client_id": "robot-7"}),
+            &format!("/apps/{}/external-clients", other_app["id"].as_str().unwrap()),
+            Some(&consumer),
+            json!({"api": "echo", "token": token}),
         )
         .await;
     assert_eq!(s, 409, "{v}");
+    let stranger = app.signup("sal@elsewhere.example", "consumer").await;
     assert_eq!(app.get(&path, Some(&stranger)).await.0, 404);
 
     let started = Instant::now();

@@ -108,3 +108,67 @@ async fn without_the_allow_list_loopback_is_refused() {
     }
     app.stop().await;
 }
+
+/// A document server on loopback: `/openapi.json`, `/openapi.yaml`, `/hop` (a redirect to the
+/// JSON one), `/to-metadata` (a redirect to the cloud metadata address), `/not-a-doc`.
+async fn document_server() -> String {
+    use axum::response::{IntoResponse, Redirect};
+    use axum::routing::get;
+    let yaml = serde_norway::to_string(&echo_openapi()).unwrap();
+    let router = axum::Router::new()
+        .route("/openapi.json", get(|| async { axum::Json(echo_openapi()) }))
+        .route("/openapi.yaml", get(move || async move { yaml.clone() }))
+        .route("/hop", get(|| async { Redirect::temporary("/openapi.json") }))
+        .route("/to-metadata", get(|| async { Redirect::temporary("http://169.254.169.254/latest/openapi.json") }))
+        .route("/not-a-doc", get(|| async { "{ this is : not [ json".into_response() }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
+    url
+}
+
+/// `openapi_url`: the document is fetched through the outbound policy, on every redirect too.
+#[tokio::test]
+async fn documents_are_imported_by_url_through_the_outbound_policy() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let upstream = spawn_upstream().await;
+    let docs = document_server().await;
+    let provider = provider_with_api(&app).await;
+    let version = |n: &str, from: &str| json!({"version": n, "upstream_url": upstream.url, "openapi_url": format!("{docs}{from}"), "state": "published"});
+    for (n, from) in [("1.0.0", "/openapi.json"), ("1.1.0", "/openapi.yaml"), ("1.2.0", "/hop")] {
+        let (s, v) = app.post("/apis/echo/versions", Some(&provider), version(n, from)).await;
+        assert_eq!(s, 201, "{from}: {v}");
+        let (s, doc) = app.get(&format!("/apis/echo/versions/{n}/openapi.json"), Some(&provider)).await;
+        assert_eq!((s, doc["info"]["title"].clone()), (200, echo_openapi()["info"]["title"].clone()), "{from}");
+    }
+    // The redirect's target is judged like the first URL.
+    assert_refused(
+        &app,
+        Method::POST,
+        "/apis/echo/versions",
+        &provider,
+        version("1.3.0", "/to-metadata"),
+        "openapi_url",
+    )
+    .await;
+    let (s, v) = app.post("/apis/echo/versions", Some(&provider), version("1.3.0", "/not-a-doc")).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("neither a JSON nor a YAML object"), "{v}");
+    let both = json!({"version": "1.3.0", "upstream_url": upstream.url, "openapi": echo_openapi(),
+        "openapi_url": format!("{docs}/openapi.json")});
+    let (s, v) = app.post("/apis/echo/versions", Some(&provider), both).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = app
+        .post("/apis/echo/versions", Some(&provider), json!({"version": "1.3.0", "upstream_url": upstream.url}))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("openapi_url"), "{v}");
+    app.stop().await;
+
+    // Without loopback in the allow list, the same URL is refused before anything is fetched.
+    let strict = spawn_app_with(Backend::Sqlite, Outbound::default()).await;
+    let provider = provider_with_api(&strict).await;
+    let body = json!({"version": "1.0.0", "upstream_url": "https://api.example.com", "openapi_url": format!("{docs}/openapi.json")});
+    assert_refused(&strict, Method::POST, "/apis/echo/versions", &provider, body, "openapi_url").await;
+    strict.stop().await;
+}

@@ -67,7 +67,7 @@ impl Idp {
     }
 }
 
-async fn world(outbound: Outbound) -> (TestApp, Idp) {
+async fn world(outbound: Outbound, link_by_email: bool) -> (TestApp, Idp) {
     let idp = idp().await;
     let issuer = idp.issuer.clone();
     let app = spawn_app_configured(Backend::Sqlite, move |s| {
@@ -80,6 +80,7 @@ async fn world(outbound: Outbound) -> (TestApp, Idp) {
             client_secret: "a-long-client-secret-for-portico".into(),
             scopes: Vec::new(),
             account_type: OrgKind::Consumer,
+            link_by_email,
         }];
     })
     .await;
@@ -182,10 +183,19 @@ fn loopback() -> Outbound {
 
 #[tokio::test]
 async fn people_sign_in_with_the_openid_provider() {
-    let (app, idp) = world(loopback()).await;
+    let (app, idp) = world(loopback(), true).await;
     let (s, list) = app.get("/auth/sso", None).await;
     assert_eq!(s, 200);
     assert_eq!(list, json!([{"id": "idp", "name": "Test IdP", "start_url": "/auth/sso/idp"}]));
+
+    // The portal's sign-in page has the provider's button.
+    let page = app.http.get(format!("{}/sign-in", app.api)).send().await.unwrap().text().await.unwrap();
+    let escaped_start = "href=\"&#x2f;auth&#x2f;sso&#x2f;idp\"";
+    assert!(
+        (page.contains("href=\"/auth/sso/idp\"") || page.contains(escaped_start))
+            && page.contains("Sign in with Test IdP"),
+        "{page}"
+    );
 
     // A new person: an account and a consumer organization are made, signed in.
     idp.person("alice-1", "alice@idp.example", true).await;
@@ -235,22 +245,40 @@ async fn people_sign_in_with_the_openid_provider() {
 
 #[tokio::test]
 async fn the_flow_refuses_what_would_take_over_an_account() {
-    let (app, idp) = world(loopback()).await;
+    let (app, idp) = world(loopback(), true).await;
     let start = format!("{}/auth/sso/idp", app.api);
     let callback = format!("{}/auth/sso/idp/callback", app.api);
 
-    // An account whose address nobody verified yet: neither a verified nor an unverified
-    // provider address may sign in to it (whoever registered it first could be an attacker).
+    // An account whose address nobody verified yet: a verified provider address may not sign
+    // in to it (whoever registered it first could be an attacker).
     let dave = app.signup("dave@idp.example", "consumer").await;
-    for verified in [true, false] {
-        idp.person(&format!("dave-{verified}"), "dave@idp.example", verified).await;
+    idp.person("dave-1", "dave@idp.example", true).await;
+    let mut b = Browser::default();
+    let landed = b.walk(&start, None).await;
+    assert_eq!(landed.status, 409, "{}", landed.body);
+    assert!(landed.body.contains("not verified yet"), "{}", landed.body);
+    assert!(b.session(&app).is_none());
+    assert_eq!(app.get("/me", Some(&dave)).await.0, 200, "the account is untouched");
+
+    // An address the provider did not verify signs in to nothing: not to a verified account,
+    // not to a new one.
+    let (_, erin) = {
+        let t = app.signup("vera@idp.example", "consumer").await;
+        app.get("/me", Some(&t)).await
+    };
+    let mut c = app.app_state.store.conn().await.unwrap();
+    portico_store::notify::mark_email_verified(&mut c, erin["user"]["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap();
+    drop(c);
+    for (sub, email) in [("vera-x", "vera@idp.example"), ("newbie-x", "newbie@idp.example")] {
+        idp.person(sub, email, false).await;
         let mut b = Browser::default();
         let landed = b.walk(&start, None).await;
-        assert_eq!(landed.status, 409, "{}", landed.body);
-        assert!(landed.body.contains("an account with this e-mail exists"), "{}", landed.body);
+        assert_eq!(landed.status, 403, "{email}: {}", landed.body);
+        assert!(landed.body.contains("has not verified your e-mail address"), "{}", landed.body);
         assert!(b.session(&app).is_none());
     }
-    assert_eq!(app.get("/me", Some(&dave)).await.0, 200, "the account is untouched");
 
     // Login CSRF: a callback (a valid code and state) in a browser that did not start the
     // sign-in is refused.
@@ -264,17 +292,26 @@ async fn the_flow_refuses_what_would_take_over_an_account() {
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("not started in this browser"), "{}", r.body);
     assert!(victim.session(&app).is_none());
-    // The attacker's own browser may finish it once; a replay is refused.
+    // The attacker's own browser may finish it once; a replay (with the state cookie put back)
+    // is refused by Portico, before the code ever reaches the provider again.
+    let kept = attacker.jar.clone();
     assert_eq!(attacker.walk(&stolen, None).await.status, 200);
+    attacker.jar = kept;
     let replay = attacker.walk(&stolen, None).await;
     assert_eq!(replay.status, 401, "{}", replay.body);
+    assert!(
+        replay.body.contains("expired or was already used"),
+        "refused by Portico, before the provider: {}",
+        replay.body
+    );
 
     // The provider says no.
     let mut b = Browser::default();
     b.walk(&start, Some(&callback)).await;
     let r = b.walk(&format!("{callback}?error=access_denied&error_description=nope"), None).await;
     assert_eq!(r.status, 401);
-    assert!(r.body.contains("did not sign you in (nope)"), "{}", r.body);
+    assert!(r.body.contains("did not sign you in (access_denied)"), "{}", r.body);
+    assert!(!r.body.contains("nope"), "the link author's text is not shown: {}", r.body);
 
     // Made-up answers and unknown providers.
     let r = Browser::default().walk(&format!("{callback}?code=x&state=y"), None).await;
@@ -286,9 +323,28 @@ async fn the_flow_refuses_what_would_take_over_an_account() {
 
 #[tokio::test]
 async fn an_issuer_on_a_refused_network_is_not_called() {
-    let (app, _idp) = world(Outbound::default()).await;
+    let (app, _idp) = world(Outbound::default(), true).await;
     let r = Browser::default().walk(&format!("{}/auth/sso/idp", app.api), None).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("single sign-on is not available"), "{}", r.body);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_link_by_email_an_existing_account_is_not_linked() {
+    let (app, idp) = world(loopback(), false).await;
+    let t = app.signup("gus@idp.example", "consumer").await;
+    let (_, gus) = app.get("/me", Some(&t)).await;
+    let mut c = app.app_state.store.conn().await.unwrap();
+    portico_store::notify::mark_email_verified(&mut c, gus["user"]["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap();
+    drop(c);
+    idp.person("gus-1", "gus@idp.example", true).await;
+    let mut b = Browser::default();
+    let landed = b.walk(&format!("{}/auth/sso/idp", app.api), None).await;
+    assert_eq!(landed.status, 409, "{}", landed.body);
+    assert!(landed.body.contains("does not link accounts by e-mail"), "{}", landed.body);
+    assert!(b.session(&app).is_none());
     app.stop().await;
 }

@@ -175,16 +175,16 @@ pub async fn sso_providers(State(state): State<AppState>) -> axum::Json<Vec<crat
 pub async fn sso_start(
     State(state): State<AppState>,
     headers: HeaderMap,
-    axum::extract::Path(provider): axum::extract::Path<String>,
+    Path(provider): Path<String>,
 ) -> Result<Response> {
     use crate::services::sso;
     let started = sso::start(&state, &provider).await?;
     let secure = auth::secure_context(&state, &headers);
+    let location = HeaderValue::from_str(&started.authorize_url)
+        .map_err(|_| crate::error::Error::Internal("the provider's authorization URL is not a header value".into()))?;
     let mut r = StatusCode::SEE_OTHER.into_response();
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&started.authorize_url) {
-        h.insert(header::LOCATION, v);
-    }
+    h.insert(header::LOCATION, location);
     if let Ok(v) =
         HeaderValue::from_str(&sso::state_set_cookie(secure, &started.state, std::time::Duration::from_secs(600)))
     {
@@ -201,8 +201,8 @@ pub async fn sso_callback(
     State(state): State<AppState>,
     client: ClientInfo,
     headers: HeaderMap,
-    axum::extract::Path(provider): axum::extract::Path<String>,
-    axum::extract::Query(cb): axum::extract::Query<crate::services::sso::Callback>,
+    Path(provider): Path<String>,
+    Query(cb): Query<crate::services::sso::Callback>,
 ) -> Result<Response> {
     use crate::services::sso;
     let secure = auth::secure_context(&state, &headers);
@@ -215,6 +215,8 @@ pub async fn sso_callback(
     if let Ok(v) = HeaderValue::from_str(&sso::state_set_cookie(secure, "", std::time::Duration::ZERO)) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
+    // The URL carries the code and the state: never in a Referer.
+    r.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     Ok(r)
 }
 

@@ -141,7 +141,10 @@ pub async fn login(
     // Verify against a dummy hash when the account does not exist, so timing does not tell.
     const DUMMY: &str =
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0YbmHt7kOonkQSvF8v2tm5mNXv5V0d6oGE/3oHBwL0Q";
-    let ok = auth::verify_password(&req.password, user.as_ref().map_or(DUMMY, |u| u.password_hash.as_str())).await;
+    // An account without a password (made by single sign-on) takes as long to refuse.
+    let hash = user.as_ref().map(|u| u.password_hash.as_str()).filter(|h| h.starts_with('$')).unwrap_or(DUMMY);
+    let ok = auth::verify_password(&req.password, hash).await
+        && user.as_ref().is_some_and(|u| u.password_hash.starts_with('$'));
     let mut c = state.store.conn().await?;
     let user = match user {
         Some(u) if ok => u,
@@ -191,23 +194,30 @@ pub(crate) struct ExternalIdentity {
 /// (a password reset sets one).
 const NO_PASSWORD: &str = "!sso";
 
-/// Signs in with an identity of an OpenID provider. A known identity signs in as its user.
-/// A new one is linked to the account with the same e-mail only when both the provider and
-/// Portico have verified that address (otherwise whoever registered the address first could
-/// take over, or be taken over); with no such account, a new account and organization are
-/// made. `replaces`: the session cookie the browser still had, ended.
+/// Signs in with an identity of an OpenID provider. A known identity signs in as its user. A
+/// new one needs an address the provider verified (an unverified one could be anyone's): with
+/// no account of that address, a new account and organization are made; with one, it is
+/// linked only when `link_by_email` is on, Portico has verified the address too, and the
+/// account is not a platform admin's (otherwise whoever registered the address first could
+/// take over, or be taken over). `replaces`: the session cookie the browser still had, ended.
 pub(crate) async fn sso_sign_in(
     state: &AppState,
     id: ExternalIdentity,
     account_type: OrgKind,
+    link_by_email: bool,
     client: &ClientInfo,
     replaces: Option<&str>,
 ) -> Result<SessionView> {
     use portico_store::sso;
     let mut tx = state.store.begin().await?;
-    let mut verify = None;
     let user = match sso::user_of(&mut tx, &id.issuer, &id.subject).await? {
         Some(uid) => users::by_id(&mut tx, uid).await?.ok_or_else(|| Error::not_found("the account"))?,
+        None if !id.email_verified => {
+            return Err(Error::Forbidden(
+                "the identity provider has not verified your e-mail address; verify it there, then sign in again"
+                    .into(),
+            ));
+        }
         None => {
             let raw = id.email.as_deref().ok_or_else(|| {
                 Error::Invalid(
@@ -222,24 +232,24 @@ pub(crate) async fn sso_sign_in(
                 ))
             })?;
             match users::by_email(&mut tx, &email).await? {
-                Some(u) if id.email_verified && u.email_verified_at.is_some() => {
+                Some(u) if link_by_email && u.email_verified_at.is_some() && !u.is_platform_admin => {
                     sso::link(&mut tx, &id.issuer, &id.subject, u.id).await?;
                     let ch = Change::new("user.link_identity", "user", u.id, None)
                         .after(serde_json::json!({"provider": id.provider, "issuer": id.issuer}));
                     audit::record_as(&mut tx, None, u.email.as_str(), client, ch).await?;
                     u
                 }
-                Some(_) if !id.email_verified => {
+                Some(u) if u.email_verified_at.is_none() => {
                     return Err(Error::Conflict(
-                        "an account with this e-mail exists and the identity provider has not verified the address, \
-                         so it cannot sign in to it; sign in with your password"
+                        "an account with this e-mail exists but its address is not verified yet; sign in with your \
+                         password and verify it"
                             .into(),
                     ));
                 }
                 Some(_) => {
                     return Err(Error::Conflict(
-                        "an account with this e-mail exists but its address is not verified yet; verify it with the \
-                         link Portico sent (or reset the password), then sign in with single sign-on again"
+                        "an account with this e-mail exists; sign in with your password (this provider does not \
+                         link accounts by e-mail)"
                             .into(),
                     ));
                 }
@@ -252,11 +262,7 @@ pub(crate) async fn sso_sign_in(
                         .or_else(|| Name::parse(&fallback).ok())
                         .unwrap_or_else(|| Name::parse("Member").expect("valid"));
                     let u = users::insert(&mut tx, &email, &name, NO_PASSWORD, false).await?;
-                    if id.email_verified {
-                        portico_store::notify::mark_email_verified(&mut tx, u.id).await?;
-                    } else {
-                        verify = Some(email_token(&mut tx, u.id, VERIFY_EMAIL, VERIFY_TTL_MS).await?);
-                    }
+                    portico_store::notify::mark_email_verified(&mut tx, u.id).await?;
                     let slug = free_org_slug(&mut tx, &name).await?;
                     let org = orgs::insert(&mut tx, &slug, &name, account_type).await?;
                     orgs::add_member(&mut tx, org.id, u.id, MemberRole::Owner).await?;
@@ -280,9 +286,6 @@ pub(crate) async fn sso_sign_in(
     let ch = Change::new("session.login", "user", user.id, None).after(serde_json::json!({"provider": id.provider}));
     audit::record_as(&mut tx, None, user.email.as_str(), client, ch).await?;
     tx.commit().await?;
-    if let Some(token) = verify {
-        send_verification(state, &user, &token);
-    }
     let mut c = state.store.conn().await?;
     let ms = orgs::memberships(&mut c, user.id).await?;
     Ok(SessionView {

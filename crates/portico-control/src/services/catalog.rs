@@ -65,9 +65,14 @@ pub struct CreateVersion {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub policies: Option<Policies>,
-    /// The OpenAPI 3.0 or 3.1 document (JSON).
-    #[schema(value_type = Object)]
-    pub openapi: serde_json::Value,
+    /// The OpenAPI 3.0 or 3.1 document (JSON); or `openapi_url`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub openapi: Option<serde_json::Value>,
+    /// Where Portico fetches the document from instead (JSON or YAML, http(s), through the
+    /// outbound policy, redirects followed and checked, at most 5).
+    #[serde(default)]
+    pub openapi_url: Option<String>,
     /// `draft` (default) or `published`.
     #[schema(value_type = Option<String>)]
     pub state: Option<LifecycleState>,
@@ -283,7 +288,19 @@ pub async fn list_versions(state: &AppState, who: Option<&Principal>, slug: &str
 
 pub async fn create_version(state: &AppState, who: &Principal, slug: &str, req: CreateVersion) -> Result<VersionView> {
     let api = managed_api(state, who, slug).await?;
-    OpenApiDoc::parse(req.openapi.clone())?;
+    let openapi = match (req.openapi, req.openapi_url.as_deref()) {
+        (Some(doc), None) => doc,
+        (None, Some(url)) => {
+            outbound::fetch_document(&state.config.outbound, "openapi_url", url, state.config.max_body_bytes).await?
+        }
+        (Some(_), Some(_)) => return Err(Error::Invalid("send `openapi` or `openapi_url`, not both".into())),
+        (None, None) => {
+            return Err(Error::Invalid(
+                "openapi: the version's OpenAPI document is required (or `openapi_url` to fetch it from)".into(),
+            ));
+        }
+    };
+    OpenApiDoc::parse(openapi.clone())?;
     if let Some(p) = &req.upstream {
         p.validate()?;
     }
@@ -303,7 +320,7 @@ pub async fn create_version(state: &AppState, who: &Principal, slug: &str, req: 
         upstream_url: &req.upstream_url,
         policy: &policy,
         policies: &policies,
-        openapi: &req.openapi,
+        openapi: &openapi,
     };
     let v = catalog::insert_version(&mut tx, api.id, input).await?;
     let view = VersionView::from(&v, true);

@@ -375,15 +375,18 @@ pub async fn revoke_client(state: &AppState, who: &Principal, app: &str, client_
     Ok(())
 }
 
-/// An app's identity at an external token issuer (named by an API's `policies.token_issuers`).
+/// Registers the app's client at an external token issuer that an API trusts: the owner proves
+/// the client is theirs with a token the issuer gave it (for that API: its audience).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateExternalClient {
-    /// The issuer's `iss`, exactly as its tokens carry it.
-    pub issuer: String,
-    /// The client's id at that issuer: the value of the API's `client_claim` in its tokens.
-    pub client_id: String,
-    /// 1-60 characters.
+    /// The API (slug) whose `policies.token_issuers` trusts the token's issuer.
+    pub api: String,
+    /// A current access token of the client, from the issuer: proof that the client is yours.
+    /// Only its `iss`, signature and client claim are kept (never the token).
+    #[schema(format = Password)]
+    pub token: String,
+    /// 1-60 characters (the client's id when absent).
     pub name: Option<String>,
 }
 
@@ -392,6 +395,8 @@ pub struct ExternalClientView {
     pub id: String,
     pub app_id: String,
     pub issuer: String,
+    /// Where the issuer's keys are published (an issuer is its `iss` and its keys).
+    pub jwks_url: String,
     pub client_id: String,
     pub name: String,
     pub created_at: String,
@@ -403,6 +408,7 @@ impl From<&oauth::ExternalClient> for ExternalClientView {
             id: x.id.to_string(),
             app_id: x.app_id.to_string(),
             issuer: x.issuer.clone(),
+            jwks_url: x.jwks_url.clone(),
             client_id: x.client_id.clone(),
             name: x.name.clone(),
             created_at: rfc3339(x.created_at),
@@ -410,8 +416,28 @@ impl From<&oauth::ExternalClient> for ExternalClientView {
     }
 }
 
-fn printable(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && s.bytes().all(|b| (0x21..0x7f).contains(&b))
+/// The issuer of `api`'s serving versions that `token` claims to come from.
+async fn trusted_issuer(
+    state: &AppState,
+    who: &Principal,
+    api: &str,
+    token: &str,
+) -> Result<portico_core::policy::TokenIssuer> {
+    let api = crate::services::visible_api(state, Some(who), api).await?;
+    let mut c = state.store.conn().await?;
+    let mut versions = portico_store::catalog::versions(&mut c, api.id).await?;
+    drop(c);
+    versions.retain(|v| v.state.serves_traffic());
+    versions.sort_by_key(|v| std::cmp::Reverse(v.version));
+    let iss = portico_core::jwt::unverified_issuer(token)
+        .ok_or_else(|| Error::Invalid("token: not a JWT with an `iss` claim".into()))?;
+    versions.iter().find_map(|v| v.policies.token_issuer(&iss).cloned()).ok_or_else(|| {
+        Error::Invalid(format!(
+            "token: API `{}` does not accept tokens of issuer `{}` (see its versions' token_issuers)",
+            api.slug,
+            iss.chars().take(200).collect::<String>().escape_default()
+        ))
+    })
 }
 
 pub async fn list_external_clients(state: &AppState, who: &Principal, app: &str) -> Result<Vec<ExternalClientView>> {
@@ -424,29 +450,37 @@ pub async fn list_external_clients(state: &AppState, who: &Principal, app: &str)
     Ok(oauth::external_clients_of_app(&mut c, app.id).await?.iter().map(ExternalClientView::from).collect())
 }
 
-/// Lets tokens that `issuer` gave `client_id` call as the app (on APIs whose policies trust
-/// that issuer, and that the app subscribes to).
+/// Lets the client's tokens from an external issuer call as the app (on APIs whose policies
+/// trust that issuer — its `iss` and its keys — and that the app subscribes to), once the
+/// token proves the client: signed by the issuer's published key, for the API's audience,
+/// unexpired.
 pub async fn create_external_client(
     state: &AppState,
     who: &Principal,
     app: &str,
     req: CreateExternalClient,
 ) -> Result<ExternalClientView> {
+    use portico_core::jwt;
     let app = managed_app(state, who, app).await?;
-    if !printable(&req.issuer, 512) {
-        return Err(Error::Invalid("issuer: the issuer's `iss` (1-512 printable characters, no spaces)".into()));
-    }
-    if !printable(&req.client_id, 256) {
-        return Err(Error::Invalid(
-            "client_id: the client's id at the issuer (1-256 printable characters, no spaces)".into(),
-        ));
-    }
-    let name = req.name.unwrap_or_else(|| req.client_id.chars().take(60).collect());
+    let issuer = trusted_issuer(state, who, &req.api, &req.token).await?;
+    let proof = |m: String| Error::Invalid(format!("token: it does not prove the client ({m})"));
+    let header = jwt::check_header(&issuer, &req.token).map_err(proof)?;
+    let body =
+        crate::services::outbound::fetch(&state.config.outbound, "the issuer's jwks_url", &issuer.jwks_url, 512 * 1024)
+            .await?;
+    let keys = jwt::KeySet::parse(&body).map_err(|e| Error::Invalid(format!("the issuer's jwks_url: {e}")))?;
+    let key = keys
+        .find(header.kid.as_deref(), header.alg)
+        .ok_or_else(|| proof("it was signed with a key its issuer does not publish".into()))?;
+    let client_id = jwt::verify(&issuer, header.alg, &key.key, &req.token).map_err(proof)?;
+    let name = req.name.unwrap_or_else(|| client_id.chars().take(60).collect());
     if name.trim().is_empty() || name.chars().count() > 60 {
         return Err(Error::Invalid("name: 1-60 characters".into()));
     }
+    let identity =
+        oauth::ExternalIdentity { issuer: &issuer.issuer, jwks_url: &issuer.jwks_url, client_id: &client_id };
     let mut tx = state.store.begin().await?;
-    let x = oauth::insert_external_client(&mut tx, app.id, &req.issuer, &req.client_id, name.trim()).await?;
+    let x = oauth::insert_external_client(&mut tx, app.id, identity, name.trim()).await?;
     let view = ExternalClientView::from(&x);
     audit::record(
         &mut tx,

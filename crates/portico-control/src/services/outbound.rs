@@ -103,6 +103,93 @@ pub(crate) async fn check_version(
     Ok(())
 }
 
+/// The most redirects a fetch follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// Fetches what a provider or consumer points at (an `openapi_url`, an issuer's JWKS): http(s)
+/// only, no credentials in the URL, through the outbound policy at connect time (the guarded
+/// resolver) and for every literal address, again on each of at most 5 redirects (never from
+/// https to http); 10 s per hop and `max_bytes` at most. Errors name `field` and say what to
+/// fix.
+pub(crate) async fn fetch(policy: &OutboundPolicy, field: &str, raw: &str, max_bytes: usize) -> Result<Vec<u8>> {
+    let bad = |m: String| Error::Invalid(format!("{field}: {m}"));
+    let mut url = reqwest::Url::parse(raw.trim()).map_err(|e| bad(format!("`{raw}` is not a URL ({e})")))?;
+    let client = crate::services::webhooks::client(policy.clone())?;
+    let mut was_https = false;
+    for _ in 0..=MAX_REDIRECTS {
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host_str().is_none()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(bad(format!("`{url}` must be an http:// or https:// URL with a host and no credentials")));
+        }
+        if was_https && url.scheme() == "http" {
+            return Err(bad(format!("a redirect from https to `{url}` (plain http) is not followed")));
+        }
+        was_https = url.scheme() == "https";
+        if let Some(ip) = url.host_str().and_then(literal_ip)
+            && let Err(why) = policy.check(ip)
+        {
+            return Err(bad(format!(
+                "`{url}` points at an address that outbound calls may not reach ({why}); ask a platform admin to allow it with `outbound.allow_cidrs`"
+            )));
+        }
+        let mut resp = client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json, application/yaml;q=0.9, */*;q=0.1")
+            .send()
+            .await
+            .map_err(|e| {
+                let mut chain = Vec::new();
+                let mut cur: Option<&dyn std::error::Error> = Some(&e);
+                while let Some(c) = cur {
+                    chain.push(c.to_string());
+                    cur = c.source();
+                }
+                if chain.iter().any(|m| m.contains("outbound calls may reach")) {
+                    bad(format!("`{url}` resolves to no address that outbound calls may reach; ask a platform admin to allow it with `outbound.allow_cidrs`"))
+                } else {
+                    bad(format!("`{url}` could not be fetched ({e})"))
+                }
+            })?;
+        if resp.status().is_redirection() {
+            let Some(loc) = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()) else {
+                return Err(bad(format!("`{url}` answered {} without a Location", resp.status())));
+            };
+            url = url.join(loc).map_err(|_| bad(format!("`{url}` redirects to `{loc}`, which is not a URL")))?;
+            continue;
+        }
+        if !resp.status().is_success() {
+            return Err(bad(format!("`{url}` answered {}", resp.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| bad(format!("reading `{url}` failed ({e})")))? {
+            if body.len() + chunk.len() > max_bytes {
+                return Err(bad(format!("the answer of `{url}` is larger than {max_bytes} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        return Ok(body);
+    }
+    Err(bad(format!("more than {MAX_REDIRECTS} redirects")))
+}
+
+/// [`fetch`] of a JSON or YAML document (an object).
+pub(crate) async fn fetch_document(
+    policy: &OutboundPolicy,
+    field: &str,
+    raw: &str,
+    max_bytes: usize,
+) -> Result<serde_json::Value> {
+    let body = fetch(policy, field, raw, max_bytes).await?;
+    serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .or_else(|| serde_norway::from_slice::<serde_json::Value>(&body).ok())
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| Error::Invalid(format!("{field}: the document at `{raw}` is neither a JSON nor a YAML object")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

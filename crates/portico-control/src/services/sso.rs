@@ -46,6 +46,12 @@ pub struct SsoProvider {
     /// The kind of organization made for a person who signs in for the first time.
     #[serde(default = "consumer")]
     pub account_type: OrgKind,
+    /// Link a first sign-in to the existing account with the same e-mail (when the provider and
+    /// Portico have both verified it; never a platform admin's). Off: such a person is asked to
+    /// sign in with their password. Turn it on only for a provider that never hands an address
+    /// to someone else (a recycled corporate mailbox would reach its former owner's account).
+    #[serde(default)]
+    pub link_by_email: bool,
 }
 
 fn consumer() -> OrgKind {
@@ -74,8 +80,10 @@ impl SsoProvider {
             return Err(format!("{at}: name needs 1-60 characters"));
         }
         IssuerUrl::new(self.issuer.clone()).map_err(|e| format!("{at}: issuer is not a URL ({e})"))?;
-        if !(self.issuer.starts_with("https://") || self.issuer.starts_with("http://")) {
-            return Err(format!("{at}: issuer must be an http(s) URL"));
+        if !self.issuer.starts_with("https://") && !portico_core::outbound::plain_http_allowed(&self.issuer) {
+            return Err(format!(
+                "{at}: issuer must be an https:// URL (plain http only on loopback: the client secret and the codes would travel in the clear)"
+            ));
         }
         if self.client_id.is_empty() || self.client_secret.is_empty() {
             return Err(format!("{at}: client_id and client_secret are required"));
@@ -134,11 +142,11 @@ struct Http {
 }
 
 impl Http {
-    fn new(state: &AppState) -> Self {
-        Http {
-            client: crate::services::webhooks::client(state.config.outbound.clone()),
+    fn new(state: &AppState) -> Result<Self> {
+        Ok(Http {
+            client: crate::services::webhooks::client(state.config.outbound.clone())?,
             policy: state.config.outbound.clone(),
-        }
+        })
     }
 }
 
@@ -203,7 +211,55 @@ fn unavailable(what: &str, e: impl std::error::Error) -> Error {
 
 fn redirect_url(state: &AppState, p: &SsoProvider) -> Result<RedirectUrl> {
     let url = format!("{}/auth/sso/{}/callback", state.config.token_issuer.trim_end_matches('/'), p.id);
-    RedirectUrl::new(url).map_err(|e| Error::Invalid(format!("the portal's public URL is not a URL ({e})")))
+    RedirectUrl::new(url).map_err(|e| Error::Internal(format!("the portal's public URL is not a URL ({e})")))
+}
+
+/// How long a provider's discovery document (and the keys it names) is reused.
+const METADATA_TTL: Duration = Duration::from_secs(300);
+
+/// Providers' discovery documents with their keys, by issuer, for [`METADATA_TTL`]: a sign-in
+/// (started by anyone) costs no call to the provider while it is fresh.
+fn metadata_cache()
+-> &'static std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, CoreProviderMetadata)>> {
+    static CACHE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, CoreProviderMetadata)>>,
+    > = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The provider's discovery document and keys; `fresh`: skip the cache (after a verification
+/// failure that newer keys may fix).
+async fn metadata(p: &SsoProvider, http: &Http, fresh: bool) -> Result<CoreProviderMetadata> {
+    if !fresh
+        && let Some((at, m)) = metadata_cache().lock().unwrap_or_else(|e| e.into_inner()).get(&p.issuer)
+        && at.elapsed() < METADATA_TTL
+    {
+        return Ok(m.clone());
+    }
+    let issuer = IssuerUrl::new(p.issuer.clone()).map_err(|e| Error::Invalid(format!("sso issuer: {e}")))?;
+    let meta = CoreProviderMetadata::discover_async(issuer, http).await.map_err(|e| unavailable("discovery", e))?;
+    let mut cache = metadata_cache().lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() > 64 {
+        cache.clear();
+    }
+    cache.insert(p.issuer.clone(), (std::time::Instant::now(), meta.clone()));
+    Ok(meta)
+}
+
+/// ID tokens are accepted only with these (never HS*, whatever the discovery document says).
+fn id_token_algorithms() -> Vec<openidconnect::core::CoreJwsSigningAlgorithm> {
+    use openidconnect::core::CoreJwsSigningAlgorithm::*;
+    vec![
+        RsaSsaPkcs1V15Sha256,
+        RsaSsaPkcs1V15Sha384,
+        RsaSsaPkcs1V15Sha512,
+        RsaSsaPssSha256,
+        RsaSsaPssSha384,
+        RsaSsaPssSha512,
+        EcdsaP256Sha256,
+        EcdsaP384Sha384,
+        EdDsa,
+    ]
 }
 
 /// Where to send the browser, and the `state` to bind to it (in a cookie).
@@ -215,9 +271,8 @@ pub struct Started {
 /// Begins a sign-in: discovers the provider and makes the authorization URL.
 pub async fn start(state: &AppState, provider_id: &str) -> Result<Started> {
     let p = provider(state, provider_id)?;
-    let http = Http::new(state);
-    let issuer = IssuerUrl::new(p.issuer.clone()).map_err(|e| Error::Invalid(format!("sso issuer: {e}")))?;
-    let meta = CoreProviderMetadata::discover_async(issuer, &http).await.map_err(|e| unavailable("discovery", e))?;
+    let http = Http::new(state)?;
+    let meta = metadata(p, &http, false).await?;
     let oidc = CoreClient::from_provider_metadata(meta, ClientId::new(p.client_id.clone()), None)
         .set_redirect_uri(redirect_url(state, p)?);
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -260,10 +315,12 @@ pub async fn finish(
 ) -> Result<SessionView> {
     let p = provider(state, provider_id)?;
     if let Some(error) = &cb.error {
-        let why = cb.error_description.as_deref().unwrap_or(error);
+        // Only the error code, and only if it looks like one: the description is whatever the
+        // link's author wrote.
+        let code: String = error.chars().filter(|c| c.is_ascii_lowercase() || *c == '_').take(40).collect();
         return Err(Error::Unauthenticated(format!(
             "the identity provider did not sign you in ({}); try again",
-            why.chars().take(200).collect::<String>().escape_default()
+            if code.is_empty() { "no reason given" } else { &code }
         )));
     }
     let (Some(code), Some(returned)) = (cb.code, cb.state) else {
@@ -286,9 +343,8 @@ pub async fn finish(
         .filter(|l| l.provider == p.id)
         .ok_or_else(|| Error::Unauthenticated("this sign-in expired or was already used; start it again".into()))?;
 
-    let http = Http::new(state);
-    let issuer = IssuerUrl::new(p.issuer.clone()).map_err(|e| Error::Invalid(format!("sso issuer: {e}")))?;
-    let meta = CoreProviderMetadata::discover_async(issuer, &http).await.map_err(|e| unavailable("discovery", e))?;
+    let http = Http::new(state)?;
+    let meta = metadata(p, &http, false).await?;
     let oidc = CoreClient::from_provider_metadata(
         meta,
         ClientId::new(p.client_id.clone()),
@@ -307,11 +363,21 @@ pub async fn finish(
         })?;
     let id_token =
         tokens.id_token().ok_or_else(|| Error::Unauthenticated("the identity provider sent no ID token".into()))?;
-    let verifier = oidc.id_token_verifier();
-    let claims = id_token.claims(&verifier, &Nonce::new(pending.nonce)).map_err(|e| {
-        tracing::warn!(error = %e, "single sign-on: the ID token was refused");
-        Error::Unauthenticated(format!("the identity provider's ID token was refused ({e})"))
-    })?;
+    let nonce = Nonce::new(pending.nonce);
+    let verifier = oidc.id_token_verifier().set_allowed_algs(id_token_algorithms());
+    let claims = match id_token.claims(&verifier, &nonce) {
+        Ok(c) => c.clone(),
+        Err(first) => {
+            // Keys rotated since the discovery document was cached: look once more.
+            let meta = metadata(p, &http, true).await?;
+            let again = CoreClient::from_provider_metadata(meta, ClientId::new(p.client_id.clone()), None);
+            let verifier = again.id_token_verifier().set_allowed_algs(id_token_algorithms());
+            id_token.claims(&verifier, &nonce).cloned().map_err(|e| {
+                tracing::warn!(error = %e, first = %first, "single sign-on: the ID token was refused");
+                Error::Unauthenticated(format!("the identity provider's ID token was refused ({e})"))
+            })?
+        }
+    };
     let mut email = claims.email().map(|e| e.as_str().to_owned());
     let mut email_verified = claims.email_verified().unwrap_or(false);
     let mut name = claims.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned());
@@ -332,7 +398,7 @@ pub async fn finish(
         email_verified,
         name,
     };
-    accounts::sso_sign_in(state, identity, p.account_type, client, replaces).await
+    accounts::sso_sign_in(state, identity, p.account_type, p.link_by_email, client, replaces).await
 }
 
 /// The cookie that binds a sign-in's `state` to the browser that started it: `Lax` so that it

@@ -255,17 +255,19 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-/// The HTTP client deliveries go out with: outbound policy, no redirects, 10 s timeout.
-pub fn client(policy: OutboundPolicy) -> reqwest::Client {
+/// The HTTP client outbound calls go out with (deliveries, documents, JWKS, single sign-on):
+/// outbound policy, no redirects, 10 s timeout. It fails closed: without the guard there is
+/// no client.
+pub fn client(policy: OutboundPolicy) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .dns_resolver(Arc::new(GuardedResolver(Arc::new(policy))))
         .redirect(reqwest::redirect::Policy::none())
         // A system proxy would resolve the host itself, out of the outbound policy's sight.
         .no_proxy()
         .timeout(Duration::from_secs(10))
-        .user_agent(concat!("Portico-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("Portico/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_default()
+        .map_err(|e| Error::Unavailable(format!("the outbound HTTP client could not be built ({e})")))
 }
 
 /// One attempt at a delivery: `Ok(status)` when the endpoint answered.
@@ -355,7 +357,13 @@ pub fn spawn_dispatcher(
     secrets: Arc<portico_core::secret::Keyring>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let client = client(policy.clone());
+        let client = match client(policy.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "webhooks cannot be delivered");
+                return;
+            }
+        };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -248,3 +248,56 @@ pub fn echo_openapi() -> Value {
             "responses": {"200": {"description": "the thing"}}}}}
     })
 }
+
+/// A test identity provider's signing side: an ES256 key (`tests/fixtures` of the gateway) and
+/// a JWKS endpoint on loopback that publishes it as `kid` `idp-1`.
+pub struct TestIdp {
+    pub issuer: &'static str,
+    pub jwks_url: String,
+    key: jsonwebtoken::EncodingKey,
+}
+
+pub async fn test_idp() -> TestIdp {
+    use jsonwebtoken::{Algorithm, EncodingKey, jwk::Jwk};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pem =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../portico-gateway/tests/fixtures/idp-es256.pem")).unwrap();
+    let key = EncodingKey::from_ec_pem(&pem).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("idp-1".into());
+    let body = json!({"keys": [jwk]}).to_string();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks.json", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+            });
+        }
+    });
+    TestIdp { issuer: "https://login.idp.example", jwks_url, key }
+}
+
+impl TestIdp {
+    /// The `token_issuers` entry of a version that trusts this issuer for `audience`.
+    pub fn trusted_by(&self, audience: &str) -> Value {
+        json!({"issuer": self.issuer, "audience": audience, "jwks_url": self.jwks_url,
+            "algorithms": ["ES256"], "client_claim": "azp"})
+    }
+
+    /// A 5-minute access token of `client` for `audience`.
+    pub fn token(&self, audience: &str, client: &str) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("idp-1".into());
+        let claims = json!({"iss": self.issuer, "aud": audience, "azp": client, "sub": client,
+            "exp": time::OffsetDateTime::now_utc().unix_timestamp() + 300});
+        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+    }
+}
