@@ -44,6 +44,13 @@ fn default_timeout() -> u32 {
     30_000
 }
 
+/// The connect timeout of a version that sets none.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 5_000;
+
+fn default_connect_timeout() -> u32 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+
 /// The upstream policy of an API version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,7 +63,11 @@ pub struct UpstreamPolicy {
     /// For `consistent_hash`: a request header to hash on; the consumer when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_header: Option<String>,
-    /// From sending the request to the upstream's response head.
+    /// How long a new connection to a target may take (TCP; TLS is part of the response
+    /// timeout); then the next target, or 502 saying the connect failed.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u32,
+    /// From sending the request to the upstream's response head (the first byte); then 504.
     #[serde(default = "default_timeout")]
     pub response_timeout_ms: u32,
     /// Extra tries of an idempotent call without a body (GET, HEAD, OPTIONS, PUT, DELETE) on
@@ -74,6 +85,7 @@ impl Default for UpstreamPolicy {
             targets: Vec::new(),
             balance: Balance::RoundRobin,
             hash_header: None,
+            connect_timeout_ms: default_connect_timeout(),
             response_timeout_ms: default_timeout(),
             retries: 0,
             health_check: None,
@@ -89,6 +101,9 @@ impl UpstreamPolicy {
         }
         if !(100..=300_000).contains(&self.response_timeout_ms) {
             return bad("response_timeout_ms must be between 100 and 300000");
+        }
+        if !(10..=60_000).contains(&self.connect_timeout_ms) {
+            return bad("connect_timeout_ms must be between 10 and 60000");
         }
         if self.retries > 5 {
             return bad("retries must be between 0 and 5");
@@ -134,6 +149,8 @@ mod tests {
         for bad in [
             r#"{"retries":9}"#,
             r#"{"response_timeout_ms":1}"#,
+            r#"{"connect_timeout_ms":0}"#,
+            r#"{"connect_timeout_ms":60001}"#,
             r#"{"hash_header":"x y"}"#,
             r#"{"health_check":{"path":"health"}}"#,
         ] {

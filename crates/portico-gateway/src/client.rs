@@ -15,9 +15,13 @@ pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<Guarded>, U
 /// A pooled keep-alive client to upstreams, HTTP or HTTPS (rustls, SNI, HTTP/2 by ALPN); one
 /// per worker thread. It connects only to addresses the outbound policy permits.
 pub(crate) fn upstream_client(tls: &rustls::ClientConfig, outbound: &Arc<OutboundPolicy>) -> UpstreamClient {
+    client_with(tls, outbound, portico_core::upstream::DEFAULT_CONNECT_TIMEOUT_MS)
+}
+
+fn client_with(tls: &rustls::ClientConfig, outbound: &Arc<OutboundPolicy>, connect_ms: u32) -> UpstreamClient {
     let http = Guarded::new(outbound.clone(), |http| {
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.set_connect_timeout(Some(Duration::from_millis(connect_ms.into())));
         http.enforce_http(false);
     });
     let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -26,6 +30,38 @@ pub(crate) fn upstream_client(tls: &rustls::ClientConfig, outbound: &Arc<Outboun
         .enable_all_versions()
         .wrap_connector(http);
     Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https)
+}
+
+thread_local! {
+    /// This worker's clients for versions with their own connect timeout, by timeout (each
+    /// with its own pool; the connector's timeout is fixed when it is made).
+    static BY_CONNECT_TIMEOUT: std::cell::RefCell<std::collections::HashMap<u32, UpstreamClient>> =
+        Default::default();
+}
+
+/// The client for a version's connect timeout: the worker's own for the default, else one per
+/// timeout on this worker thread (made on first use; at most 64, beyond which the default's).
+pub(crate) fn for_connect_timeout(
+    default: &UpstreamClient,
+    connect_ms: u32,
+    tls: &rustls::ClientConfig,
+    outbound: &Arc<OutboundPolicy>,
+) -> UpstreamClient {
+    if connect_ms == portico_core::upstream::DEFAULT_CONNECT_TIMEOUT_MS {
+        return default.clone();
+    }
+    BY_CONNECT_TIMEOUT.with(|m| {
+        let mut m = m.borrow_mut();
+        if let Some(c) = m.get(&connect_ms) {
+            return c.clone();
+        }
+        if m.len() >= 64 {
+            return default.clone();
+        }
+        let c = client_with(tls, outbound, connect_ms);
+        m.insert(connect_ms, c.clone());
+        c
+    })
 }
 
 /// Upstream TLS: the webpki roots plus the configured extra CAs, ring as the crypto provider.

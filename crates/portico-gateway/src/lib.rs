@@ -674,7 +674,8 @@ impl Gateway {
             rest_empty,
             signer,
         };
-        let sent = forward::send(&inner.pool, client, &primary, &policy, hash, out).await;
+        let client = client::for_connect_timeout(client, policy.connect_timeout_ms, &inner.tls, &inner.outbound);
+        let sent = forward::send(&inner.pool, &client, &primary, &policy, hash, out).await;
         if let Ok(resp) = &sent {
             upstream_span.record("http.response.status_code", resp.status().as_u16());
         }

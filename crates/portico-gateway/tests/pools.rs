@@ -80,6 +80,25 @@ async fn hanging() -> String {
     url
 }
 
+/// A port whose accept queue is full (a listener that never accepts, its backlog taken by
+/// connections that were never accepted): a new connection's SYN is dropped, so connecting
+/// hangs — a target that is down the slow way.
+async fn unreachable() -> (String, Vec<std::net::TcpStream>) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sock.local_addr().unwrap();
+    let listener = sock.listen(1).unwrap();
+    std::mem::forget(listener);
+    let mut filled = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => filled.push(s),
+            Err(_) => break,
+        }
+    }
+    (format!("http://{addr}"), filled)
+}
+
 async fn gateway(primary: &str, policy: UpstreamPolicy) -> (String, String) {
     let r = common::start(common::Setup { policy, ..common::Setup::new("pooled", primary) }).await;
     (format!("{}/x", r.base), r.key)
@@ -333,4 +352,20 @@ async fn a_client_breaking_off_its_body_is_not_held_against_the_target() {
     let r = http().get(&gw).header("x-api-key", &key).send().await.unwrap();
     assert_eq!(r.status(), 200, "the target stays in rotation");
     assert_eq!(hits.load(Ordering::SeqCst), 1, "no broken body reached the target as a whole call");
+}
+
+#[tokio::test]
+async fn the_versions_connect_timeout_applies_before_its_response_timeout() {
+    let (target, _filled) = unreachable().await;
+    let http = http();
+    // Connecting hangs: with a 200 ms connect timeout the connect step fails (502) long before
+    // the 3 s response timeout would (504, which the default 5 s connect timeout gives).
+    let policy = UpstreamPolicy { connect_timeout_ms: 200, response_timeout_ms: 3_000, ..Default::default() };
+    let (gw, key) = gateway(&target, policy).await;
+    let r = http.get(&gw).header("x-api-key", &key).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("could not connect"), "{body}");
+    let (gw, key) = gateway(&target, UpstreamPolicy { response_timeout_ms: 3_000, ..Default::default() }).await;
+    assert_eq!(http.get(&gw).header("x-api-key", &key).send().await.unwrap().status(), 504);
 }

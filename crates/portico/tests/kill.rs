@@ -27,9 +27,13 @@ impl Portico {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         Command::new(env!("CARGO_BIN_EXE_portico")).args(&self.args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
     }
-    async fn wait_ready(&self, http: &reqwest::Client) {
+    /// Waits until both listeners answer; `Err(log)` when the process exited first.
+    async fn wait_ready(&self, http: &reqwest::Client, child: &mut Child) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Err(std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
             let api =
                 http.get(format!("{}/readyz", self.api)).send().await.map(|r| r.status().is_success()).unwrap_or(false);
             let gw = http
@@ -39,7 +43,7 @@ impl Portico {
                 .map(|r| r.status().is_success())
                 .unwrap_or(false);
             if api && gw {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -84,36 +88,49 @@ struct Harness {
 async fn setup(database: Option<String>, store_url: Option<String>) -> Harness {
     portico::install_crypto();
     let dir = tempfile::tempdir().unwrap();
-    let (api_port, gw_port) = (free_port(), free_port());
-    let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into(), dir.path().display().to_string()];
-    args.extend([
-        "--api-addr".into(),
-        format!("127.0.0.1:{api_port}"),
-        "--gateway-addr".into(),
-        format!("127.0.0.1:{gw_port}"),
-        "--metrics-addr".into(),
-        "127.0.0.1:0".into(),
-        // The counting upstream runs on loopback.
-        "--outbound-allow-cidrs".into(),
-        "127.0.0.0/8".into(),
-    ]);
     let mut store_args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
     if let Some(db) = &database {
-        args.extend(["--database".into(), db.clone()]);
         store_args.extend(["--database".into(), db.clone()]);
     }
-    let p = Portico {
-        args,
-        api: format!("http://127.0.0.1:{api_port}"),
-        gateway: format!("http://127.0.0.1:{gw_port}"),
-        log: common::test_log_path("kill").unwrap_or_else(|| dir.path().join("portico.log")),
-    };
+    let log = common::test_log_path("kill").unwrap_or_else(|| dir.path().join("portico.log"));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let up = upstream(seen.clone()).await;
 
-    let child = p.start();
-    p.wait_ready(&http).await;
+    // The ports are chosen free and then bound by the child: another test may take one in
+    // between, so a start that finds its port taken is tried again on new ones.
+    let mut attempt = 0;
+    let (p, child) = loop {
+        attempt += 1;
+        let (api_port, gw_port) = (free_port(), free_port());
+        let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into(), dir.path().display().to_string()];
+        args.extend([
+            "--api-addr".into(),
+            format!("127.0.0.1:{api_port}"),
+            "--gateway-addr".into(),
+            format!("127.0.0.1:{gw_port}"),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+            // The counting upstream runs on loopback.
+            "--outbound-allow-cidrs".into(),
+            "127.0.0.0/8".into(),
+        ]);
+        if let Some(db) = &database {
+            args.extend(["--database".into(), db.clone()]);
+        }
+        let p = Portico {
+            args,
+            api: format!("http://127.0.0.1:{api_port}"),
+            gateway: format!("http://127.0.0.1:{gw_port}"),
+            log: log.clone(),
+        };
+        let mut child = p.start();
+        match p.wait_ready(&http, &mut child).await {
+            Ok(()) => break (p, child),
+            Err(log) if attempt < 5 && log.contains("already in use") => continue,
+            Err(log) => panic!("portico exited before it was ready; log: {log}"),
+        }
+    };
     let out = Command::new(env!("CARGO_BIN_EXE_portico"))
         .args(["admin", "create", "--email", "ops@example.com", "--password", "ops password 123"])
         .args(&store_args)
@@ -256,7 +273,9 @@ async fn kill_test(database: Option<String>) {
         h.child.kill().unwrap(); // SIGKILL
         h.child.wait().unwrap();
         h.child = h.p.start();
-        h.p.wait_ready(&h.http).await;
+        if let Err(log) = h.p.wait_ready(&h.http, &mut h.child).await {
+            panic!("portico exited before it was ready after a restart; log: {log}");
+        }
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     stop.store(true, Ordering::Relaxed);
