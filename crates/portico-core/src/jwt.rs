@@ -67,13 +67,17 @@ impl KeySet {
     /// The key for a token's `kid` and `alg`. A token without a `kid` is verified only when the
     /// set has exactly one key that fits the algorithm.
     pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<&Key> {
-        let fits = |k: &&Key| k.alg.is_none_or(|a| a == alg);
+        self.position(kid, alg).map(|i| &self.keys[i])
+    }
+
+    /// [`KeySet::find`]'s key, as its index (for a cache that hands out the set and the index).
+    pub fn position(&self, kid: Option<&str>, alg: Algorithm) -> Option<usize> {
+        let mut fitting = self.keys.iter().enumerate().filter(|(_, k)| k.alg.is_none_or(|a| a == alg));
         match kid {
-            Some(kid) => self.keys.iter().filter(fits).find(|k| k.kid.as_deref() == Some(kid)),
+            Some(kid) => fitting.find(|(_, k)| k.kid.as_deref() == Some(kid)).map(|(i, _)| i),
             None => {
-                let mut it = self.keys.iter().filter(fits);
-                let one = it.next()?;
-                it.next().is_none().then_some(one)
+                let (one, _) = fitting.next()?;
+                fitting.next().is_none().then_some(one)
             }
         }
     }

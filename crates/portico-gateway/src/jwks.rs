@@ -92,7 +92,7 @@ impl Source {
         let now = self.keys.load_full();
         let age = now.at.map(|t| t.elapsed());
         let usable = age.is_some_and(|a| a <= hard_max_age(max_age));
-        if usable && let Some(i) = position(&now.set, kid, alg) {
+        if usable && let Some(i) = now.set.position(kid, alg) {
             if age.is_some_and(|a| a > max_age) {
                 // Stale: refresh in the background, verify with what we have.
                 drop(self.start(client, cooldown));
@@ -102,7 +102,7 @@ impl Source {
         let Some(mut running) = self.start(client, cooldown) else {
             // Within the cooldown: a fetch that ended a moment ago may have brought the key.
             let now = self.keys.load_full();
-            return match position(&now.set, kid, alg) {
+            return match now.set.position(kid, alg) {
                 Some(i) if now.at.is_some_and(|t| t.elapsed() <= hard_max_age(max_age)) => Ok((now, i)),
                 _ if now.at.is_none_or(|t| t.elapsed() > hard_max_age(max_age)) => Err(Miss::Unreachable),
                 _ => Err(Miss::Unknown),
@@ -111,7 +111,7 @@ impl Source {
         let outcome = running.wait_for(Option::is_some).await.map(|o| o.clone()).ok().flatten();
         let now = self.keys.load_full();
         let fresh = now.at.is_some_and(|t| t.elapsed() <= hard_max_age(max_age));
-        match (position(&now.set, kid, alg), fresh, outcome) {
+        match (now.set.position(kid, alg), fresh, outcome) {
             (Some(i), true, _) => Ok((now, i)),
             // Fetched, and the key is not there.
             (_, _, Some(Ok(()))) => Err(Miss::Unknown),
@@ -161,11 +161,6 @@ impl Source {
         });
         Some(rx)
     }
-}
-
-fn position(set: &KeySet, kid: Option<&str>, alg: Algorithm) -> Option<usize> {
-    let k = set.find(kid, alg)?;
-    (0..set.len()).find(|&i| std::ptr::eq(set.get(i), k))
 }
 
 impl Fetched {

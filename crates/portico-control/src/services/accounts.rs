@@ -86,13 +86,7 @@ pub async fn signup(state: &AppState, req: SignupRequest, client: &ClientInfo) -
         let mut c = state.store.conn().await?;
         orgs::memberships(&mut c, user.id).await?
     };
-    Ok(SessionView {
-        csrf_token: auth::csrf_token(&session.0),
-        token: session.0,
-        expires_at: session.1,
-        user: UserView::from(&user),
-        organizations: membership_views(&ms),
-    })
+    Ok(session_view(session, &user, &ms))
 }
 
 async fn new_session(
@@ -111,6 +105,28 @@ async fn new_session(
         portico_store::from_millis(ms).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
     });
     Ok((token, expires_at))
+}
+
+/// A sign-in's answer: the session's secret and CSRF token, the user, their organizations.
+fn session_view(session: (String, Option<String>), user: &users::User, ms: &[orgs::Membership]) -> SessionView {
+    SessionView {
+        csrf_token: auth::csrf_token(&session.0),
+        token: session.0,
+        expires_at: session.1,
+        user: UserView::from(user),
+        organizations: membership_views(ms),
+    }
+}
+
+/// Ends the session whose cookie the browser still had at a sign-in, so that a session id
+/// never survives one (fixation).
+async fn end_replaced(c: &mut portico_store::Conn, replaces: Option<&str>) -> Result<()> {
+    if let Some(old) = replaces
+        && let Some(s) = users::session_by_hash(c, &auth::token_hash(old), i64::MAX / 4).await?
+    {
+        users::delete_session(c, s.id).await?;
+    }
+    Ok(())
 }
 
 /// Signs in. `replaces`: the session cookie the browser still had, ended so that a session id
@@ -160,22 +176,12 @@ pub async fn login(
         }
     };
     state.throttle.succeeded(&req.email, client.ip);
-    if let Some(old) = replaces
-        && let Some(s) = users::session_by_hash(&mut c, &auth::token_hash(old), i64::MAX / 4).await?
-    {
-        users::delete_session(&mut c, s.id).await?;
-    }
+    end_replaced(&mut c, replaces).await?;
     let session = new_session(&mut c, &user, SessionKind::Browser, client).await?;
     audit::record_as(&mut c, None, user.email.as_str(), client, Change::new("session.login", "user", user.id, None))
         .await?;
     let ms = orgs::memberships(&mut c, user.id).await?;
-    Ok(SessionView {
-        csrf_token: auth::csrf_token(&session.0),
-        token: session.0,
-        expires_at: session.1,
-        user: UserView::from(&user),
-        organizations: membership_views(&ms),
-    })
+    Ok(session_view(session, &user, &ms))
 }
 
 /// What an OpenID provider vouched for about the person signing in.
@@ -277,24 +283,14 @@ pub(crate) async fn sso_sign_in(
             }
         }
     };
-    if let Some(old) = replaces
-        && let Some(s) = users::session_by_hash(&mut tx, &auth::token_hash(old), i64::MAX / 4).await?
-    {
-        users::delete_session(&mut tx, s.id).await?;
-    }
+    end_replaced(&mut tx, replaces).await?;
     let session = new_session(&mut tx, &user, SessionKind::Browser, client).await?;
     let ch = Change::new("session.login", "user", user.id, None).after(serde_json::json!({"provider": id.provider}));
     audit::record_as(&mut tx, None, user.email.as_str(), client, ch).await?;
     tx.commit().await?;
     let mut c = state.store.conn().await?;
     let ms = orgs::memberships(&mut c, user.id).await?;
-    Ok(SessionView {
-        csrf_token: auth::csrf_token(&session.0),
-        token: session.0,
-        expires_at: session.1,
-        user: UserView::from(&user),
-        organizations: membership_views(&ms),
-    })
+    Ok(session_view(session, &user, &ms))
 }
 
 pub async fn logout(state: &AppState, who: &Principal) -> Result<()> {

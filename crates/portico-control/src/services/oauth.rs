@@ -301,14 +301,19 @@ impl From<&oauth::Client> for ClientView {
     }
 }
 
-/// The app, if `who` may manage it (another's answers 404).
-async fn managed_app(state: &AppState, who: &Principal, id: &str) -> Result<apps::App> {
+/// The app, if `who` may see it (another's answers 404).
+async fn readable_app(state: &AppState, who: &Principal, id: &str) -> Result<apps::App> {
     let app_id: AppId = parse_id(id, "app")?;
     let mut c = state.store.conn().await?;
-    let app = apps::app_by_id(&mut c, app_id)
+    apps::app_by_id(&mut c, app_id)
         .await?
         .filter(|a| who.can_read(a.org_id))
-        .ok_or_else(|| Error::not_found(format_args!("app `{id}`")))?;
+        .ok_or_else(|| Error::not_found(format_args!("app `{id}`")))
+}
+
+/// The app, if `who` may manage it (another's answers 404).
+async fn managed_app(state: &AppState, who: &Principal, id: &str) -> Result<apps::App> {
+    let app = readable_app(state, who, id).await?;
     if !who.can_manage(app.org_id) {
         return Err(Error::Forbidden("your role in this organization cannot manage the app's credentials".into()));
     }
@@ -351,12 +356,8 @@ pub async fn create_client(state: &AppState, who: &Principal, app: &str, req: Cr
 }
 
 pub async fn list_clients(state: &AppState, who: &Principal, app: &str) -> Result<Vec<ClientView>> {
-    let app_id: AppId = parse_id(app, "app")?;
+    let app = readable_app(state, who, app).await?;
     let mut c = state.store.conn().await?;
-    let app = apps::app_by_id(&mut c, app_id)
-        .await?
-        .filter(|a| who.can_read(a.org_id))
-        .ok_or_else(|| Error::not_found(format_args!("app `{app_id}`")))?;
     Ok(oauth::clients_of_app(&mut c, app.id).await?.iter().map(ClientView::from).collect())
 }
 
@@ -441,12 +442,8 @@ async fn trusted_issuer(
 }
 
 pub async fn list_external_clients(state: &AppState, who: &Principal, app: &str) -> Result<Vec<ExternalClientView>> {
-    let app_id: AppId = parse_id(app, "app")?;
+    let app = readable_app(state, who, app).await?;
     let mut c = state.store.conn().await?;
-    let app = apps::app_by_id(&mut c, app_id)
-        .await?
-        .filter(|a| who.can_read(a.org_id))
-        .ok_or_else(|| Error::not_found(format_args!("app `{app_id}`")))?;
     Ok(oauth::external_clients_of_app(&mut c, app.id).await?.iter().map(ExternalClientView::from).collect())
 }
 

@@ -144,7 +144,7 @@ struct Http {
 impl Http {
     fn new(state: &AppState) -> Result<Self> {
         Ok(Http {
-            client: crate::services::webhooks::client(state.config.outbound.clone())?,
+            client: crate::services::outbound::client(state.config.outbound.clone())?,
             policy: state.config.outbound.clone(),
         })
     }

@@ -236,40 +236,6 @@ pub async fn resend(state: &AppState, who: &Principal, org: &str, id: &str, deli
     Ok(())
 }
 
-/// DNS answers filtered by the outbound policy: a name that resolves only to refused addresses
-/// fails to connect.
-struct GuardedResolver(Arc<OutboundPolicy>);
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.0.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<std::net::SocketAddr> =
-                tokio::net::lookup_host(format!("{host}:0")).await?.filter(|a| policy.permits(a.ip())).collect();
-            if addrs.is_empty() {
-                return Err(format!("`{host}` resolves to no address that outbound calls may reach").into());
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// The HTTP client outbound calls go out with (deliveries, documents, JWKS, single sign-on):
-/// outbound policy, no redirects, 10 s timeout. It fails closed: without the guard there is
-/// no client.
-pub fn client(policy: OutboundPolicy) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver(Arc::new(policy))))
-        .redirect(reqwest::redirect::Policy::none())
-        // A system proxy would resolve the host itself, out of the outbound policy's sight.
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .user_agent(concat!("Portico/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Unavailable(format!("the outbound HTTP client could not be built ({e})")))
-}
-
 /// One attempt at a delivery: `Ok(status)` when the endpoint answered.
 async fn attempt(
     client: &reqwest::Client,
@@ -357,7 +323,7 @@ pub fn spawn_dispatcher(
     secrets: Arc<portico_core::secret::Keyring>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let client = match client(policy.clone()) {
+        let client = match crate::services::outbound::client(policy.clone()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhooks cannot be delivered");
