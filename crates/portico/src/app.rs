@@ -34,6 +34,9 @@ pub struct App {
     journal: Arc<Journal>,
     request_log: portico_metering::RequestLog,
     retention: crate::settings::Retention,
+    /// The shipper opens a pool of its own on its thread.
+    database_url: String,
+    shipper_nice: i32,
 }
 
 /// How often the shipper moves the usage journal into the store.
@@ -183,6 +186,8 @@ impl App {
             journal,
             request_log: settings.request_log,
             retention: settings.retention.clone(),
+            database_url: url,
+            shipper_nice: settings.shipper_nice,
         })
     }
 
@@ -215,6 +220,8 @@ impl App {
             journal,
             request_log: self_request_log,
             retention,
+            database_url,
+            shipper_nice,
             ..
         } = self;
         let metrics = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, state.store.clone(), stopped())));
@@ -222,12 +229,16 @@ impl App {
         let last_used =
             state.snapshot.clone().flush_every(state.store.clone(), (*state.pepper).clone(), Duration::from_secs(30));
         let (ship_stop, ship_stopped) = tokio::sync::oneshot::channel::<()>();
-        let shipper = Shipper::new(journal.dir(), journal.instance(), state.store.clone())
-            .with_request_log(self_request_log)
-            .with_journal(journal.clone())
-            .spawn(USAGE_SHIP_EVERY, async move {
+        let shipper = spawn_shipper(
+            Shipper::new(journal.dir(), journal.instance(), state.store.clone())
+                .with_request_log(self_request_log)
+                .with_journal(journal.clone()),
+            database_url,
+            shipper_nice,
+            async move {
                 let _ = ship_stopped.await;
-            });
+            },
+        )?;
         let pruner = tokio::spawn(prune_usage(state.store.clone(), retention));
         let dispatcher = portico_control::services::webhooks::spawn_dispatcher(
             state.store.clone(),
@@ -286,6 +297,57 @@ impl App {
         g.context("the gateway task failed")?.context("the gateway failed")?;
         Ok(())
     }
+}
+
+/// Runs the shipper on a thread of its own at CPU priority `nice`, with a store pool made on
+/// that thread (SQLite's worker threads inherit the priority): the gateway's workers come first
+/// when the CPU is saturated, and the durable journal absorbs the lag. Resolves when the
+/// shipper has made its last round after `shutdown`.
+fn spawn_shipper(
+    shipper: Shipper,
+    url: String,
+    nice: i32,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the usage shipper's runtime")?;
+    std::thread::Builder::new()
+        .name("portico-shipper".into())
+        .spawn(move || {
+            if nice != 0
+                && let Err(e) = portico_metering::lower_thread_priority(nice)
+            {
+                tracing::warn!(error = %e, nice, "cannot lower the usage shipper's CPU priority; it runs at the gateway's");
+            }
+            runtime.block_on(async move {
+                tokio::pin!(shutdown);
+                let mut warned = false;
+                let store = loop {
+                    match Store::connect(&url).await {
+                        Ok(store) => break Some(store),
+                        Err(e) if !warned => {
+                            warned = true;
+                            tracing::warn!(error = %e, "the usage shipper cannot reach the store yet; the journal keeps the calls");
+                        }
+                        Err(_) => {}
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = &mut shutdown => break None,
+                    }
+                };
+                if let Some(store) = store {
+                    shipper.with_store(store.clone()).run(USAGE_SHIP_EVERY, shutdown).await;
+                    store.close().await;
+                }
+            });
+            let _ = done.send(());
+        })
+        .context("starting the usage shipper's thread")?;
+    Ok(finished)
 }
 
 /// `GET /metrics` in the Prometheus text format, with the store's pool gauges refreshed every

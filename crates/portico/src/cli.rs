@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// bytes; then calls answer 503 rather than go unmetered [default: 1 GiB]
     #[arg(long, env = "PORTICO_JOURNAL_MAX_BYTES")]
     pub journal_max_bytes: Option<u64>,
+    /// The usage shipper's CPU priority as a nice value, 0 (normal) to 19 (lowest): under
+    /// saturation the gateway comes first and the durable journal lags [default: 10]
+    #[arg(long, env = "PORTICO_SHIPPER_NICE", value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub shipper_nice: Option<i32>,
     /// Log one line per gateway call (target `portico::access`; JSON with --log-format json)
     #[arg(long, env = "PORTICO_ACCESS_LOG")]
     pub access_log: bool,

@@ -39,6 +39,9 @@ pub struct Settings {
     /// The most unshipped usage the local journal may hold (while the database is down); at the
     /// limit the gateway answers 503 rather than serve calls it cannot meter.
     pub journal_max_bytes: u64,
+    /// The usage shipper's CPU priority, as a nice value (0 normal … 19 lowest; default 10): under
+    /// saturation the gateway's workers come first and the durable journal lags.
+    pub shipper_nice: i32,
     /// One log line per gateway call (method, path, status, latency, ids; never a query, a
     /// header or a body).
     pub access_log: bool,
@@ -168,6 +171,7 @@ impl Default for Settings {
             outbound: Outbound::default(),
             smtp: Smtp::default(),
             journal_max_bytes: 1 << 30,
+            shipper_nice: 10,
             access_log: false,
             unmetered: false,
             cache_max_bytes: 64 * 1024 * 1024,
@@ -208,6 +212,8 @@ struct Overrides {
     smtp: Option<SmtpOverride>,
     #[serde(skip_serializing_if = "Option::is_none")]
     journal_max_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shipper_nice: Option<i32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     access_log: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -262,6 +268,7 @@ impl Settings {
             outbound_allow_cidrs,
             smtp_url,
             journal_max_bytes,
+            shipper_nice,
             access_log,
             unmetered,
             cache_max_bytes,
@@ -290,6 +297,7 @@ impl Settings {
             outbound: outbound_allow_cidrs.map(|allow_cidrs| Outbound { allow_cidrs }),
             smtp: smtp_url.map(|url| SmtpOverride { url }),
             journal_max_bytes,
+            shipper_nice,
             access_log,
             unmetered,
             cache_max_bytes,
@@ -386,6 +394,9 @@ impl Settings {
             {
                 bail!("{name} `{u}` must start with http:// or https://");
             }
+        }
+        if !(0..=19).contains(&self.shipper_nice) {
+            bail!("shipper_nice `{}` must be a nice value from 0 (normal) to 19 (lowest)", self.shipper_nice);
         }
         if !(1024 * 1024..=1 << 40).contains(&self.cache_max_bytes) {
             bail!("cache_max_bytes must be at least 1048576 (1 MiB) and at most 1 TiB");
@@ -611,6 +622,14 @@ mod tests {
         assert!(format!("{:#}", Settings::load(&args).unwrap_err()).contains("[[tls.certificates]]"));
         let args = ServeArgs { cache_max_bytes: Some(10), ..Default::default() };
         assert!(format!("{:#}", Settings::load(&args).unwrap_err()).contains("cache_max_bytes"));
+        std::fs::write(dir.path().join("nice.toml"), "shipper_nice = 20\n").unwrap();
+        let args = ServeArgs {
+            store: StoreArgs { config: Some(dir.path().join("nice.toml")), ..Default::default() },
+            ..Default::default()
+        };
+        assert!(format!("{:#}", Settings::load(&args).unwrap_err()).contains("shipper_nice"));
+        let args = ServeArgs { shipper_nice: Some(19), ..Default::default() };
+        assert_eq!(Settings::load(&args).unwrap().shipper_nice, 19);
     }
 
     #[test]

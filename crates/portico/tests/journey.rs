@@ -593,3 +593,44 @@ async fn version_policies_through_the_api() {
     assert!(sig.starts_with("t=") && sig.contains(",v1="), "signed (verified in the gateway's tests): {sig}");
     app.stop().await;
 }
+
+/// The nice value of each of this process's threads, by thread name (as `/proc` shortens it).
+fn thread_priorities() -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_owned();
+        // After the name: field 3 (state) onwards; the nice value is field 19.
+        let nice: i32 = rest.split_whitespace().nth(16).unwrap().parse().unwrap();
+        out.push((name, nice));
+    }
+    out
+}
+
+/// Under saturation the gateway's workers come first: the usage shipper and the SQLite
+/// connections it ships through run at a lower CPU priority (the journal is durable, so
+/// shipping may lag), and the gateway's threads keep the normal one.
+#[tokio::test]
+async fn the_usage_shipper_runs_below_the_gateways_priority() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let threads = loop {
+        let t = thread_priorities();
+        let workers = t.iter().filter(|(n, p)| n.starts_with("sqlx-sqlite-wor") && *p == 10).count();
+        if workers > 0 || Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let of = |prefix: &str| threads.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, p)| *p).collect::<Vec<_>>();
+    let shipper = of("portico-shipper");
+    assert!(!shipper.is_empty() && shipper.iter().all(|p| *p == 10), "shipper threads' nice values: {threads:?}");
+    assert!(of("sqlx-sqlite-wor").contains(&10), "the shipper's SQLite connections run at its priority: {threads:?}");
+    let gateway = of("portico-gw-");
+    assert!(
+        !gateway.is_empty() && gateway.iter().all(|p| *p == 0),
+        "gateway workers keep the normal priority: {threads:?}"
+    );
+    app.stop().await;
+}
