@@ -209,6 +209,7 @@ pub async fn compile(
             operations,
         });
     }
+    let hosts = all_apis.iter().flat_map(|a| a.fields.hosts.iter().map(|h| (h.to_string(), a.slug.clone()))).collect();
     let apis = all_apis
         .into_iter()
         .map(|a| {
@@ -256,5 +257,5 @@ pub async fn compile(
             ))
         })
         .collect();
-    Ok(Snapshot { generation, apis, keys, subscriptions, token_keys, oauth_clients, external_clients })
+    Ok(Snapshot { generation, apis, hosts, keys, subscriptions, token_keys, oauth_clients, external_clients })
 }

@@ -108,6 +108,8 @@ pub struct ApiView {
     pub category: Option<String>,
     pub tags: Vec<String>,
     pub visibility: String,
+    /// Host names the API also answers on at the gateway (as `https://{host}/v{major}/…`).
+    pub hosts: Vec<String>,
     /// Base URL of the newest serving major version through the gateway, if any.
     pub gateway_url: Option<String>,
     pub created_at: String,
@@ -126,6 +128,7 @@ impl ApiView {
             category: a.fields.category.clone(),
             tags: a.fields.tags.clone(),
             visibility: a.fields.visibility.to_string(),
+            hosts: a.fields.hosts.iter().map(ToString::to_string).collect(),
             gateway_url,
             created_at: ts(a.created_at),
             updated_at: ts(a.updated_at),

@@ -47,6 +47,9 @@ pub struct ApiSpec {
     pub tags: Vec<String>,
     #[serde(default)]
     pub visibility: Visibility,
+    /// Host names the API also answers on at the gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<crate::values::Hostname>,
     #[serde(default)]
     pub versions: Vec<VersionSpec>,
     #[serde(default)]

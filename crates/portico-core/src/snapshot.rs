@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub generation: u64,
     /// API slug → route.
     pub apis: HashMap<Slug, ApiRoute>,
+    /// Host name (lowercase) → the API that answers on it as `/v{major}/…`.
+    pub hosts: HashMap<String, Slug>,
     /// Hashed key → who it belongs to. Revoked keys are absent.
     pub keys: HashMap<KeyHash, KeyGrant>,
     /// (app, API) → the active subscription that lets the app call the API.

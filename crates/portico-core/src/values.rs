@@ -76,6 +76,37 @@ impl Slug {
     }
 }
 
+/// A host name an API answers on at the gateway (`weather.example.com`): DNS labels of `a-z`,
+/// `0-9` and `-` (1–63 characters each, not starting or ending with `-`), at most 253 in all,
+/// at least two labels; no port, no wildcard, no trailing dot. Stored lowercase.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Hostname(String);
+string_newtype!(Hostname);
+
+impl Hostname {
+    pub fn parse(s: &str) -> Result<Self> {
+        let h = s.trim().to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if h.len() <= 253 && h.contains('.') && h.split('.').all(label_ok) {
+            Ok(Hostname(h))
+        } else {
+            Err(Error::invalid(
+                "hosts",
+                format!(
+                    "`{}` is not a host name: use DNS labels of a-z, 0-9 and dashes, e.g. `weather.example.com` (no port, scheme or wildcard)",
+                    s.escape_default()
+                ),
+            ))
+        }
+    }
+}
+
 /// A display name: 1–100 characters after trimming, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -418,6 +449,27 @@ mod tests {
             assert!(Password::parse(p).is_ok(), "{p}");
         }
         assert!(Password::parse("short").unwrap_err().to_string().contains("at least 8"));
+    }
+
+    #[test]
+    fn host_names() {
+        assert_eq!(Hostname::parse(" Weather.Example.COM ").unwrap().as_str(), "weather.example.com");
+        assert!(Hostname::parse("api.weather-co.io").is_ok());
+        for bad in [
+            "localhost",
+            "weather.example.com:8080",
+            "https://weather.example.com",
+            "*.example.com",
+            "weather.example.com.",
+            "-weather.example.com",
+            "weather..example.com",
+            "wea_ther.example.com",
+            "",
+        ] {
+            let e = Hostname::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("host name"), "{bad}: {e}");
+        }
+        assert!(Hostname::parse(&format!("{}.com", "a".repeat(64))).is_err());
     }
 
     #[test]

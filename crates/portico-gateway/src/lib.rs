@@ -210,20 +210,19 @@ impl Gateway {
         https: bool,
     ) -> Response<GwBody> {
         let started = Instant::now();
-        let slug = route::parse(req.uri().path()).ok().map(|t| t.slug);
+        let snapshot = self.inner.snapshot.load();
+        let target = route::resolve(&snapshot.hosts, request_host(&req), req.uri().path()).ok();
         let m = self
             .inner
             .metrics
-            .for_api(slug, |s| Slug::parse(s).is_ok_and(|s| self.inner.snapshot.load().apis.contains_key(&s)));
+            .for_api(target.as_ref().map(|t| t.slug), |s| Slug::parse(s).is_ok_and(|s| snapshot.apis.contains_key(&s)));
         let origin = req.headers().get(http::header::ORIGIN).cloned();
-        let cors = origin.as_ref().map(|_| self.policies_of(req.uri().path()));
+        let cors = origin.as_ref().map(|_| policies_of(&snapshot, target.as_ref()));
         // The access log: method and path only (never the query, a header or a body).
         let access = self.inner.config.access_log.then(|| (req.method().clone(), req.uri().path().to_owned()));
         let span = if self.inner.config.traces {
             // The span's name is set at its start (a known API's slug and major, or none).
-            let known = route::parse(req.uri().path())
-                .ok()
-                .filter(|t| Slug::parse(t.slug).is_ok_and(|s| self.inner.snapshot.load().apis.contains_key(&s)));
+            let known = target.as_ref().filter(|t| Slug::parse(t.slug).is_ok_and(|s| snapshot.apis.contains_key(&s)));
             let name = match known {
                 Some(t) => format!("{} /{}/v{}", req.method(), t.slug, t.major),
                 None => req.method().to_string(),
@@ -232,6 +231,7 @@ impl Gateway {
         } else {
             tracing::Span::none()
         };
+        drop(snapshot);
         let mut resp = tracing::Instrument::instrument(self.handle(client, req, remote, https), span.clone()).await;
         if !span.is_none() {
             let status = resp.status();
@@ -261,14 +261,6 @@ impl Gateway {
             );
         }
         resp
-    }
-
-    /// The policies of the version a path routes to (for CORS on answers of any kind).
-    fn policies_of(&self, path: &str) -> Option<Arc<portico_core::policy::Policies>> {
-        let t = route::parse(path).ok()?;
-        let snapshot = self.inner.snapshot.load();
-        let api = snapshot.apis.get(&Slug::parse(t.slug).ok()?)?;
-        Some(api.majors.get(&t.major)?.policies.clone())
     }
 
     /// The whole request path for one call.
@@ -317,7 +309,9 @@ impl Gateway {
             );
         }
         let route_span = trace::phase(traces, "route");
-        let target = match route::parse(path) {
+        // Route, identify and entitle from one snapshot; keep only what the proxy needs.
+        let snapshot = inner.snapshot.load();
+        let target = match route::resolve(&snapshot.hosts, request_host(&req), path) {
             Ok(t) => t,
             Err(route::RouteError::NoMatch) => {
                 return errors::not_found("nothing here: call an API as /{api}/v{major}/{path}");
@@ -327,8 +321,6 @@ impl Gateway {
             }
         };
 
-        // Route, identify and entitle from one snapshot; keep only what the proxy needs.
-        let snapshot = inner.snapshot.load();
         let Some(api) = Slug::parse(target.slug).ok().and_then(|s| snapshot.apis.get(&s)) else {
             return errors::not_found(&format!("there is no API `{}` on this gateway", target.slug.escape_default()));
         };
@@ -780,4 +772,20 @@ impl Gateway {
 /// The cache phase's span, only for versions that cache.
 fn cache_plan_span(traces: bool, policies: &portico_core::policy::Policies) -> tracing::Span {
     if policies.cache.is_some() { trace::phase(traces, "cache") } else { tracing::Span::none() }
+}
+
+/// The host a call was made to: the request target's authority (HTTP/2, absolute form), else
+/// the `Host` header.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().host().or_else(|| req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()))
+}
+
+/// The policies of the version a call routes to (for CORS on answers of any kind).
+fn policies_of(
+    snapshot: &portico_core::snapshot::Snapshot,
+    target: Option<&route::Target<'_>>,
+) -> Option<Arc<portico_core::policy::Policies>> {
+    let t = target?;
+    let api = snapshot.apis.get(&Slug::parse(t.slug).ok()?)?;
+    Some(api.majors.get(&t.major)?.policies.clone())
 }

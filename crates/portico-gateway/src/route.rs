@@ -1,6 +1,9 @@
 //! `/{api-slug}/v{major}/{rest}` → slug, major and the rest of the path (with its leading `/`,
-//! possibly empty). Dot segments and encoded NUL or slashes are refused, so no call reaches an
+//! possibly empty); on a host name an API claims, `/v{major}/{rest}`. Dot segments and encoded NUL or slashes are refused, so no call reaches an
 //! upstream path outside the API's prefix.
+
+use portico_core::values::Slug;
+use std::collections::HashMap;
 
 /// A parsed gateway path.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,19 +45,62 @@ pub fn parse(path: &str) -> Result<Target<'_>, RouteError> {
     }
     let p = path.strip_prefix('/').ok_or(RouteError::NoMatch)?;
     let (slug, after) = p.split_once('/').ok_or(RouteError::NoMatch)?;
+    if slug.is_empty() {
+        return Err(RouteError::NoMatch);
+    }
+    let (major, rest) = version_and_rest(after)?;
+    Ok(Target { slug, major, rest })
+}
+
+/// `v{major}` and what follows it, checked for path tricks.
+fn version_and_rest(after: &str) -> Result<(u32, &str), RouteError> {
     let (ver, rest) = match after.find('/') {
         Some(i) => (&after[..i], &after[i..]),
         None => (after, ""),
     };
     let digits = ver.strip_prefix('v').ok_or(RouteError::NoMatch)?;
-    if slug.is_empty() || digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(RouteError::NoMatch);
     }
     let major = digits.parse().map_err(|_| RouteError::NoMatch)?;
     if unsafe_rest(rest) {
         return Err(RouteError::Unsafe);
     }
-    Ok(Target { slug, major, rest })
+    Ok((major, rest))
+}
+
+/// The name part of a `Host` value or an authority: no port, no trailing dot.
+pub fn host_name(host: &str) -> &str {
+    let name = if host.starts_with('[') { host } else { host.rsplit_once(':').map_or(host, |(h, _)| h) };
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+/// Routes a call: on a host that names an API (`hosts`: lowercase name → API slug), the path is
+/// `/v{major}/{rest}`; anywhere else it is `/{slug}/v{major}/{rest}`.
+pub fn resolve<'a>(
+    hosts: &'a HashMap<String, Slug>,
+    host: Option<&str>,
+    path: &'a str,
+) -> Result<Target<'a>, RouteError> {
+    if !hosts.is_empty()
+        && let Some(host) = host
+    {
+        let name = host_name(host);
+        let api = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            hosts.get(&name.to_ascii_lowercase())
+        } else {
+            hosts.get(name)
+        };
+        if let Some(slug) = api {
+            if !valid_escapes(path) {
+                return Err(RouteError::Unsafe);
+            }
+            let after = path.strip_prefix('/').ok_or(RouteError::NoMatch)?;
+            let (major, rest) = version_and_rest(after)?;
+            return Ok(Target { slug: slug.as_str(), major, rest });
+        }
+    }
+    parse(path)
 }
 
 fn hex(b: u8) -> u8 {
@@ -104,6 +150,24 @@ fn unsafe_rest(rest: &str) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_host_that_names_an_api_routes_without_the_slug() {
+        let hosts = HashMap::from([("weather.example.com".to_owned(), Slug::parse("weather").unwrap())]);
+        for host in ["weather.example.com", "Weather.Example.com:8443", "weather.example.com."] {
+            let t = resolve(&hosts, Some(host), "/v2/forecast?x").unwrap();
+            assert_eq!((t.slug, t.major, t.rest), ("weather", 2, "/forecast?x"), "{host}");
+        }
+        // On that host the slug form is not a route (the first segment must be the version)…
+        assert_eq!(resolve(&hosts, Some("weather.example.com"), "/weather/v1/x"), Err(RouteError::NoMatch));
+        // …path tricks are refused there too, and other hosts route by slug.
+        assert_eq!(resolve(&hosts, Some("weather.example.com"), "/v1/a/../b"), Err(RouteError::Unsafe));
+        assert_eq!(resolve(&hosts, Some("weather.example.com"), "/v1/%2e%2e/b"), Err(RouteError::Unsafe));
+        let t = resolve(&hosts, Some("gateway.example.com"), "/maps/v1/tiles").unwrap();
+        assert_eq!((t.slug, t.major), ("maps", 1));
+        assert_eq!(resolve(&hosts, None, "/v1/forecast"), Err(RouteError::NoMatch));
+        assert_eq!(host_name("a.example.com:80"), "a.example.com");
+    }
 
     /// The check as it was first written (two strings per segment), kept as the reference.
     fn unsafe_rest_reference(rest: &str) -> bool {

@@ -6,7 +6,7 @@ use portico_core::ids::{ApiId, OrgId, PlanId, VersionId};
 use portico_core::model::{LifecycleState, Pricing, Visibility};
 use portico_core::policy::Policies;
 use portico_core::upstream::UpstreamPolicy;
-use portico_core::values::{Name, Period, RateLimit, Slug, UpstreamUrl, VersionNumber};
+use portico_core::values::{Hostname, Name, Period, RateLimit, Slug, UpstreamUrl, VersionNumber};
 use sqlx::any::AnyRow;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,8 @@ pub struct ApiFields {
     pub category: Option<String>,
     pub tags: Vec<String>,
     pub visibility: Visibility,
+    /// Host names the API answers on at the gateway, unique across the marketplace.
+    pub hosts: Vec<Hostname>,
 }
 
 #[derive(Debug, Clone)]
@@ -28,7 +30,7 @@ pub struct Api {
     pub updated_at: time::OffsetDateTime,
 }
 
-const API_COLS: &str = "id, org_id, slug, name, description, category, tags, visibility, created_at, updated_at";
+const API_COLS: &str = "id, org_id, slug, name, description, category, tags, visibility, created_at, updated_at, hosts";
 
 fn decode_api(r: &AnyRow) -> Result<Api> {
     let t = "apis";
@@ -42,6 +44,7 @@ fn decode_api(r: &AnyRow) -> Result<Api> {
             category: get(r, t, "category")?,
             tags: with(r, t, "tags", |s| serde_json::from_str(s))?,
             visibility: with(r, t, "visibility", Visibility::parse)?,
+            hosts: with(r, t, "hosts", |s| serde_json::from_str(s))?,
         },
         created_at: time(r, t, "created_at")?,
         updated_at: time(r, t, "updated_at")?,
@@ -52,7 +55,7 @@ pub async fn insert_api(c: &mut Conn, org: OrgId, slug: &Slug, f: &ApiFields) ->
     let id = ApiId::new();
     let now = now_millis();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO apis ({API_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
+        "INSERT INTO apis ({API_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)"
     )))
     .bind(id.to_string())
     .bind(org.to_string())
@@ -63,9 +66,11 @@ pub async fn insert_api(c: &mut Conn, org: OrgId, slug: &Slug, f: &ApiFields) ->
     .bind(serde_json::to_string(&f.tags).unwrap_or_else(|_| "[]".into()))
     .bind(f.visibility.as_str())
     .bind(now)
-    .execute(c)
+    .bind(hosts_json(&f.hosts))
+    .execute(&mut *c)
     .await
     .map_err(Error::unique(format!("an API with slug `{slug}` (API slugs are unique across the marketplace)")))?;
+    claim_hosts(c, id, &f.hosts).await?;
     Ok(Api {
         id,
         org_id: org,
@@ -77,16 +82,38 @@ pub async fn insert_api(c: &mut Conn, org: OrgId, slug: &Slug, f: &ApiFields) ->
 }
 
 pub async fn update_api(c: &mut Conn, id: ApiId, f: &ApiFields) -> Result<()> {
-    sqlx::query("UPDATE apis SET name = $1, description = $2, category = $3, tags = $4, visibility = $5, updated_at = $6 WHERE id = $7")
-        .bind(f.name.as_str())
-        .bind(&f.description)
-        .bind(f.category.clone())
-        .bind(serde_json::to_string(&f.tags).unwrap_or_else(|_| "[]".into()))
-        .bind(f.visibility.as_str())
-        .bind(now_millis())
-        .bind(id.to_string())
-        .execute(c)
-        .await?;
+    sqlx::query(
+        "UPDATE apis SET name = $1, description = $2, category = $3, tags = $4, visibility = $5, updated_at = $6, hosts = $7 WHERE id = $8",
+    )
+    .bind(f.name.as_str())
+    .bind(&f.description)
+    .bind(f.category.clone())
+    .bind(serde_json::to_string(&f.tags).unwrap_or_else(|_| "[]".into()))
+    .bind(f.visibility.as_str())
+    .bind(now_millis())
+    .bind(hosts_json(&f.hosts))
+    .bind(id.to_string())
+    .execute(&mut *c)
+    .await?;
+    claim_hosts(c, id, &f.hosts).await
+}
+
+fn hosts_json(hosts: &[Hostname]) -> String {
+    serde_json::to_string(hosts).unwrap_or_else(|_| "[]".into())
+}
+
+/// Makes `hosts` the API's host names; a name another API holds is a conflict (call it in the
+/// transaction that writes the API, so a refusal changes nothing).
+async fn claim_hosts(c: &mut Conn, id: ApiId, hosts: &[Hostname]) -> Result<()> {
+    sqlx::query("DELETE FROM api_hosts WHERE api_id = $1").bind(id.to_string()).execute(&mut *c).await?;
+    for h in hosts {
+        sqlx::query("INSERT INTO api_hosts (host, api_id) VALUES ($1, $2)")
+            .bind(h.as_str())
+            .bind(id.to_string())
+            .execute(&mut *c)
+            .await
+            .map_err(Error::unique(format!("the host name `{h}` (another API answers on it)")))?;
+    }
     Ok(())
 }
 

@@ -53,9 +53,29 @@ async fn exercise(store: &Store) {
         category: Some("Geo".into()),
         tags: vec!["a".into(), "b".into()],
         visibility: Visibility::Public,
+        hosts: vec![portico_core::values::Hostname::parse("weather.example.com").unwrap()],
     };
     let api = catalog::insert_api(&mut c, acme.id, &slug("weather"), &fields).await.unwrap();
     assert_eq!(catalog::api_by_slug(&mut c, "weather").await.unwrap().unwrap().fields, fields);
+    // A host name belongs to one API (on both engines, in a transaction that then rolls back).
+    {
+        let mut tx = store.begin().await.unwrap();
+        let rival = ApiFields { hosts: fields.hosts.clone(), ..fields.clone() };
+        let e = catalog::insert_api(&mut tx, acme.id, &slug("rival"), &rival).await.unwrap_err();
+        assert!(matches!(&e, Error::Conflict(w) if w.contains("weather.example.com")), "{e:?}");
+    }
+    assert!(catalog::api_by_slug(&mut c, "rival").await.unwrap().is_none());
+    let moved = ApiFields { hosts: vec![], ..fields.clone() };
+    catalog::update_api(&mut c, api.id, &moved).await.unwrap();
+    let taker = ApiFields { hosts: fields.hosts.clone(), ..fields.clone() };
+    let taker = catalog::insert_api(&mut c, acme.id, &slug("taker"), &taker).await.unwrap();
+    assert_eq!(catalog::api_by_id(&mut c, taker.id).await.unwrap().unwrap().fields.hosts, fields.hosts);
+    {
+        let mut tx = store.begin().await.unwrap();
+        assert!(matches!(catalog::update_api(&mut tx, api.id, &fields).await, Err(Error::Conflict(_))));
+    }
+    sqlx::query("DELETE FROM apis WHERE id = $1").bind(taker.id.to_string()).execute(&mut *c).await.unwrap();
+    catalog::update_api(&mut c, api.id, &fields).await.unwrap();
     let doc = serde_json::json!({"openapi": "3.1.0"});
     let up = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
     let policy = UpstreamPolicy {

@@ -61,6 +61,8 @@ async fn apply_is_idempotent(backend: Backend) {
     assert!(out.contains("+ create version weather@1.2.0"), "{out}");
     let (_, catalog) = app.get("/apis", None).await;
     assert_eq!(catalog["items"].as_array().unwrap().len(), 3);
+    let (_, weather) = app.get("/apis/weather", None).await;
+    assert_eq!(weather["hosts"], serde_json::json!(["weather.localhost"]), "{weather}");
 
     let (ok, out, err) = run(vec!["apply".into(), "-f".into(), demo.into()]).await.unwrap();
     assert!(ok, "{err}");

@@ -634,3 +634,94 @@ async fn the_usage_shipper_runs_below_the_gateways_priority() {
     );
     app.stop().await;
 }
+
+/// Calls the gateway as `GET http://{host}{path}` (the `Host` header names the host).
+async fn gw_on(app: &TestApp, host: &str, path: &str, key: &str) -> (u16, Value) {
+    let r = app
+        .http
+        .get(format!("{}{path}", app.gateway))
+        .header("Host", host)
+        .header("X-Api-Key", key)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// An API can claim host names: on them it answers as `/v{major}/…` (and nobody else's API
+/// does); a host belongs to one API; taking the names away stops the routing.
+#[tokio::test]
+async fn an_api_answers_on_its_own_host_names() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let upstream = spawn_upstream().await;
+    let provider = app.signup("hana@provider.example", "provider").await;
+    let (s, v) = app
+        .post("/apis", Some(&provider), json!({"slug": "weather", "name": "Weather", "hosts": ["Weather.Example.com"]}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["hosts"], json!(["weather.example.com"]), "stored lowercase: {v}");
+    let version =
+        json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": echo_openapi(), "state": "published"});
+    assert_eq!(app.post("/apis/weather/versions", Some(&provider), version).await.0, 201);
+    let plan = json!({"slug": "free", "name": "Free", "pricing": {"type": "free"}});
+    assert_eq!(app.post("/apis/weather/plans", Some(&provider), plan).await.0, 201);
+    let maps_upstream = spawn_upstream().await;
+    app.publish_api(&provider, "maps", &maps_upstream.url).await;
+
+    // Another API cannot take the host; bad names are refused with what to fix.
+    let (s, v) = app
+        .post("/apis", Some(&provider), json!({"slug": "rival", "name": "R", "hosts": ["weather.example.com"]}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("weather.example.com"), "{v}");
+    assert_eq!(app.get("/apis/rival", Some(&provider)).await.0, 404, "a refused create leaves nothing behind");
+    let (s, v, _) =
+        app.call(Method::PATCH, "/apis/maps", Some(&provider), Some(json!({"hosts": ["weather.example.com"]}))).await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v, _) = app.call(Method::PATCH, "/apis/maps", Some(&provider), Some(json!({"hosts": ["maps:8080"]}))).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("host name"), "{v}");
+
+    let consumer = app.signup("hugo@consumer.example", "consumer").await;
+    let (_, created) = app.post("/apps", Some(&consumer), json!({"name": "A"})).await;
+    let app_id = created["id"].as_str().unwrap();
+    for api in ["weather", "maps"] {
+        let sub = json!({"app_id": app_id, "api": api, "plan": "free"});
+        assert_eq!(app.post("/subscriptions", Some(&consumer), sub).await.0, 201);
+    }
+    let (_, k) = app.post(&format!("/apps/{app_id}/keys"), Some(&consumer), json!({"name": "k"})).await;
+    let key = k["key"].as_str().unwrap();
+
+    let (s, body) = gw_on(&app, "WEATHER.example.com:443", "/v1/things/7?units=metric", key).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!((body["path"].as_str(), body["query"].as_str()), (Some("/things/7"), Some("units=metric")));
+    // The slug form still works on any other host; on the API's host the first segment is the version.
+    let (s, _) = gw_on(&app, "gateway.example.net", "/weather/v1/things/7", key).await;
+    assert_eq!(s, 200);
+    let (s, v) = gw_on(&app, "weather.example.com", "/maps/v1/things/7", key).await;
+    assert_eq!(s, 404, "another API is not reachable through this API's host: {v}");
+    let (s, _) = gw_on(&app, "weather.example.com", "/v1/things/a%00b", key).await;
+    assert_eq!(s, 400);
+    let (s, _) = gw_on(&app, "other.example.com", "/v1/things/7", key).await;
+    assert_eq!(s, 404, "a host no API claims routes by slug only");
+
+    // Moving the host to another API moves the routing.
+    let (s, v, _) = app.call(Method::PATCH, "/apis/weather", Some(&provider), Some(json!({"hosts": []}))).await;
+    assert_eq!((s, v["hosts"].clone()), (200, json!([])), "{v}");
+    let (s, v, _) =
+        app.call(Method::PATCH, "/apis/maps", Some(&provider), Some(json!({"hosts": ["weather.example.com"]}))).await;
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let before = maps_upstream.hits.load(std::sync::atomic::Ordering::SeqCst);
+        let (s, body) = gw_on(&app, "weather.example.com", "/v1/things/8", key).await;
+        let served_by_maps = s == 200 && maps_upstream.hits.load(std::sync::atomic::Ordering::SeqCst) == before + 1;
+        if served_by_maps || Instant::now() > deadline {
+            assert!(served_by_maps, "the host now routes to `maps`: {s} {body}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}

@@ -39,7 +39,7 @@ pub async fn get(
 
 /// Change an API's description, category, tags or visibility.
 #[utoipa::path(patch, path = "/apis/{slug}", tag = "catalog", params(("slug" = String, Path)), request_body = UpdateApi, security(("bearer" = []), ("session" = [])),
-    responses((status = 200, body = ApiView), (status = 400, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = ApiView), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn update(
     State(state): State<AppState>,
     Auth(who): Auth,

@@ -11,7 +11,7 @@ use portico_core::model::{LifecycleState, OrgKind, Pricing, Visibility};
 use portico_core::openapi::OpenApiDoc;
 use portico_core::policy::Policies;
 use portico_core::upstream::UpstreamPolicy;
-use portico_core::values::{Name, RateLimit, Slug, UpstreamUrl, VersionNumber};
+use portico_core::values::{Hostname, Name, RateLimit, Slug, UpstreamUrl, VersionNumber};
 use portico_store::catalog::{self, Api, ApiFields, ApiScope, PlanFields};
 use portico_store::{Page, orgs};
 use serde::Deserialize;
@@ -35,6 +35,12 @@ pub struct CreateApi {
     #[serde(default)]
     #[schema(value_type = String, example = "public")]
     pub visibility: Visibility,
+    /// Host names the API also answers on at the gateway (`https://weather.example.com/v1/…`
+    /// besides `/{slug}/v1/…`); each host belongs to one API. Point the name's DNS at the
+    /// gateway.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["weather.example.com"]))]
+    pub hosts: Vec<Hostname>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -47,6 +53,9 @@ pub struct UpdateApi {
     pub tags: Option<Vec<String>>,
     #[schema(value_type = Option<String>)]
     pub visibility: Option<Visibility>,
+    /// Replaces the API's host names (`[]` removes them).
+    #[schema(value_type = Option<Vec<String>>)]
+    pub hosts: Option<Vec<Hostname>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -138,6 +147,16 @@ fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) ->
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// At most 10 host names, each once.
+pub(crate) fn checked_hosts(mut hosts: Vec<Hostname>) -> Result<Vec<Hostname>> {
+    if hosts.len() > 10 {
+        return Err(Error::Invalid("hosts: an API answers on at most 10 host names".into()));
+    }
+    hosts.sort();
+    hosts.dedup();
+    Ok(hosts)
+}
+
 fn validate_tags(tags: &[String]) -> Result<()> {
     if tags.len() > 20 || tags.iter().any(|t| t.trim().is_empty() || t.len() > 40) {
         return Err(Error::Invalid("tags: at most 20 tags of 1-40 characters each".into()));
@@ -219,6 +238,7 @@ pub async fn create_api(state: &AppState, who: &Principal, req: CreateApi) -> Re
         category: req.category,
         tags: req.tags,
         visibility: req.visibility,
+        hosts: checked_hosts(req.hosts)?,
     };
     let api = catalog::insert_api(&mut tx, org, &req.slug, &fields).await?;
     let view = ApiView::from(&api, o.name.as_str(), None);
@@ -268,6 +288,9 @@ pub async fn update_api(state: &AppState, who: &Principal, slug: &str, req: Upda
     }
     if let Some(v) = req.visibility {
         f.visibility = v;
+    }
+    if let Some(h) = req.hosts {
+        f.hosts = checked_hosts(h)?;
     }
     let mut tx = state.store.begin().await?;
     catalog::update_api(&mut tx, api.id, &f).await?;
@@ -503,5 +526,6 @@ fn fields_json(f: &ApiFields) -> serde_json::Value {
         "category": f.category,
         "tags": f.tags,
         "visibility": f.visibility.to_string(),
+        "hosts": f.hosts,
     })
 }

@@ -135,6 +135,7 @@ async fn apply_provider(
             category: a.category.clone(),
             tags: a.tags.clone(),
             visibility: a.visibility,
+            hosts: crate::services::catalog::checked_hosts(a.hosts.clone())?,
         };
         let api = match catalog::api_by_slug(c, a.slug.as_str()).await? {
             Some(api) if api.org_id != org.id => {
@@ -157,6 +158,9 @@ async fn apply_provider(
                 }
                 if f.visibility != fields.visibility {
                     diff.push("visibility")
+                }
+                if f.hosts != fields.hosts {
+                    diff.push("hosts")
                 }
                 if !diff.is_empty() {
                     catalog::update_api(c, api.id, &fields).await?;
@@ -369,6 +373,7 @@ pub async fn export(state: &AppState, who: &Principal) -> Result<Document> {
                 category: f.category,
                 tags: f.tags,
                 visibility: f.visibility,
+                hosts: f.hosts,
                 versions,
                 plans,
             });
