@@ -178,6 +178,8 @@ pub async fn compile(
     }
     let month_start_ms = (month_start.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let used = portico_store::rollups::units_by_subscription_since(&mut tx, month_start_ms).await?;
+    let today_ms = (today.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let used_today = portico_store::rollups::units_by_subscription_since(&mut tx, today_ms).await?;
     tx.commit().await?;
 
     let mut by_api: HashMap<ApiId, Vec<VersionRoute>> = HashMap::new();
@@ -249,10 +251,18 @@ pub async fn compile(
                     subscription_id: s.id,
                     plan_id: plan.id,
                     plan_slug: plan.slug.clone(),
-                    rate_limit: plan.fields.rate_limit,
+                    rate_limits: plan
+                        .fields
+                        .rate_limit
+                        .into_iter()
+                        .chain(plan.fields.rate_limits.iter().copied())
+                        .collect(),
                     monthly_quota: plan.fields.monthly_quota,
+                    daily_quota: plan.fields.daily_quota,
                     quota_used: used.get(&s.id).copied().unwrap_or(0),
                     quota_month: today.year() * 12 + i32::from(u8::from(today.month())) - 1,
+                    quota_used_today: used_today.get(&s.id).copied().unwrap_or(0),
+                    quota_day: (today.midnight().assume_utc().unix_timestamp() / 86_400) as i32,
                 },
             ))
         })

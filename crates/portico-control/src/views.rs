@@ -222,7 +222,11 @@ pub struct PlanView {
     #[schema(value_type = Object)]
     pub pricing: Pricing,
     pub rate_limit: Option<RateLimitView>,
+    /// More windows, all enforced with `rate_limit`.
+    pub rate_limits: Vec<RateLimitView>,
     pub monthly_quota: Option<u64>,
+    /// Units per calendar day (UTC).
+    pub daily_quota: Option<u64>,
     pub visibility: String,
 }
 
@@ -239,7 +243,14 @@ impl From<&catalog::Plan> for PlanView {
                 .fields
                 .rate_limit
                 .map(|r| RateLimitView { requests: r.requests(), per: r.per().as_str().into() }),
+            rate_limits: p
+                .fields
+                .rate_limits
+                .iter()
+                .map(|r| RateLimitView { requests: r.requests(), per: r.per().as_str().into() })
+                .collect(),
             monthly_quota: p.fields.monthly_quota,
+            daily_quota: p.fields.daily_quota,
             visibility: p.fields.visibility.to_string(),
         }
     }

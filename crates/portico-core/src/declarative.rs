@@ -88,8 +88,13 @@ pub struct PlanSpec {
     pub pricing: Pricing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// More windows, all enforced with `rate_limit` (one per period).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_quota: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_quota: Option<u64>,
     #[serde(default)]
     pub visibility: Visibility,
 }
@@ -177,6 +182,17 @@ impl Document {
                     }
                     if l.monthly_quota == Some(0) {
                         return err(format!("{at}.monthly_quota"), ZERO_QUOTA.to_owned());
+                    }
+                    if l.daily_quota == Some(0) {
+                        return err(
+                            format!("{at}.daily_quota"),
+                            "daily_quota must be at least 1; leave it out for no daily quota".to_owned(),
+                        );
+                    }
+                    let windows: Vec<RateLimit> =
+                        l.rate_limit.into_iter().chain(l.rate_limits.iter().copied()).collect();
+                    if let Err(e) = crate::values::check_rate_windows(&windows) {
+                        return err(format!("{at}.rate_limits"), e.to_string());
                     }
                 }
             }

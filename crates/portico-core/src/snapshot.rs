@@ -94,14 +94,20 @@ pub struct SubscriptionGrant {
     pub subscription_id: SubscriptionId,
     pub plan_id: PlanId,
     pub plan_slug: Slug,
-    pub rate_limit: Option<RateLimit>,
+    /// The plan's rate-limit windows (each of its own period), all enforced.
+    pub rate_limits: Vec<RateLimit>,
     pub monthly_quota: Option<u64>,
+    /// Units per calendar day (UTC).
+    pub daily_quota: Option<u64>,
     /// Quota units the store had counted for this subscription in the current period when the
     /// snapshot was compiled: where a gateway that restarts starts counting from.
     pub quota_used: u64,
     /// The month `quota_used` was counted in (`year * 12 + month - 1`, UTC): a counter seeded in
     /// another month starts at zero.
     pub quota_month: i32,
+    /// Units the store had counted today, and the day that is (days since 1970-01-01, UTC).
+    pub quota_used_today: u64,
+    pub quota_day: i32,
 }
 
 impl ApiRoute {

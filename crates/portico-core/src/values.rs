@@ -340,6 +340,26 @@ impl From<RateLimit> for RateLimitRepr {
     }
 }
 
+/// A plan's rate-limit windows (its `rate_limit` and its `rate_limits`): at most four, each with
+/// a period of its own.
+pub fn check_rate_windows(windows: &[RateLimit]) -> Result<()> {
+    if windows.len() > 4 {
+        return Err(Error::invalid("rate_limits", "a plan has at most 4 rate-limit windows"));
+    }
+    for (i, w) in windows.iter().enumerate() {
+        if windows[..i].iter().any(|o| o.per == w.per) {
+            return Err(Error::invalid(
+                "rate_limits",
+                format!(
+                    "two rate limits per {}: give each window its own period (second, minute, hour, day)",
+                    w.per.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A semantic version of an API: `MAJOR.MINOR.PATCH` (or `MAJOR.MINOR`). The gateway routes
 /// `/v{MAJOR}` to the newest published version of that major.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use portico_core::openapi::Operation;
 use portico_core::operations::OperationRouter;
 use portico_core::snapshot::{KeyGrant, Snapshot, SubscriptionGrant};
 use portico_core::values::{Period, RateLimit, Slug};
-use portico_gateway::limit::Limiter;
+use portico_gateway::limit::{Limiter, Limits};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -61,10 +61,13 @@ fn grant() -> SubscriptionGrant {
         plan_id: PlanId::new(),
         plan_slug: Slug::parse("unlimited").unwrap(),
         // The highest rate a plan may set: at bench speed most checks are over it (refused).
-        rate_limit: Some(RateLimit::new(1_000_000, Period::Second).unwrap()),
+        rate_limits: vec![RateLimit::new(1_000_000, Period::Second).unwrap()],
         monthly_quota: Some(u64::MAX / 2),
+        daily_quota: None,
         quota_used: 0,
         quota_month: 0,
+        quota_used_today: 0,
+        quota_day: 0,
     }
 }
 

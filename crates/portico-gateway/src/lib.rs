@@ -141,7 +141,7 @@ struct Inner {
     pepper: Pepper,
     sink: Arc<dyn UsageSink>,
     config: GatewayConfig,
-    limiter: limit::Limiter,
+    limiter: Arc<dyn limit::Limits>,
     metrics: metrics::GatewayMetrics,
     tls: rustls::ClientConfig,
     /// The same policy as `config.outbound`, shared by every worker's connector.
@@ -167,14 +167,16 @@ struct Caller {
 
 /// The `RateLimit` state to report on a refusal: the exhausted policy, nothing left.
 fn refused_policy(r: &limit::Refusal) -> limit::Admitted {
+    let mut a = limit::Admitted::default();
     match r {
         limit::Refusal::RateLimited { retry_after, limit } => {
-            limit::Admitted { rate: Some((*limit, 0, limit::retry_after_secs(*retry_after))), quota: None }
+            a.rates[0] = Some((*limit, 0, limit::retry_after_secs(*retry_after)));
         }
-        limit::Refusal::QuotaExhausted { retry_after, quota } => {
-            limit::Admitted { rate: None, quota: Some((*quota, 0, limit::retry_after_secs(*retry_after))) }
+        limit::Refusal::QuotaExhausted { retry_after, quota, period } => {
+            a.quotas[0] = Some((*period, *quota, 0, limit::retry_after_secs(*retry_after)));
         }
     }
+    a
 }
 
 impl Gateway {
@@ -193,7 +195,7 @@ impl Gateway {
                 pepper,
                 sink,
                 config,
-                limiter: limit::Limiter::new(),
+                limiter: Arc::new(limit::Limiter::new()),
                 metrics: metrics::GatewayMetrics::default(),
                 pool: pool::Pool::default(),
                 jwks: jwks::Jwks::default(),
@@ -507,13 +509,20 @@ impl Gateway {
                         limit.requests(),
                         limit.per().as_str()
                     ),
-                    limit::Refusal::QuotaExhausted { quota, .. } => format!(
-                        "the monthly quota of plan `{}` ({quota} calls) is used up; it resets at the start of next month",
+                    limit::Refusal::QuotaExhausted { quota, period: limit::QuotaPeriod::Month, .. } => format!(
+                        "the monthly quota of plan `{}` ({quota} calls) is used up; it resets at the start of next month (UTC)",
+                        sub.plan_slug
+                    ),
+                    limit::Refusal::QuotaExhausted { quota, period: limit::QuotaPeriod::Day, .. } => format!(
+                        "the daily quota of plan `{}` ({quota} calls) is used up; it resets at midnight UTC",
                         sub.plan_slug
                     ),
                 };
+                let wait = match &refusal {
+                    limit::Refusal::RateLimited { retry_after, .. }
+                    | limit::Refusal::QuotaExhausted { retry_after, .. } => limit::retry_after_secs(*retry_after),
+                };
                 let state = refused_policy(&refusal);
-                let wait = state.rate.map(|r| r.2).or(state.quota.map(|q| q.2)).unwrap_or(1);
                 let mut resp = errors::rate_limited(wait, &detail);
                 proxy::rate_limit_headers(resp.headers_mut(), &state);
                 meter.refuse(resp.status().as_u16());

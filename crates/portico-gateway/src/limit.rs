@@ -1,52 +1,96 @@
-//! Per-subscription limits: a GCRA rate limit (governor) and a calendar-month quota. In one
-//! process, exact and lock-light: the maps are read-locked on the common path and never held
-//! across an await. The scale-out issue puts a Redis implementation behind the same type.
+//! Per-subscription limits: GCRA rate limits over one or more windows (e.g. 10 a second and
+//! 1000 an hour, all enforced) and quotas per calendar day and month (UTC). In one process,
+//! exact and lock-light: a subscription's windows sit behind a mutex of their own, the maps are
+//! read-locked on the common path, and nothing is held across an await. A refused call takes
+//! nothing from any budget. The scale-out issue puts a Redis implementation behind [`Limits`].
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use portico_core::ids::SubscriptionId;
 use portico_core::snapshot::SubscriptionGrant;
 use portico_core::values::RateLimit;
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+/// The most rate-limit windows a plan has (`check_rate_windows` holds plans to it).
+pub const MAX_WINDOWS: usize = 4;
+
+/// A calendar quota's period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPeriod {
+    Day,
+    Month,
+}
+
+impl QuotaPeriod {
+    /// The policy's name in the `RateLimit` headers (`daily`: a rate-limit window may be `day`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaPeriod::Day => "daily",
+            QuotaPeriod::Month => "month",
+        }
+    }
+    /// The window's nominal length in seconds, for `RateLimit-Policy`'s `w`.
+    pub fn seconds(self) -> u64 {
+        match self {
+            QuotaPeriod::Day => 86_400,
+            QuotaPeriod::Month => 2_592_000,
+        }
+    }
+}
 
 /// What is left after an admitted call, for the `RateLimit` headers.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Admitted {
-    /// (limit, calls left now, seconds until the budget is full again)
-    pub rate: Option<(RateLimit, u32, u64)>,
-    /// (quota, calls left this month, seconds until the month ends)
-    pub quota: Option<(u64, u64, u64)>,
+    /// Each rate-limit window: (limit, units left now, seconds until it is full again).
+    pub rates: [Option<(RateLimit, u32, u64)>; MAX_WINDOWS],
+    /// Each quota: (period, quota, units left, seconds until it resets).
+    pub quotas: [Option<(QuotaPeriod, u64, u64, u64)>; 2],
 }
 
 /// Why a call was refused, with how long to wait.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
     RateLimited { retry_after: Duration, limit: RateLimit },
-    QuotaExhausted { retry_after: Duration, quota: u64 },
+    QuotaExhausted { retry_after: Duration, quota: u64, period: QuotaPeriod },
 }
 
-#[derive(Default)]
+/// Admits calls against a subscription's limits. [`Limiter`] is the in-process one.
+pub trait Limits: Send + Sync {
+    /// Admits one call costing `units` (an operation's weight, at least 1) for `grant`, or
+    /// says why not. A refused call takes nothing from any budget.
+    fn check(&self, grant: &SubscriptionGrant, units: u32) -> Result<Admitted, Refusal>;
+}
+
+/// A subscription's windows: the limits they were made for, and each one's theoretical
+/// arrival time (nanoseconds since the limiter's epoch).
+struct Windows {
+    limits: Vec<RateLimit>,
+    tat: [u64; MAX_WINDOWS],
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counted {
+    month: i32,
+    month_used: u64,
+    day: i32,
+    day_used: u64,
+}
+
 pub struct Limiter {
-    rates: RwLock<HashMap<SubscriptionId, (RateLimit, Arc<Gcra>)>>,
-    /// subscription → (month index, calls counted in it)
-    quotas: Mutex<HashMap<SubscriptionId, (i32, u64)>>,
+    epoch: Instant,
+    rates: RwLock<HashMap<SubscriptionId, Arc<Mutex<Windows>>>>,
+    quotas: Mutex<HashMap<SubscriptionId, Counted>>,
 }
 
-fn quota_of(r: RateLimit) -> Quota {
-    let n = NonZeroU32::new(r.requests()).unwrap_or(NonZeroU32::MIN);
-    let period = Duration::from_secs(r.per().seconds()) / n.get();
-    Quota::with_period(period.max(Duration::from_nanos(1))).unwrap_or_else(|| Quota::per_second(n)).allow_burst(n)
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter { epoch: Instant::now(), rates: RwLock::default(), quotas: Mutex::default() }
+    }
 }
 
-/// Months since year 0, and the seconds until the next month starts (UTC).
-fn month_now() -> (i32, u64) {
+/// The month index (`year * 12 + month - 1`) and the day (days since 1970-01-01) now, UTC,
+/// with the seconds until each ends.
+fn calendar_now() -> ((i32, u64), (i32, u64)) {
     let now = time::OffsetDateTime::now_utc();
     let idx = now.year() * 12 + i32::from(u8::from(now.month())) - 1;
     let (y, m) = if now.month() == time::Month::December {
@@ -55,8 +99,11 @@ fn month_now() -> (i32, u64) {
         (now.year(), now.month().next())
     };
     let next = time::Date::from_calendar_date(y, m, 1).map(|d| d.midnight().assume_utc());
-    let secs = next.map(|n| (n - now).whole_seconds().max(1) as u64).unwrap_or(3600);
-    (idx, secs)
+    let month_left = next.map(|n| (n - now).whole_seconds().max(1) as u64).unwrap_or(3600);
+    let secs = now.unix_timestamp();
+    let day = secs.div_euclid(86_400) as i32;
+    let day_left = (86_400 - secs.rem_euclid(86_400)).max(1) as u64;
+    ((idx, month_left), (day, day_left))
 }
 
 impl Limiter {
@@ -64,77 +111,123 @@ impl Limiter {
         Self::default()
     }
 
-    fn rate_limiter(&self, sub: SubscriptionId, limit: RateLimit) -> Arc<Gcra> {
-        if let Some((l, rl)) = self.rates.read().unwrap_or_else(|p| p.into_inner()).get(&sub)
-            && *l == limit
+    fn windows(&self, sub: SubscriptionId, limits: &[RateLimit]) -> Arc<Mutex<Windows>> {
+        if let Some(w) = self.rates.read().unwrap_or_else(|p| p.into_inner()).get(&sub)
+            && w.lock().unwrap_or_else(|p| p.into_inner()).limits == limits
         {
-            return rl.clone();
+            return w.clone();
         }
-        let mut w = self.rates.write().unwrap_or_else(|p| p.into_inner());
-        match w.get(&sub) {
-            Some((l, rl)) if *l == limit => rl.clone(),
-            _ => {
-                // New subscription, or its plan's limit changed: start afresh with the new limit.
-                let rl = Arc::new(RateLimiter::direct(quota_of(limit)).with_middleware::<StateInformationMiddleware>());
-                w.insert(sub, (limit, rl.clone()));
-                rl
-            }
+        let mut map = self.rates.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = map.get(&sub)
+            && w.lock().unwrap_or_else(|p| p.into_inner()).limits == limits
+        {
+            return w.clone();
         }
+        // New subscription, or its plan's limits changed: start afresh with the new ones.
+        let w = Arc::new(Mutex::new(Windows { limits: limits.to_vec(), tat: [0; MAX_WINDOWS] }));
+        map.insert(sub, w.clone());
+        w
     }
 
-    /// Admits one call costing `units` (an operation's weight, at least 1) for `grant`, or
-    /// says why not. A refused call takes nothing from either budget.
-    pub fn check(&self, grant: &SubscriptionGrant, units: u32) -> Result<Admitted, Refusal> {
-        let units = NonZeroU32::new(units).unwrap_or(NonZeroU32::MIN);
-        let mut admitted = Admitted::default();
-        // The quota is looked at first so that a call refused by it does not spend rate budget.
-        let (month, until_next) = month_now();
-        // The store's count seeds a counter this process has not seen, for the month it was taken in.
-        let seed = if grant.quota_month == month { grant.quota_used } else { 0 };
-        if let Some(quota) = grant.monthly_quota {
-            let q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
-            let used = match q.get(&grant.subscription_id) {
-                Some((m, used)) if *m == month => *used,
-                Some(_) => 0,
-                None => seed,
+    /// GCRA over every window at once: admitted only if each admits, and then each is spent.
+    fn check_rates(&self, grant: &SubscriptionGrant, units: u32, admitted: &mut Admitted) -> Result<(), Refusal> {
+        let limits = &grant.rate_limits[..grant.rate_limits.len().min(MAX_WINDOWS)];
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let state = self.windows(grant.subscription_id, limits);
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let mut w = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = [0u64; MAX_WINDOWS];
+        let mut refused: Option<(Duration, RateLimit)> = None;
+        for (i, l) in limits.iter().enumerate() {
+            let period = l.per().seconds() * 1_000_000_000;
+            let interval = period / u64::from(l.requests().max(1));
+            let tat = w.tat[i].max(now);
+            let after = tat + interval * u64::from(units);
+            let wait = if units > l.requests() {
+                // The operation costs more units than the window's whole burst.
+                Some(Duration::from_nanos(period))
+            } else if after - now > period {
+                Some(Duration::from_nanos(after - now - period))
+            } else {
+                None
             };
-            if used + u64::from(units.get()) > quota {
-                return Err(Refusal::QuotaExhausted { retry_after: Duration::from_secs(until_next), quota });
+            match wait {
+                Some(d) if refused.is_none_or(|(r, _)| d > r) => refused = Some((d, *l)),
+                Some(_) => {}
+                None => next[i] = after,
             }
         }
-        if let Some(limit) = grant.rate_limit {
-            let rl = self.rate_limiter(grant.subscription_id, limit);
-            match rl.check_n(units) {
-                Ok(Ok(state)) => {
-                    let left = state.remaining_burst_capacity();
-                    let per_call = Duration::from_secs(limit.per().seconds()) / limit.requests().max(1);
-                    let refill = per_call * limit.requests().saturating_sub(left);
-                    admitted.rate = Some((limit, left, refill.as_millis().div_ceil(1000) as u64));
-                }
-                Ok(Err(not_until)) => {
-                    let wait = not_until.wait_time_from(rl.clock().now());
-                    return Err(Refusal::RateLimited { retry_after: wait, limit });
-                }
-                Err(_) => {
-                    // The operation costs more units than the plan's whole burst.
-                    let wait = Duration::from_secs(limit.per().seconds());
-                    return Err(Refusal::RateLimited { retry_after: wait, limit });
-                }
-            }
+        if let Some((retry_after, limit)) = refused {
+            return Err(Refusal::RateLimited { retry_after, limit });
+        }
+        for (i, l) in limits.iter().enumerate() {
+            w.tat[i] = next[i];
+            let period = l.per().seconds() * 1_000_000_000;
+            let interval = period / u64::from(l.requests().max(1));
+            let busy = next[i] - now;
+            let left = ((period - busy) / interval.max(1)).min(u64::from(l.requests())) as u32;
+            admitted.rates[i] = Some((*l, left, busy.div_ceil(1_000_000_000)));
+        }
+        Ok(())
+    }
+}
+
+impl Limits for Limiter {
+    fn check(&self, grant: &SubscriptionGrant, units: u32) -> Result<Admitted, Refusal> {
+        let units = units.max(1);
+        let mut admitted = Admitted::default();
+        if grant.monthly_quota.is_none() && grant.daily_quota.is_none() {
+            self.check_rates(grant, units, &mut admitted)?;
+            return Ok(admitted);
+        }
+        let ((month, month_left), (day, day_left)) = calendar_now();
+        // The quotas are looked at first, and held, so that a refusal by either spends nothing.
+        let mut q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+        // A subscription first seen by this process starts from what the store had counted
+        // (for the period it was counted in).
+        let mut c = q.get(&grant.subscription_id).copied().unwrap_or(Counted {
+            month: grant.quota_month,
+            month_used: grant.quota_used,
+            day: grant.quota_day,
+            day_used: grant.quota_used_today,
+        });
+        if c.month != month {
+            (c.month, c.month_used) = (month, 0);
+        }
+        if c.day != day {
+            (c.day, c.day_used) = (day, 0);
+        }
+        let u = u64::from(units);
+        if let Some(quota) = grant.daily_quota
+            && c.day_used + u > quota
+        {
+            return Err(Refusal::QuotaExhausted {
+                retry_after: Duration::from_secs(day_left),
+                quota,
+                period: QuotaPeriod::Day,
+            });
+        }
+        if let Some(quota) = grant.monthly_quota
+            && c.month_used + u > quota
+        {
+            return Err(Refusal::QuotaExhausted {
+                retry_after: Duration::from_secs(month_left),
+                quota,
+                period: QuotaPeriod::Month,
+            });
+        }
+        self.check_rates(grant, units, &mut admitted)?;
+        c.month_used += u;
+        c.day_used += u;
+        q.insert(grant.subscription_id, c);
+        drop(q);
+        if let Some(quota) = grant.daily_quota {
+            admitted.quotas[0] = Some((QuotaPeriod::Day, quota, quota - c.day_used, day_left));
         }
         if let Some(quota) = grant.monthly_quota {
-            let mut q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
-            // A subscription first seen by this process starts from what the store had counted.
-            let entry = q.entry(grant.subscription_id).or_insert((month, seed));
-            if entry.0 != month {
-                *entry = (month, 0);
-            }
-            let after = entry.1 + u64::from(units.get());
-            if after > quota {
-                return Err(Refusal::QuotaExhausted { retry_after: Duration::from_secs(until_next), quota });
-            }
-            entry.1 = after;
-            admitted.quota = Some((quota, quota - entry.1, until_next));
+            admitted.quotas[1] = Some((QuotaPeriod::Month, quota, quota - c.month_used, month_left));
         }
         Ok(admitted)
     }
@@ -152,22 +245,89 @@ mod tests {
     use portico_core::values::{Period, Slug};
 
     fn grant(rate: Option<RateLimit>, quota: Option<u64>) -> SubscriptionGrant {
+        let ((month, _), (day, _)) = calendar_now();
         SubscriptionGrant {
             subscription_id: SubscriptionId::new(),
             plan_id: PlanId::new(),
             plan_slug: Slug::parse("free").unwrap(),
-            rate_limit: rate,
+            rate_limits: rate.into_iter().collect(),
             monthly_quota: quota,
+            daily_quota: None,
             quota_used: 0,
-            quota_month: month_now().0,
+            quota_month: month,
+            quota_used_today: 0,
+            quota_day: day,
         }
+    }
+
+    fn first(a: &Admitted) -> (u32, u64) {
+        let (_, left, reset) = a.rates[0].unwrap();
+        (left, reset)
+    }
+    fn month_left(a: &Admitted) -> u64 {
+        a.quotas[1].unwrap().2
+    }
+
+    #[test]
+    fn every_window_is_enforced_and_a_refusal_spends_none() {
+        let l = Limiter::new();
+        let mut g = grant(Some(RateLimit::new(5, Period::Second).unwrap()), None);
+        g.rate_limits.push(RateLimit::new(3, Period::Hour).unwrap());
+        let a = l.check(&g, 1).unwrap();
+        let windows: Vec<_> = a.rates.iter().flatten().map(|(lim, left, _)| (lim.per(), *left)).collect();
+        assert_eq!(windows, [(Period::Second, 4), (Period::Hour, 2)]);
+        assert!(l.check(&g, 2).is_ok(), "3 of the hour's 3");
+        match l.check(&g, 1) {
+            Err(Refusal::RateLimited { limit, retry_after }) => {
+                assert_eq!(limit.per(), Period::Hour, "the hour's window refuses");
+                assert!(retry_after > Duration::from_secs(1000), "{retry_after:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A refusal by one window takes nothing from the others.
+        let l2 = Limiter::new();
+        let mut tight = grant(Some(RateLimit::new(2, Period::Minute).unwrap()), None);
+        tight.rate_limits.push(RateLimit::new(1, Period::Hour).unwrap());
+        assert!(l2.check(&tight, 1).is_ok());
+        assert!(l2.check(&tight, 1).is_err(), "the hour refuses");
+        match &l2.rates.read().unwrap()[&tight.subscription_id].lock().unwrap().tat {
+            [minute, hour, ..] => {
+                let spent_minute = *minute - l2.epoch.elapsed().as_nanos().min(u128::from(*minute)) as u64;
+                assert!(spent_minute <= 30_000_000_000, "one call's interval (30 s) of the minute, not two");
+                assert!(*hour > 0);
+            }
+        }
+    }
+
+    #[test]
+    fn the_daily_quota_resets_each_day_and_is_seeded_for_today_only() {
+        let l = Limiter::new();
+        let mut g = grant(None, Some(100));
+        g.daily_quota = Some(3);
+        g.quota_used_today = 2;
+        g.quota_used = 50;
+        let a = l.check(&g, 1).unwrap();
+        assert_eq!(a.quotas[0].map(|q| (q.0, q.1, q.2)), Some((QuotaPeriod::Day, 3, 0)));
+        assert_eq!(month_left(&a), 49);
+        match l.check(&g, 1) {
+            Err(Refusal::QuotaExhausted { period: QuotaPeriod::Day, retry_after, .. }) => {
+                assert!(retry_after <= Duration::from_secs(86_400));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(month_left(&l.check(&grant(None, Some(100)), 1).unwrap()), 99, "others are not affected");
+        let mut yesterday = grant(None, None);
+        yesterday.daily_quota = Some(3);
+        yesterday.quota_used_today = 3;
+        yesterday.quota_day -= 1;
+        assert_eq!(l.check(&yesterday, 1).unwrap().quotas[0].unwrap().2, 2, "yesterday's count does not seed today");
     }
 
     #[test]
     fn gcra_allows_the_burst_then_refuses_with_a_wait() {
         let l = Limiter::new();
         let g = grant(Some(RateLimit::new(3, Period::Minute).unwrap()), None);
-        let lefts: Vec<u32> = (0..3).map(|_| l.check(&g, 1).unwrap().rate.unwrap().1).collect();
+        let lefts: Vec<u32> = (0..3).map(|_| first(&l.check(&g, 1).unwrap()).0).collect();
         assert_eq!(lefts, [2, 1, 0]);
         match l.check(&g, 1) {
             Err(Refusal::RateLimited { retry_after, .. }) => {
@@ -180,7 +340,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Another subscription has its own budget.
-        let g2 = grant(g.rate_limit, None);
+        let g2 = grant(g.rate_limits.first().copied(), None);
         assert!(l.check(&g2, 1).is_ok());
     }
 
@@ -188,12 +348,15 @@ mod tests {
     fn weighted_operations_spend_several_units() {
         let l = Limiter::new();
         let g = grant(Some(RateLimit::new(10, Period::Minute).unwrap()), Some(12));
-        assert_eq!(l.check(&g, 4).unwrap().rate.unwrap().1, 6);
-        assert_eq!(l.check(&g, 4).unwrap().quota.unwrap().1, 4);
+        assert_eq!(first(&l.check(&g, 4).unwrap()).0, 6);
+        assert_eq!(month_left(&l.check(&g, 4).unwrap()), 4);
         assert!(matches!(l.check(&g, 4), Err(Refusal::RateLimited { .. })), "2 rate units left");
-        assert_eq!(l.check(&g, 2).unwrap().quota.unwrap().1, 2);
+        assert_eq!(month_left(&l.check(&g, 2).unwrap()), 2);
         assert!(matches!(l.check(&g, 3), Err(Refusal::QuotaExhausted { .. })));
-        assert!(matches!(l.check(&grant(g.rate_limit, None), 11), Err(Refusal::RateLimited { .. })), "above the burst");
+        assert!(
+            matches!(l.check(&grant(g.rate_limits.first().copied(), None), 11), Err(Refusal::RateLimited { .. })),
+            "above the burst"
+        );
     }
 
     #[test]
@@ -202,12 +365,12 @@ mod tests {
         let mut g = grant(Some(RateLimit::new(10, Period::Minute).unwrap()), Some(10));
         g.quota_used = 10;
         g.quota_month -= 1;
-        assert_eq!(l.check(&g, 1).unwrap().quota.unwrap().1, 9, "a new month starts at zero");
+        assert_eq!(month_left(&l.check(&g, 1).unwrap()), 9, "a new month starts at zero");
         let mut full = grant(Some(RateLimit::new(3, Period::Minute).unwrap()), Some(10));
         full.quota_used = 10;
         assert!(matches!(l.check(&full, 1), Err(Refusal::QuotaExhausted { .. })));
-        assert_eq!(l.check(&grant(full.rate_limit, None), 3).unwrap().rate.unwrap().1, 0);
-        full.rate_limit = None;
+        assert_eq!(first(&l.check(&grant(full.rate_limits.first().copied(), None), 3).unwrap()).0, 0);
+        full.rate_limits.clear();
         assert!(
             matches!(l.check(&full, 1), Err(Refusal::QuotaExhausted { .. })),
             "refused before spending rate budget"
@@ -219,7 +382,7 @@ mod tests {
         let l = Limiter::new();
         let mut g = grant(None, Some(10));
         g.quota_used = 9;
-        assert_eq!(l.check(&g, 1).unwrap().quota.unwrap().1, 0);
+        assert_eq!(month_left(&l.check(&g, 1).unwrap()), 0);
         assert!(l.check(&g, 1).is_err());
         g.quota_used = 0;
         assert!(l.check(&g, 1).is_err(), "a later snapshot does not reset a counter in use");
@@ -231,7 +394,7 @@ mod tests {
         let mut g = grant(Some(RateLimit::new(1, Period::Hour).unwrap()), None);
         assert!(l.check(&g, 1).is_ok());
         assert!(l.check(&g, 1).is_err());
-        g.rate_limit = Some(RateLimit::new(5, Period::Hour).unwrap());
+        g.rate_limits = vec![RateLimit::new(5, Period::Hour).unwrap()];
         assert!(l.check(&g, 1).is_ok());
     }
 
@@ -239,9 +402,9 @@ mod tests {
     fn the_monthly_quota_counts_admitted_calls() {
         let l = Limiter::new();
         let g = grant(None, Some(2));
-        assert_eq!(l.check(&g, 1).unwrap().quota.map(|q| (q.0, q.1)), Some((2, 1)));
-        assert_eq!(l.check(&g, 1).unwrap().quota.map(|q| (q.0, q.1)), Some((2, 0)));
-        assert!(matches!(l.check(&g, 1), Err(Refusal::QuotaExhausted { quota: 2, .. })));
+        assert_eq!(l.check(&g, 1).unwrap().quotas[1].map(|q| (q.1, q.2)), Some((2, 1)));
+        assert_eq!(l.check(&g, 1).unwrap().quotas[1].map(|q| (q.1, q.2)), Some((2, 0)));
+        assert!(matches!(l.check(&g, 1), Err(Refusal::QuotaExhausted { quota: 2, period: QuotaPeriod::Month, .. })));
         assert!(grant(None, None).monthly_quota.is_none());
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);

@@ -279,21 +279,25 @@ pub fn inject_credential(h: &mut HeaderMap, auth: &portico_core::policy::Upstrea
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured
 /// fields): e.g. `"minute";q=100;w=60` and `"minute";r=42;t=17`.
 pub fn rate_limit_headers(h: &mut HeaderMap, a: &crate::limit::Admitted) {
-    let mut policy = Vec::with_capacity(2);
-    let mut state = Vec::with_capacity(2);
-    if let Some((limit, left, reset)) = a.rate {
+    use std::fmt::Write;
+    let (mut policy, mut state) = (String::new(), String::new());
+    let mut sep = "";
+    for (limit, left, reset) in a.rates.iter().flatten() {
         let name = limit.per().as_str();
-        policy.push(format!("\"{name}\";q={};w={}", limit.requests(), limit.per().seconds()));
-        state.push(format!("\"{name}\";r={left};t={reset}"));
+        let _ = write!(policy, "{sep}\"{name}\";q={};w={}", limit.requests(), limit.per().seconds());
+        let _ = write!(state, "{sep}\"{name}\";r={left};t={reset}");
+        sep = ", ";
     }
-    if let Some((quota, left, reset)) = a.quota {
-        policy.push(format!("\"month\";q={quota};w=2592000"));
-        state.push(format!("\"month\";r={left};t={reset}"));
+    for (period, quota, left, reset) in a.quotas.iter().flatten() {
+        let name = period.as_str();
+        let _ = write!(policy, "{sep}\"{name}\";q={quota};w={}", period.seconds());
+        let _ = write!(state, "{sep}\"{name}\";r={left};t={reset}");
+        sep = ", ";
     }
     if policy.is_empty() {
         return;
     }
-    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy.join(", ")), HeaderValue::from_str(&state.join(", "))) {
+    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
         h.insert("ratelimit-policy", p);
         h.insert("ratelimit", s);
     }

@@ -76,10 +76,13 @@ async fn fixture(upstream: &str) -> Fixture {
         subscription_id: SubscriptionId::new(),
         plan_id: PlanId::new(),
         plan_slug: Slug::parse("free").unwrap(),
-        rate_limit: Some(RateLimit::new(4, Period::Minute).unwrap()),
+        rate_limits: vec![RateLimit::new(4, Period::Minute).unwrap()],
         monthly_quota: None,
+        daily_quota: None,
         quota_used: 0,
         quota_month: 0,
+        quota_used_today: 0,
+        quota_day: 0,
     };
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
         generation: 7,

@@ -215,6 +215,63 @@ async fn a_weighted_operation_spends_several_units_of_the_plan() {
     assert_eq!(get("/items/2").await.status(), 200, "a 1-unit call still fits");
 }
 
+/// A plan with several windows and a daily quota: every window and quota is reported, the
+/// tightest refuses with its own wait, and a refusal spends nothing.
+#[tokio::test]
+async fn several_windows_and_a_daily_quota() {
+    let up = echo_upstream().await;
+    let mut s = Setup::new("echo", &up);
+    s.rate_limit = Some(RateLimit::new(10, Period::Second).unwrap());
+    s.rate_limits = vec![RateLimit::new(3, Period::Hour).unwrap()];
+    s.daily_quota = Some(5);
+    let gw = start(s).await;
+    let get = || {
+        let (base, key) = (gw.base.clone(), gw.key.clone());
+        async move { client().get(format!("{base}/items/1")).header("x-api-key", key).send().await.unwrap() }
+    };
+    let r = get().await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["ratelimit-policy"].to_str().unwrap(),
+        "\"second\";q=10;w=1, \"hour\";q=3;w=3600, \"daily\";q=5;w=86400"
+    );
+    let state = r.headers()["ratelimit"].to_str().unwrap();
+    assert!(state.starts_with("\"second\";r=9;t=1, \"hour\";r=2;t=1200, \"daily\";r=4;t="), "{state}");
+    assert_eq!(get().await.status(), 200);
+    assert_eq!(get().await.status(), 200);
+    let refused = get().await;
+    assert_eq!(refused.status(), 429, "the hour's 3 are spent although the second allows 10");
+    let wait: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1100..=1200).contains(&wait), "the hour's window says when: {wait}");
+    assert!(refused.headers()["ratelimit"].to_str().unwrap().starts_with("\"hour\";r=0;"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("3 per hour"), "{body}");
+}
+
+/// The daily quota refuses past its count with a wait until midnight UTC.
+#[tokio::test]
+async fn the_daily_quota_refuses_until_midnight() {
+    let up = echo_upstream().await;
+    let mut s = Setup::new("echo", &up);
+    s.daily_quota = Some(2);
+    s.monthly_quota = Some(1000);
+    let gw = start(s).await;
+    let get = || {
+        let (base, key) = (gw.base.clone(), gw.key.clone());
+        async move { client().get(format!("{base}/items/1")).header("x-api-key", key).send().await.unwrap() }
+    };
+    assert_eq!(get().await.status(), 200);
+    let second = get().await;
+    assert!(second.headers()["ratelimit"].to_str().unwrap().starts_with("\"daily\";r=0;"), "{:?}", second.headers());
+    let refused = get().await;
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(wait.abs_diff(86_400 - now % 86_400) <= 2, "until midnight UTC: {wait}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("daily quota"), "{body}");
+}
+
 #[tokio::test]
 async fn cors_follows_the_version_policy() {
     let up = echo_upstream().await;

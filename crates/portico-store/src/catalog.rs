@@ -311,7 +311,11 @@ pub struct PlanFields {
     pub description: String,
     pub pricing: Pricing,
     pub rate_limit: Option<RateLimit>,
+    /// More rate-limit windows, each with a period of its own (all are enforced).
+    pub rate_limits: Vec<RateLimit>,
     pub monthly_quota: Option<u64>,
+    /// Calls (units) per calendar day, UTC.
+    pub daily_quota: Option<u64>,
     pub visibility: Visibility,
 }
 
@@ -324,7 +328,7 @@ pub struct Plan {
     pub created_at: time::OffsetDateTime,
 }
 
-const PLAN_COLS: &str = "id, api_id, slug, name, description, pricing, rate_limit_requests, rate_limit_per, monthly_quota, visibility, created_at";
+const PLAN_COLS: &str = "id, api_id, slug, name, description, pricing, rate_limit_requests, rate_limit_per, monthly_quota, visibility, created_at, extra_rate_limits, daily_quota";
 
 fn decode_plan(r: &AnyRow) -> Result<Plan> {
     let t = "plans";
@@ -347,7 +351,9 @@ fn decode_plan(r: &AnyRow) -> Result<Plan> {
             description: get(r, t, "description")?,
             pricing: with(r, t, "pricing", |s| serde_json::from_str(s))?,
             rate_limit,
+            rate_limits: with(r, t, "extra_rate_limits", |s| serde_json::from_str(s))?,
             monthly_quota: get::<Option<i64>>(r, t, "monthly_quota")?.map(|q| q.max(0) as u64),
+            daily_quota: get::<Option<i64>>(r, t, "daily_quota")?.map(|q| q.max(0) as u64),
             visibility: with(r, t, "visibility", Visibility::parse)?,
         },
         created_at: time(r, t, "created_at")?,
@@ -362,7 +368,7 @@ pub async fn insert_plan(c: &mut Conn, api: ApiId, slug: &Slug, f: &PlanFields) 
     let id = PlanId::new();
     let now = now_millis();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO plans ({PLAN_COLS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)"
+        "INSERT INTO plans ({PLAN_COLS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $11)"
     )))
     .bind(id.to_string())
     .bind(api.to_string())
@@ -375,6 +381,8 @@ pub async fn insert_plan(c: &mut Conn, api: ApiId, slug: &Slug, f: &PlanFields) 
     .bind(quota(f.monthly_quota))
     .bind(f.visibility.as_str())
     .bind(now)
+    .bind(serde_json::to_string(&f.rate_limits).unwrap_or_else(|_| "[]".into()))
+    .bind(quota(f.daily_quota))
     .execute(c)
     .await
     .map_err(Error::unique(format!("a plan with slug `{slug}` in this API")))?;
@@ -384,7 +392,7 @@ pub async fn insert_plan(c: &mut Conn, api: ApiId, slug: &Slug, f: &PlanFields) 
 pub async fn update_plan(c: &mut Conn, id: PlanId, f: &PlanFields) -> Result<()> {
     sqlx::query(
         "UPDATE plans SET name = $1, description = $2, pricing = $3, rate_limit_requests = $4, rate_limit_per = $5, \
-         monthly_quota = $6, visibility = $7, updated_at = $8 WHERE id = $9",
+         monthly_quota = $6, visibility = $7, updated_at = $8, extra_rate_limits = $9, daily_quota = $10 WHERE id = $11",
     )
     .bind(f.name.as_str())
     .bind(&f.description)
@@ -394,6 +402,8 @@ pub async fn update_plan(c: &mut Conn, id: PlanId, f: &PlanFields) -> Result<()>
     .bind(quota(f.monthly_quota))
     .bind(f.visibility.as_str())
     .bind(now_millis())
+    .bind(serde_json::to_string(&f.rate_limits).unwrap_or_else(|_| "[]".into()))
+    .bind(quota(f.daily_quota))
     .bind(id.to_string())
     .execute(c)
     .await?;

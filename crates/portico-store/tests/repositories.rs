@@ -128,11 +128,17 @@ async fn exercise(store: &Store) {
         description: String::new(),
         pricing: Pricing::Free,
         rate_limit: Some(RateLimit::new(10, Period::Minute).unwrap()),
+        rate_limits: vec![RateLimit::new(100, Period::Hour).unwrap(), RateLimit::new(500, Period::Day).unwrap()],
         monthly_quota: Some(1000),
+        daily_quota: Some(50),
         visibility: Visibility::Public,
     };
     let plan = catalog::insert_plan(&mut c, api.id, &slug("free"), &pf).await.unwrap();
     assert_eq!(catalog::plan_by_id(&mut c, plan.id).await.unwrap().unwrap().fields, pf);
+    let fewer = PlanFields { rate_limits: vec![], daily_quota: None, ..pf.clone() };
+    catalog::update_plan(&mut c, plan.id, &fewer).await.unwrap();
+    assert_eq!(catalog::plan_by_id(&mut c, plan.id).await.unwrap().unwrap().fields, fewer);
+    catalog::update_plan(&mut c, plan.id, &pf).await.unwrap();
 
     let globex = orgs::insert(&mut c, &slug("globex"), &name("Globex"), OrgKind::Consumer).await.unwrap();
     let app = apps::insert_app(&mut c, globex.id, &slug("dash"), &name("Dash"), "").await.unwrap();

@@ -725,3 +725,106 @@ async fn an_api_answers_on_its_own_host_names() {
     }
     app.stop().await;
 }
+
+/// A plan's windows and daily quota through the API: validated, shown, enforced at the gateway,
+/// and changed without a restart.
+#[tokio::test]
+async fn plans_with_several_windows_and_a_daily_quota() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let upstream = spawn_upstream().await;
+    let provider = app.signup("wini@provider.example", "provider").await;
+    assert_eq!(app.post("/apis", Some(&provider), json!({"slug": "echo", "name": "Echo"})).await.0, 201);
+    let version =
+        json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": echo_openapi(), "state": "published"});
+    assert_eq!(app.post("/apis/echo/versions", Some(&provider), version).await.0, 201);
+    for (bad, why) in [
+        (
+            json!({"rate_limit": {"requests": 5, "per": "hour"}, "rate_limits": [{"requests": 9, "per": "hour"}]}),
+            "per hour",
+        ),
+        (json!({"daily_quota": 0}), "daily_quota"),
+        (json!({"rate_limits": [{"requests": 0, "per": "minute"}]}), "between 1 and"),
+    ] {
+        let mut plan = json!({"slug": "bad", "name": "Bad", "pricing": {"type": "free"}});
+        plan.as_object_mut().unwrap().extend(bad.as_object().unwrap().clone());
+        let (s, v) = app.post("/apis/echo/plans", Some(&provider), plan).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["detail"].as_str().unwrap().contains(why), "{why}: {v}");
+    }
+    let plan = json!({"slug": "tiered", "name": "Tiered", "pricing": {"type": "free"},
+        "rate_limit": {"requests": 100, "per": "second"}, "rate_limits": [{"requests": 2, "per": "hour"}], "daily_quota": 1000});
+    let (s, v) = app.post("/apis/echo/plans", Some(&provider), plan).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        (v["rate_limits"].clone(), v["daily_quota"].clone()),
+        (json!([{"requests": 2, "per": "hour"}]), json!(1000))
+    );
+
+    let consumer = app.signup("walt@consumer.example", "consumer").await;
+    let (_, created) = app.post("/apps", Some(&consumer), json!({"name": "A"})).await;
+    let app_id = created["id"].as_str().unwrap();
+    let sub = json!({"app_id": app_id, "api": "echo", "plan": "tiered"});
+    assert_eq!(app.post("/subscriptions", Some(&consumer), sub).await.0, 201);
+    let (_, k) = app.post(&format!("/apps/{app_id}/keys"), Some(&consumer), json!({"name": "k"})).await;
+    let key = k["key"].as_str().unwrap();
+    let first = gw(&app, "/echo/v1/things/1", Some(key)).await;
+    assert_eq!(first.status(), 200);
+    let policy = first.headers()["ratelimit-policy"].to_str().unwrap().to_owned();
+    assert_eq!(policy, "\"second\";q=100;w=1, \"hour\";q=2;w=3600, \"daily\";q=1000;w=86400");
+    assert_eq!(gw(&app, "/echo/v1/things/1", Some(key)).await.status(), 200);
+    let refused = gw(&app, "/echo/v1/things/1", Some(key)).await;
+    assert_eq!(refused.status(), 429, "the hour's window");
+    assert!(is_problem(refused.headers()));
+
+    // Taking the hour's window away lifts it at once.
+    let (s, v, _) =
+        app.call(Method::PATCH, "/apis/echo/plans/tiered", Some(&provider), Some(json!({"rate_limits": []}))).await;
+    assert_eq!((s, v["rate_limits"].clone()), (200, json!([])), "{v}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw(&app, "/echo/v1/things/1", Some(key)).await.status() != 200 {
+        assert!(Instant::now() < deadline, "the changed plan reaches the gateway");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}
+
+/// A daily quota counts on from what the store has after a restart (it is not reset by one).
+#[tokio::test]
+async fn the_daily_quota_survives_a_restart() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let upstream = spawn_upstream().await;
+    let provider = app.signup("dora@provider.example", "provider").await;
+    assert_eq!(app.post("/apis", Some(&provider), json!({"slug": "echo", "name": "Echo"})).await.0, 201);
+    let version =
+        json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": echo_openapi(), "state": "published"});
+    assert_eq!(app.post("/apis/echo/versions", Some(&provider), version).await.0, 201);
+    let plan = json!({"slug": "daily", "name": "Daily", "pricing": {"type": "free"}, "daily_quota": 3});
+    assert_eq!(app.post("/apis/echo/plans", Some(&provider), plan).await.0, 201);
+    let consumer = app.signup("dean@consumer.example", "consumer").await;
+    let (_, created) = app.post("/apps", Some(&consumer), json!({"name": "A"})).await;
+    let app_id = created["id"].as_str().unwrap().to_owned();
+    let (_, sub) =
+        app.post("/subscriptions", Some(&consumer), json!({"app_id": app_id, "api": "echo", "plan": "daily"})).await;
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    let (_, k) = app.post(&format!("/apps/{app_id}/keys"), Some(&consumer), json!({"name": "k"})).await;
+    let key = k["key"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        assert_eq!(gw(&app, "/echo/v1/things/1", Some(&key)).await.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, u) = app.get(&format!("/subscriptions/{sub_id}/usage"), Some(&consumer)).await;
+        if u["total_calls"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the calls reach the store: {u}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let app = app.restart().await;
+    let last = gw(&app, "/echo/v1/things/1", Some(&key)).await;
+    assert_eq!(last.status(), 200);
+    assert!(last.headers()["ratelimit"].to_str().unwrap().starts_with("\"daily\";r=0;"), "{:?}", last.headers());
+    let refused = gw(&app, "/echo/v1/things/1", Some(&key)).await;
+    assert_eq!(refused.status(), 429, "2 before the restart + 1 after = the day's 3");
+    app.stop().await;
+}

@@ -119,7 +119,14 @@ pub struct CreatePlan {
     /// `{"requests": 60, "per": "minute"}`
     #[schema(value_type = Option<Object>)]
     pub rate_limit: Option<RateLimit>,
+    /// More windows, all enforced with `rate_limit`: `[{"requests": 1000, "per": "hour"}]`
+    /// (one per period).
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub rate_limits: Vec<RateLimit>,
     pub monthly_quota: Option<u64>,
+    /// Units per calendar day (UTC); resets at midnight.
+    pub daily_quota: Option<u64>,
     #[serde(default)]
     #[schema(value_type = String)]
     pub visibility: Visibility,
@@ -137,8 +144,14 @@ pub struct UpdatePlan {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Object>)]
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Replaces the extra windows (`[]` removes them).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub rate_limits: Option<Vec<RateLimit>>,
     #[serde(default, deserialize_with = "double_option")]
     pub monthly_quota: Option<Option<u64>>,
+    /// `null` removes the daily quota.
+    #[serde(default, deserialize_with = "double_option")]
+    pub daily_quota: Option<Option<u64>>,
     #[schema(value_type = Option<String>)]
     pub visibility: Option<Visibility>,
 }
@@ -441,6 +454,19 @@ pub async fn update_version(
     Ok(view)
 }
 
+/// Quotas of at least 1, and rate-limit windows of distinct periods.
+pub(crate) fn check_limits(f: &PlanFields) -> Result<()> {
+    if f.monthly_quota == Some(0) {
+        return Err(Error::Invalid(portico_core::declarative::ZERO_QUOTA.into()));
+    }
+    if f.daily_quota == Some(0) {
+        return Err(Error::Invalid("daily_quota must be at least 1; leave it out for no daily quota".into()));
+    }
+    let windows: Vec<RateLimit> = f.rate_limit.into_iter().chain(f.rate_limits.iter().copied()).collect();
+    portico_core::values::check_rate_windows(&windows)?;
+    Ok(())
+}
+
 pub async fn list_plans(state: &AppState, who: Option<&Principal>, slug: &str) -> Result<Vec<PlanView>> {
     Ok(get_api(state, who, slug).await?.plans)
 }
@@ -448,17 +474,17 @@ pub async fn list_plans(state: &AppState, who: Option<&Principal>, slug: &str) -
 pub async fn create_plan(state: &AppState, who: &Principal, slug: &str, req: CreatePlan) -> Result<PlanView> {
     let api = managed_api(state, who, slug).await?;
     req.pricing.validate()?;
-    if req.monthly_quota == Some(0) {
-        return Err(Error::Invalid(portico_core::declarative::ZERO_QUOTA.into()));
-    }
     let f = PlanFields {
         name: req.name,
         description: req.description,
         pricing: req.pricing,
         rate_limit: req.rate_limit,
+        rate_limits: req.rate_limits,
         monthly_quota: req.monthly_quota,
+        daily_quota: req.daily_quota,
         visibility: req.visibility,
     };
+    check_limits(&f)?;
     let mut tx = state.store.begin().await?;
     let plan = catalog::insert_plan(&mut tx, api.id, &req.slug, &f).await?;
     let view = PlanView::from(&plan);
@@ -498,15 +524,19 @@ pub async fn update_plan(
     if let Some(r) = req.rate_limit {
         p.fields.rate_limit = r;
     }
+    if let Some(r) = req.rate_limits {
+        p.fields.rate_limits = r;
+    }
     if let Some(q) = req.monthly_quota {
-        if q == Some(0) {
-            return Err(Error::Invalid(portico_core::declarative::ZERO_QUOTA.into()));
-        }
         p.fields.monthly_quota = q;
+    }
+    if let Some(q) = req.daily_quota {
+        p.fields.daily_quota = q;
     }
     if let Some(v) = req.visibility {
         p.fields.visibility = v;
     }
+    check_limits(&p.fields)?;
     let mut tx = state.store.begin().await?;
     catalog::update_plan(&mut tx, p.id, &p.fields).await?;
     let view = PlanView::from(&p);

@@ -245,7 +245,9 @@ async fn apply_provider(
                 description: l.description.clone(),
                 pricing: l.pricing.clone(),
                 rate_limit: l.rate_limit,
+                rate_limits: l.rate_limits.clone(),
                 monthly_quota: l.monthly_quota,
+                daily_quota: l.daily_quota,
                 visibility: l.visibility,
             };
             match plans.iter().find(|e| e.slug == l.slug) {
@@ -265,8 +267,14 @@ async fn apply_provider(
                     if f.rate_limit != fields.rate_limit {
                         diff.push("rate_limit")
                     }
+                    if f.rate_limits != fields.rate_limits {
+                        diff.push("rate_limits")
+                    }
                     if f.monthly_quota != fields.monthly_quota {
                         diff.push("monthly_quota")
+                    }
+                    if f.daily_quota != fields.daily_quota {
+                        diff.push("daily_quota")
                     }
                     if f.visibility != fields.visibility {
                         diff.push("visibility")
@@ -361,7 +369,9 @@ pub async fn export(state: &AppState, who: &Principal) -> Result<Document> {
                     description: p.fields.description,
                     pricing: p.fields.pricing,
                     rate_limit: p.fields.rate_limit,
+                    rate_limits: p.fields.rate_limits,
                     monthly_quota: p.fields.monthly_quota,
+                    daily_quota: p.fields.daily_quota,
                     visibility: p.fields.visibility,
                 })
                 .collect();

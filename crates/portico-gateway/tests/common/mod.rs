@@ -82,7 +82,10 @@ pub struct Setup {
     pub policy: UpstreamPolicy,
     pub policies: Policies,
     pub rate_limit: Option<RateLimit>,
+    /// More windows, after `rate_limit`.
+    pub rate_limits: Vec<RateLimit>,
     pub monthly_quota: Option<u64>,
+    pub daily_quota: Option<u64>,
     pub operations: Option<Arc<portico_core::operations::OperationRouter>>,
     pub config: GatewayConfig,
     pub sink: Arc<dyn UsageSink>,
@@ -100,7 +103,9 @@ impl Setup {
             policy: UpstreamPolicy::default(),
             policies: Policies::default(),
             rate_limit: None,
+            rate_limits: Vec::new(),
             monthly_quota: None,
+            daily_quota: None,
             operations: None,
             config: config(),
             sink: Arc::new(DiscardUsage),
@@ -153,10 +158,13 @@ pub async fn start(s: Setup) -> Running {
             subscription_id: SubscriptionId::new(),
             plan_id: PlanId::new(),
             plan_slug: Slug::parse("p1").unwrap(),
-            rate_limit: s.rate_limit,
+            rate_limits: s.rate_limit.into_iter().chain(s.rate_limits.iter().copied()).collect(),
             monthly_quota: s.monthly_quota,
+            daily_quota: s.daily_quota,
             quota_used: 0,
             quota_month: 0,
+            quota_used_today: 0,
+            quota_day: 0,
         };
         grants.insert(key.hash(&pepper), grant);
         subscriptions.insert((app, api_id), sub);
