@@ -71,3 +71,62 @@ async fn an_upgrade_is_tunnelled_to_the_upstream() {
         assert_eq!(got, msg);
     }
 }
+
+/// A real WebSocket server (tungstenite) behind the gateway: the handshake is checked and
+/// forwarded, then text, binary, ping/pong and the close handshake pass both ways.
+#[tokio::test]
+async fn a_websocket_session_passes_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let upstream = common::tcp_server(move |s| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+        while let Some(Ok(m)) = ws.next().await {
+            let reply = match m {
+                Message::Text(t) => Message::text(format!("echo: {}", t.as_str())),
+                Message::Binary(b) => Message::binary(b.iter().rev().copied().collect::<Vec<u8>>()),
+                // A close is answered by the library as the stream is read on (then it ends).
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let r = common::start(common::Setup::new("live", &upstream)).await;
+
+    // Without a key the handshake is refused like any call.
+    let url = format!("ws://{}/live/v1/socket", r.addr);
+    let tcp = TcpStream::connect(r.addr).await.unwrap();
+    let refused = tokio_tungstenite::client_async(url.as_str(), tcp).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected a 401, got {:?}", other.map(|(_, resp)| resp.status())),
+    }
+
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert("x-api-key", r.key.parse().unwrap());
+    let tcp = TcpStream::connect(r.addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    async fn next(
+        ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+    ) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+        tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("an answer within 5 s")
+    }
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap().unwrap(), Message::text("echo: hello"));
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap().unwrap(), Message::binary(vec![3u8, 2, 1]));
+    // A ping is answered by the server's pong through the tunnel.
+    ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap().unwrap(), Message::Pong(b"are you there".to_vec().into()));
+    // A large message arrives whole.
+    let big = "x".repeat(256 * 1024);
+    ws.send(Message::text(big.clone())).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap().unwrap(), Message::text(format!("echo: {big}")));
+    ws.close(None).await.unwrap();
+    let end = next(&mut ws).await;
+    assert!(matches!(end, Some(Ok(Message::Close(_))) | None), "the close handshake completes: {end:?}");
+}
