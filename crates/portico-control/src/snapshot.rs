@@ -241,6 +241,11 @@ pub async fn compile(
             )
         })
         .collect();
+    let op_limits: HashMap<_, _> = plans
+        .values()
+        .filter(|p| !p.fields.operation_limits.is_empty())
+        .map(|p| (p.id, Arc::new(p.fields.operation_limits.clone().into_iter().collect::<HashMap<_, _>>())))
+        .collect();
     let subscriptions = subs
         .into_iter()
         .filter_map(|s| {
@@ -259,6 +264,7 @@ pub async fn compile(
                         .collect(),
                     monthly_quota: plan.fields.monthly_quota,
                     daily_quota: plan.fields.daily_quota,
+                    operation_limits: op_limits.get(&plan.id).cloned(),
                     quota_used: used.get(&s.id).copied().unwrap_or(0),
                     quota_month: today.year() * 12 + i32::from(u8::from(today.month())) - 1,
                     quota_used_today: used_today.get(&s.id).copied().unwrap_or(0),

@@ -227,6 +227,8 @@ pub struct PlanView {
     pub monthly_quota: Option<u64>,
     /// Units per calendar day (UTC).
     pub daily_quota: Option<u64>,
+    /// Windows for single operations (operationId → windows), on top of the plan's.
+    pub operation_limits: std::collections::BTreeMap<String, Vec<RateLimitView>>,
     pub visibility: String,
 }
 
@@ -251,6 +253,15 @@ impl From<&catalog::Plan> for PlanView {
                 .collect(),
             monthly_quota: p.fields.monthly_quota,
             daily_quota: p.fields.daily_quota,
+            operation_limits: p
+                .fields
+                .operation_limits
+                .iter()
+                .map(|(op, ws)| {
+                    let ws = ws.iter().map(|r| RateLimitView { requests: r.requests(), per: r.per().as_str().into() });
+                    (op.clone(), ws.collect())
+                })
+                .collect(),
             visibility: p.fields.visibility.to_string(),
         }
     }

@@ -95,6 +95,9 @@ pub struct PlanSpec {
     pub monthly_quota: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_quota: Option<u64>,
+    /// Windows for single operations (operationId → windows), on top of the plan's.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub operation_limits: std::collections::BTreeMap<String, Vec<RateLimit>>,
     #[serde(default)]
     pub visibility: Visibility,
 }
@@ -193,6 +196,9 @@ impl Document {
                         l.rate_limit.into_iter().chain(l.rate_limits.iter().copied()).collect();
                     if let Err(e) = crate::values::check_rate_windows(&windows) {
                         return err(format!("{at}.rate_limits"), e.to_string());
+                    }
+                    if let Err(e) = crate::values::check_operation_limits(&l.operation_limits) {
+                        return err(format!("{at}.operation_limits"), e.to_string());
                     }
                 }
             }

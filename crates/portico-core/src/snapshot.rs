@@ -99,6 +99,9 @@ pub struct SubscriptionGrant {
     pub monthly_quota: Option<u64>,
     /// Units per calendar day (UTC).
     pub daily_quota: Option<u64>,
+    /// The plan's windows for single operations (operationId → windows), shared by the plan's
+    /// subscriptions; `None` when it has none.
+    pub operation_limits: Option<Arc<HashMap<String, Vec<RateLimit>>>>,
     /// Quota units the store had counted for this subscription in the current period when the
     /// snapshot was compiled: where a gateway that restarts starts counting from.
     pub quota_used: u64,

@@ -360,6 +360,31 @@ pub fn check_rate_windows(windows: &[RateLimit]) -> Result<()> {
     Ok(())
 }
 
+/// A plan's windows for single operations: at most 50 operations (by operationId, 1–128
+/// characters), each with windows as [`check_rate_windows`] allows.
+pub fn check_operation_limits(limits: &std::collections::BTreeMap<String, Vec<RateLimit>>) -> Result<()> {
+    if limits.len() > 50 {
+        return Err(Error::invalid("operation_limits", "a plan limits at most 50 operations"));
+    }
+    for (op, windows) in limits {
+        if op.is_empty() || op.len() > 128 || op.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "operation_limits",
+                "an operation is named by its operationId (1-128 characters)",
+            ));
+        }
+        if windows.is_empty() {
+            return Err(Error::invalid(
+                "operation_limits",
+                format!("operation `{op}` has no windows; leave it out instead"),
+            ));
+        }
+        check_rate_windows(windows)
+            .map_err(|e| Error::invalid("operation_limits", format!("operation `{op}`: {e}")))?;
+    }
+    Ok(())
+}
+
 /// A semantic version of an API: `MAJOR.MINOR.PATCH` (or `MAJOR.MINOR`). The gateway routes
 /// `/v{MAJOR}` to the newest published version of that major.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

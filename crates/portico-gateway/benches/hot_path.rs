@@ -64,6 +64,7 @@ fn grant() -> SubscriptionGrant {
         rate_limits: vec![RateLimit::new(1_000_000, Period::Second).unwrap()],
         monthly_quota: Some(u64::MAX / 2),
         daily_quota: None,
+        operation_limits: None,
         quota_used: 0,
         quota_month: 0,
         quota_used_today: 0,
@@ -90,7 +91,7 @@ fn hot_path(c: &mut Criterion) {
     let limiter = Limiter::new();
     let g = grant();
     c.bench_function("limiter: GCRA (1M/s) + monthly quota, one unit", |b| {
-        b.iter(|| limiter.check(black_box(&g), 1).is_ok())
+        b.iter(|| limiter.check(black_box(&g), None, 1).is_ok())
     });
 }
 

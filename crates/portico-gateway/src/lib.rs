@@ -169,8 +169,9 @@ struct Caller {
 fn refused_policy(r: &limit::Refusal) -> limit::Admitted {
     let mut a = limit::Admitted::default();
     match r {
-        limit::Refusal::RateLimited { retry_after, limit } => {
-            a.rates[0] = Some((*limit, 0, limit::retry_after_secs(*retry_after)));
+        limit::Refusal::RateLimited { retry_after, limit, for_operation } => {
+            let slot = if *for_operation { &mut a.op_rates[0] } else { &mut a.rates[0] };
+            *slot = Some((*limit, 0, limit::retry_after_secs(*retry_after)));
         }
         limit::Refusal::QuotaExhausted { retry_after, quota, period } => {
             a.quotas[0] = Some((*period, *quota, 0, limit::retry_after_secs(*retry_after)));
@@ -474,7 +475,7 @@ impl Gateway {
             subscription_id: sub.subscription_id,
             consumer_org_id: grant.consumer_org_id,
             plan_id: sub.plan_id,
-            operation,
+            operation: operation.clone(),
             status: 0,
             latency_micros: 0,
             bytes_in: 0,
@@ -495,7 +496,7 @@ impl Gateway {
         }
 
         let limit_span = trace::phase(traces, "limit");
-        let admitted = match inner.limiter.check(sub, units) {
+        let admitted = match inner.limiter.check(sub, operation.as_deref(), units) {
             Ok(a) => a,
             Err(refusal) => {
                 match &refusal {
@@ -503,9 +504,16 @@ impl Gateway {
                     limit::Refusal::QuotaExhausted { .. } => inner.metrics.quota_exhausted.increment(1),
                 }
                 let detail = match &refusal {
-                    limit::Refusal::RateLimited { limit, .. } => format!(
+                    limit::Refusal::RateLimited { limit, for_operation: false, .. } => format!(
                         "rate limit of plan `{}` reached ({} per {}); retry later",
                         sub.plan_slug,
+                        limit.requests(),
+                        limit.per().as_str()
+                    ),
+                    limit::Refusal::RateLimited { limit, for_operation: true, .. } => format!(
+                        "rate limit of plan `{}` for operation `{}` reached ({} per {}); retry later",
+                        sub.plan_slug,
+                        operation.as_deref().unwrap_or_default(),
                         limit.requests(),
                         limit.per().as_str()
                     ),
@@ -524,7 +532,7 @@ impl Gateway {
                 };
                 let state = refused_policy(&refusal);
                 let mut resp = errors::rate_limited(wait, &detail);
-                proxy::rate_limit_headers(resp.headers_mut(), &state);
+                proxy::rate_limit_headers(resp.headers_mut(), &state, operation.as_deref());
                 meter.refuse(resp.status().as_u16());
                 return resp;
             }
@@ -547,7 +555,7 @@ impl Gateway {
                     proxy::apply_rules(resp.headers_mut(), &policies.response_headers);
                 }
                 resp.headers_mut().insert(cache::X_CACHE.clone(), http::HeaderValue::from_static("HIT"));
-                proxy::rate_limit_headers(resp.headers_mut(), &admitted);
+                proxy::rate_limit_headers(resp.headers_mut(), &admitted, operation.as_deref());
                 meter.respond(resp.status().as_u16());
                 let (parts, body) = resp.into_parts();
                 return Response::from_parts(parts, MeteredBody::new(body, meter).boxed_unsync());
@@ -711,7 +719,7 @@ impl Gateway {
                         }
                     });
                 }
-                proxy::rate_limit_headers(&mut parts.headers, &admitted);
+                proxy::rate_limit_headers(&mut parts.headers, &admitted, operation.as_deref());
                 meter.respond(parts.status.as_u16());
                 Response::from_parts(parts, MeteredBody::new(body, meter).boxed_unsync())
             }

@@ -43,6 +43,8 @@ impl QuotaPeriod {
 pub struct Admitted {
     /// Each rate-limit window: (limit, units left now, seconds until it is full again).
     pub rates: [Option<(RateLimit, u32, u64)>; MAX_WINDOWS],
+    /// The same for the called operation's own windows.
+    pub op_rates: [Option<(RateLimit, u32, u64)>; MAX_WINDOWS],
     /// Each quota: (period, quota, units left, seconds until it resets).
     pub quotas: [Option<(QuotaPeriod, u64, u64, u64)>; 2],
 }
@@ -50,15 +52,25 @@ pub struct Admitted {
 /// Why a call was refused, with how long to wait.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
-    RateLimited { retry_after: Duration, limit: RateLimit },
-    QuotaExhausted { retry_after: Duration, quota: u64, period: QuotaPeriod },
+    /// `for_operation`: the window is one of the called operation's own.
+    RateLimited {
+        retry_after: Duration,
+        limit: RateLimit,
+        for_operation: bool,
+    },
+    QuotaExhausted {
+        retry_after: Duration,
+        quota: u64,
+        period: QuotaPeriod,
+    },
 }
 
 /// Admits calls against a subscription's limits. [`Limiter`] is the in-process one.
 pub trait Limits: Send + Sync {
     /// Admits one call costing `units` (an operation's weight, at least 1) for `grant`, or
     /// says why not. A refused call takes nothing from any budget.
-    fn check(&self, grant: &SubscriptionGrant, units: u32) -> Result<Admitted, Refusal>;
+    /// `operation`: the called operation's id, for the plan's per-operation windows.
+    fn check(&self, grant: &SubscriptionGrant, operation: Option<&str>, units: u32) -> Result<Admitted, Refusal>;
 }
 
 /// A subscription's windows: the limits they were made for, and each one's theoretical
@@ -66,6 +78,8 @@ pub trait Limits: Send + Sync {
 struct Windows {
     limits: Vec<RateLimit>,
     tat: [u64; MAX_WINDOWS],
+    /// The windows of single operations: operationId → (limits, arrival times).
+    ops: HashMap<Box<str>, (Vec<RateLimit>, [u64; MAX_WINDOWS])>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -124,62 +138,112 @@ impl Limiter {
             return w.clone();
         }
         // New subscription, or its plan's limits changed: start afresh with the new ones.
-        let w = Arc::new(Mutex::new(Windows { limits: limits.to_vec(), tat: [0; MAX_WINDOWS] }));
+        let w = Arc::new(Mutex::new(Windows { limits: limits.to_vec(), tat: [0; MAX_WINDOWS], ops: HashMap::new() }));
         map.insert(sub, w.clone());
         w
     }
 
-    /// GCRA over every window at once: admitted only if each admits, and then each is spent.
-    fn check_rates(&self, grant: &SubscriptionGrant, units: u32, admitted: &mut Admitted) -> Result<(), Refusal> {
+    /// GCRA over every window at once — the plan's and the operation's: admitted only if each
+    /// admits, and then each is spent.
+    fn check_rates(
+        &self,
+        grant: &SubscriptionGrant,
+        operation: Option<&str>,
+        units: u32,
+        admitted: &mut Admitted,
+    ) -> Result<(), Refusal> {
         let limits = &grant.rate_limits[..grant.rate_limits.len().min(MAX_WINDOWS)];
-        if limits.is_empty() {
+        let op = operation.and_then(|o| grant.operation_limits.as_ref()?.get_key_value(o));
+        if limits.is_empty() && op.is_none() {
             return Ok(());
         }
         let state = self.windows(grant.subscription_id, limits);
         let now = self.epoch.elapsed().as_nanos() as u64;
         let mut w = state.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = [0u64; MAX_WINDOWS];
-        let mut refused: Option<(Duration, RateLimit)> = None;
-        for (i, l) in limits.iter().enumerate() {
-            let period = l.per().seconds() * 1_000_000_000;
-            let interval = period / u64::from(l.requests().max(1));
-            let tat = w.tat[i].max(now);
-            let after = tat + interval * u64::from(units);
-            let wait = if units > l.requests() {
-                // The operation costs more units than the window's whole burst.
-                Some(Duration::from_nanos(period))
-            } else if after - now > period {
-                Some(Duration::from_nanos(after - now - period))
-            } else {
-                None
-            };
-            match wait {
-                Some(d) if refused.is_none_or(|(r, _)| d > r) => refused = Some((d, *l)),
-                Some(_) => {}
-                None => next[i] = after,
+        let mut refused = gcra(limits, &w.tat, now, units, &mut next).map(|(d, l)| (d, l, false));
+        let mut op_next = [0u64; MAX_WINDOWS];
+        let op = op.map(|(name, ws)| (name, &ws[..ws.len().min(MAX_WINDOWS)]));
+        if let Some((name, op_limits)) = op {
+            if !w.ops.get(name.as_str()).is_some_and(|(l, _)| l.as_slice() == op_limits) {
+                w.ops.insert(name.as_str().into(), (op_limits.to_vec(), [0; MAX_WINDOWS]));
+            }
+            let tat = w.ops.get(name.as_str()).map(|(_, t)| *t).unwrap_or_default();
+            if let Some((d, l)) = gcra(op_limits, &tat, now, units, &mut op_next)
+                && refused.is_none_or(|(r, _, _)| d > r)
+            {
+                refused = Some((d, l, true));
             }
         }
-        if let Some((retry_after, limit)) = refused {
-            return Err(Refusal::RateLimited { retry_after, limit });
+        if let Some((retry_after, limit, for_operation)) = refused {
+            return Err(Refusal::RateLimited { retry_after, limit, for_operation });
         }
+        w.tat = next;
         for (i, l) in limits.iter().enumerate() {
-            w.tat[i] = next[i];
-            let period = l.per().seconds() * 1_000_000_000;
-            let interval = period / u64::from(l.requests().max(1));
-            let busy = next[i] - now;
-            let left = ((period - busy) / interval.max(1)).min(u64::from(l.requests())) as u32;
-            admitted.rates[i] = Some((*l, left, busy.div_ceil(1_000_000_000)));
+            admitted.rates[i] = Some(window_state(*l, next[i], now));
+        }
+        if let Some((name, op_limits)) = op {
+            if let Some((_, tat)) = w.ops.get_mut(name.as_str()) {
+                *tat = op_next;
+            }
+            for (i, l) in op_limits.iter().enumerate() {
+                admitted.op_rates[i] = Some(window_state(*l, op_next[i], now));
+            }
         }
         Ok(())
     }
 }
 
+fn interval_and_period(l: RateLimit) -> (u64, u64) {
+    let period = l.per().seconds() * 1_000_000_000;
+    (period / u64::from(l.requests().max(1)), period)
+}
+
+/// GCRA for `units` over `limits` with their arrival times `tat` (nanoseconds): fills `next`
+/// with each window's arrival time after the call, or says which window refuses and how long
+/// to wait (the longest wait, when several refuse).
+fn gcra(
+    limits: &[RateLimit],
+    tat: &[u64; MAX_WINDOWS],
+    now: u64,
+    units: u32,
+    next: &mut [u64; MAX_WINDOWS],
+) -> Option<(Duration, RateLimit)> {
+    let mut refused: Option<(Duration, RateLimit)> = None;
+    for (i, l) in limits.iter().enumerate() {
+        let (interval, period) = interval_and_period(*l);
+        let after = tat[i].max(now) + interval * u64::from(units);
+        let wait = if units > l.requests() {
+            // The operation costs more units than the window's whole burst.
+            Some(Duration::from_nanos(period))
+        } else if after - now > period {
+            Some(Duration::from_nanos(after - now - period))
+        } else {
+            None
+        };
+        match wait {
+            Some(d) if refused.is_none_or(|(r, _)| d > r) => refused = Some((d, *l)),
+            Some(_) => {}
+            None => next[i] = after,
+        }
+    }
+    refused
+}
+
+/// (limit, units left now, seconds until the window is full again) after a call.
+fn window_state(l: RateLimit, tat: u64, now: u64) -> (RateLimit, u32, u64) {
+    let (interval, period) = interval_and_period(l);
+    let busy = tat.saturating_sub(now);
+    let left = (period.saturating_sub(busy) / interval.max(1)).min(u64::from(l.requests())) as u32;
+    (l, left, busy.div_ceil(1_000_000_000))
+}
+
 impl Limits for Limiter {
-    fn check(&self, grant: &SubscriptionGrant, units: u32) -> Result<Admitted, Refusal> {
+    fn check(&self, grant: &SubscriptionGrant, operation: Option<&str>, units: u32) -> Result<Admitted, Refusal> {
         let units = units.max(1);
         let mut admitted = Admitted::default();
         if grant.monthly_quota.is_none() && grant.daily_quota.is_none() {
-            self.check_rates(grant, units, &mut admitted)?;
+            self.check_rates(grant, operation, units, &mut admitted)?;
             return Ok(admitted);
         }
         let ((month, month_left), (day, day_left)) = calendar_now();
@@ -218,7 +282,7 @@ impl Limits for Limiter {
                 period: QuotaPeriod::Month,
             });
         }
-        self.check_rates(grant, units, &mut admitted)?;
+        self.check_rates(grant, operation, units, &mut admitted)?;
         c.month_used += u;
         c.day_used += u;
         q.insert(grant.subscription_id, c);
@@ -253,10 +317,17 @@ mod tests {
             rate_limits: rate.into_iter().collect(),
             monthly_quota: quota,
             daily_quota: None,
+            operation_limits: None,
             quota_used: 0,
             quota_month: month,
             quota_used_today: 0,
             quota_day: day,
+        }
+    }
+
+    impl Limiter {
+        fn check_plan(&self, g: &SubscriptionGrant, units: u32) -> Result<Admitted, Refusal> {
+            self.check(g, None, units)
         }
     }
 
@@ -273,12 +344,12 @@ mod tests {
         let l = Limiter::new();
         let mut g = grant(Some(RateLimit::new(5, Period::Second).unwrap()), None);
         g.rate_limits.push(RateLimit::new(3, Period::Hour).unwrap());
-        let a = l.check(&g, 1).unwrap();
+        let a = l.check_plan(&g, 1).unwrap();
         let windows: Vec<_> = a.rates.iter().flatten().map(|(lim, left, _)| (lim.per(), *left)).collect();
         assert_eq!(windows, [(Period::Second, 4), (Period::Hour, 2)]);
-        assert!(l.check(&g, 2).is_ok(), "3 of the hour's 3");
-        match l.check(&g, 1) {
-            Err(Refusal::RateLimited { limit, retry_after }) => {
+        assert!(l.check_plan(&g, 2).is_ok(), "3 of the hour's 3");
+        match l.check_plan(&g, 1) {
+            Err(Refusal::RateLimited { limit, retry_after, .. }) => {
                 assert_eq!(limit.per(), Period::Hour, "the hour's window refuses");
                 assert!(retry_after > Duration::from_secs(1000), "{retry_after:?}");
             }
@@ -288,8 +359,8 @@ mod tests {
         let l2 = Limiter::new();
         let mut tight = grant(Some(RateLimit::new(2, Period::Minute).unwrap()), None);
         tight.rate_limits.push(RateLimit::new(1, Period::Hour).unwrap());
-        assert!(l2.check(&tight, 1).is_ok());
-        assert!(l2.check(&tight, 1).is_err(), "the hour refuses");
+        assert!(l2.check_plan(&tight, 1).is_ok());
+        assert!(l2.check_plan(&tight, 1).is_err(), "the hour refuses");
         match &l2.rates.read().unwrap()[&tight.subscription_id].lock().unwrap().tat {
             [minute, hour, ..] => {
                 let spent_minute = *minute - l2.epoch.elapsed().as_nanos().min(u128::from(*minute)) as u64;
@@ -300,36 +371,59 @@ mod tests {
     }
 
     #[test]
+    fn an_operations_windows_add_to_the_plans() {
+        let l = Limiter::new();
+        let mut g = grant(Some(RateLimit::new(10, Period::Minute).unwrap()), None);
+        let ops = HashMap::from([("search".to_owned(), vec![RateLimit::new(2, Period::Minute).unwrap()])]);
+        g.operation_limits = Some(Arc::new(ops));
+        let a = l.check(&g, Some("search"), 1).unwrap();
+        assert_eq!((a.rates[0].unwrap().1, a.op_rates[0].unwrap().1), (9, 1));
+        assert!(l.check(&g, Some("search"), 1).is_ok());
+        match l.check(&g, Some("search"), 1) {
+            Err(Refusal::RateLimited { for_operation: true, limit, .. }) => assert_eq!(limit.requests(), 2),
+            other => panic!("{other:?}"),
+        }
+        // Other operations only spend the plan's window, which the refusal did not touch.
+        let other = l.check(&g, Some("getItem"), 1).unwrap();
+        assert_eq!((other.rates[0].unwrap().1, other.op_rates[0]), (7, None));
+        assert_eq!(first(&l.check(&g, None, 1).unwrap()).0, 6);
+    }
+
+    #[test]
     fn the_daily_quota_resets_each_day_and_is_seeded_for_today_only() {
         let l = Limiter::new();
         let mut g = grant(None, Some(100));
         g.daily_quota = Some(3);
         g.quota_used_today = 2;
         g.quota_used = 50;
-        let a = l.check(&g, 1).unwrap();
+        let a = l.check_plan(&g, 1).unwrap();
         assert_eq!(a.quotas[0].map(|q| (q.0, q.1, q.2)), Some((QuotaPeriod::Day, 3, 0)));
         assert_eq!(month_left(&a), 49);
-        match l.check(&g, 1) {
+        match l.check_plan(&g, 1) {
             Err(Refusal::QuotaExhausted { period: QuotaPeriod::Day, retry_after, .. }) => {
                 assert!(retry_after <= Duration::from_secs(86_400));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(month_left(&l.check(&grant(None, Some(100)), 1).unwrap()), 99, "others are not affected");
+        assert_eq!(month_left(&l.check_plan(&grant(None, Some(100)), 1).unwrap()), 99, "others are not affected");
         let mut yesterday = grant(None, None);
         yesterday.daily_quota = Some(3);
         yesterday.quota_used_today = 3;
         yesterday.quota_day -= 1;
-        assert_eq!(l.check(&yesterday, 1).unwrap().quotas[0].unwrap().2, 2, "yesterday's count does not seed today");
+        assert_eq!(
+            l.check_plan(&yesterday, 1).unwrap().quotas[0].unwrap().2,
+            2,
+            "yesterday's count does not seed today"
+        );
     }
 
     #[test]
     fn gcra_allows_the_burst_then_refuses_with_a_wait() {
         let l = Limiter::new();
         let g = grant(Some(RateLimit::new(3, Period::Minute).unwrap()), None);
-        let lefts: Vec<u32> = (0..3).map(|_| first(&l.check(&g, 1).unwrap()).0).collect();
+        let lefts: Vec<u32> = (0..3).map(|_| first(&l.check_plan(&g, 1).unwrap()).0).collect();
         assert_eq!(lefts, [2, 1, 0]);
-        match l.check(&g, 1) {
+        match l.check_plan(&g, 1) {
             Err(Refusal::RateLimited { retry_after, .. }) => {
                 assert!(
                     retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20),
@@ -341,20 +435,20 @@ mod tests {
         }
         // Another subscription has its own budget.
         let g2 = grant(g.rate_limits.first().copied(), None);
-        assert!(l.check(&g2, 1).is_ok());
+        assert!(l.check_plan(&g2, 1).is_ok());
     }
 
     #[test]
     fn weighted_operations_spend_several_units() {
         let l = Limiter::new();
         let g = grant(Some(RateLimit::new(10, Period::Minute).unwrap()), Some(12));
-        assert_eq!(first(&l.check(&g, 4).unwrap()).0, 6);
-        assert_eq!(month_left(&l.check(&g, 4).unwrap()), 4);
-        assert!(matches!(l.check(&g, 4), Err(Refusal::RateLimited { .. })), "2 rate units left");
-        assert_eq!(month_left(&l.check(&g, 2).unwrap()), 2);
-        assert!(matches!(l.check(&g, 3), Err(Refusal::QuotaExhausted { .. })));
+        assert_eq!(first(&l.check_plan(&g, 4).unwrap()).0, 6);
+        assert_eq!(month_left(&l.check_plan(&g, 4).unwrap()), 4);
+        assert!(matches!(l.check_plan(&g, 4), Err(Refusal::RateLimited { .. })), "2 rate units left");
+        assert_eq!(month_left(&l.check_plan(&g, 2).unwrap()), 2);
+        assert!(matches!(l.check_plan(&g, 3), Err(Refusal::QuotaExhausted { .. })));
         assert!(
-            matches!(l.check(&grant(g.rate_limits.first().copied(), None), 11), Err(Refusal::RateLimited { .. })),
+            matches!(l.check_plan(&grant(g.rate_limits.first().copied(), None), 11), Err(Refusal::RateLimited { .. })),
             "above the burst"
         );
     }
@@ -365,14 +459,14 @@ mod tests {
         let mut g = grant(Some(RateLimit::new(10, Period::Minute).unwrap()), Some(10));
         g.quota_used = 10;
         g.quota_month -= 1;
-        assert_eq!(month_left(&l.check(&g, 1).unwrap()), 9, "a new month starts at zero");
+        assert_eq!(month_left(&l.check_plan(&g, 1).unwrap()), 9, "a new month starts at zero");
         let mut full = grant(Some(RateLimit::new(3, Period::Minute).unwrap()), Some(10));
         full.quota_used = 10;
-        assert!(matches!(l.check(&full, 1), Err(Refusal::QuotaExhausted { .. })));
-        assert_eq!(first(&l.check(&grant(full.rate_limits.first().copied(), None), 3).unwrap()).0, 0);
+        assert!(matches!(l.check_plan(&full, 1), Err(Refusal::QuotaExhausted { .. })));
+        assert_eq!(first(&l.check_plan(&grant(full.rate_limits.first().copied(), None), 3).unwrap()).0, 0);
         full.rate_limits.clear();
         assert!(
-            matches!(l.check(&full, 1), Err(Refusal::QuotaExhausted { .. })),
+            matches!(l.check_plan(&full, 1), Err(Refusal::QuotaExhausted { .. })),
             "refused before spending rate budget"
         );
     }
@@ -382,29 +476,32 @@ mod tests {
         let l = Limiter::new();
         let mut g = grant(None, Some(10));
         g.quota_used = 9;
-        assert_eq!(month_left(&l.check(&g, 1).unwrap()), 0);
-        assert!(l.check(&g, 1).is_err());
+        assert_eq!(month_left(&l.check_plan(&g, 1).unwrap()), 0);
+        assert!(l.check_plan(&g, 1).is_err());
         g.quota_used = 0;
-        assert!(l.check(&g, 1).is_err(), "a later snapshot does not reset a counter in use");
+        assert!(l.check_plan(&g, 1).is_err(), "a later snapshot does not reset a counter in use");
     }
 
     #[test]
     fn a_changed_limit_takes_effect() {
         let l = Limiter::new();
         let mut g = grant(Some(RateLimit::new(1, Period::Hour).unwrap()), None);
-        assert!(l.check(&g, 1).is_ok());
-        assert!(l.check(&g, 1).is_err());
+        assert!(l.check_plan(&g, 1).is_ok());
+        assert!(l.check_plan(&g, 1).is_err());
         g.rate_limits = vec![RateLimit::new(5, Period::Hour).unwrap()];
-        assert!(l.check(&g, 1).is_ok());
+        assert!(l.check_plan(&g, 1).is_ok());
     }
 
     #[test]
     fn the_monthly_quota_counts_admitted_calls() {
         let l = Limiter::new();
         let g = grant(None, Some(2));
-        assert_eq!(l.check(&g, 1).unwrap().quotas[1].map(|q| (q.1, q.2)), Some((2, 1)));
-        assert_eq!(l.check(&g, 1).unwrap().quotas[1].map(|q| (q.1, q.2)), Some((2, 0)));
-        assert!(matches!(l.check(&g, 1), Err(Refusal::QuotaExhausted { quota: 2, period: QuotaPeriod::Month, .. })));
+        assert_eq!(l.check_plan(&g, 1).unwrap().quotas[1].map(|q| (q.1, q.2)), Some((2, 1)));
+        assert_eq!(l.check_plan(&g, 1).unwrap().quotas[1].map(|q| (q.1, q.2)), Some((2, 0)));
+        assert!(matches!(
+            l.check_plan(&g, 1),
+            Err(Refusal::QuotaExhausted { quota: 2, period: QuotaPeriod::Month, .. })
+        ));
         assert!(grant(None, None).monthly_quota.is_none());
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);

@@ -278,7 +278,8 @@ pub fn inject_credential(h: &mut HeaderMap, auth: &portico_core::policy::Upstrea
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured
 /// fields): e.g. `"minute";q=100;w=60` and `"minute";r=42;t=17`.
-pub fn rate_limit_headers(h: &mut HeaderMap, a: &crate::limit::Admitted) {
+/// The called operation's own windows are named `{operationId}/{period}`.
+pub fn rate_limit_headers(h: &mut HeaderMap, a: &crate::limit::Admitted, operation: Option<&str>) {
     use std::fmt::Write;
     let (mut policy, mut state) = (String::new(), String::new());
     let mut sep = "";
@@ -286,6 +287,12 @@ pub fn rate_limit_headers(h: &mut HeaderMap, a: &crate::limit::Admitted) {
         let name = limit.per().as_str();
         let _ = write!(policy, "{sep}\"{name}\";q={};w={}", limit.requests(), limit.per().seconds());
         let _ = write!(state, "{sep}\"{name}\";r={left};t={reset}");
+        sep = ", ";
+    }
+    for (limit, left, reset) in a.op_rates.iter().flatten() {
+        let (op, name) = (operation.unwrap_or_default().escape_default(), limit.per().as_str());
+        let _ = write!(policy, "{sep}\"{op}/{name}\";q={};w={}", limit.requests(), limit.per().seconds());
+        let _ = write!(state, "{sep}\"{op}/{name}\";r={left};t={reset}");
         sep = ", ";
     }
     for (period, quota, left, reset) in a.quotas.iter().flatten() {

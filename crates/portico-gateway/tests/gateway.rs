@@ -79,6 +79,7 @@ async fn fixture(upstream: &str) -> Fixture {
         rate_limits: vec![RateLimit::new(4, Period::Minute).unwrap()],
         monthly_quota: None,
         daily_quota: None,
+        operation_limits: None,
         quota_used: 0,
         quota_month: 0,
         quota_used_today: 0,

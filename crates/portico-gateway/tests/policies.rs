@@ -10,6 +10,7 @@ use portico_core::operations::OperationRouter;
 use portico_core::policy::{Policies, verify_signature};
 use portico_core::values::{Period, RateLimit};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 fn policies(v: Value) -> Policies {
@@ -246,6 +247,41 @@ async fn several_windows_and_a_daily_quota() {
     assert!(refused.headers()["ratelimit"].to_str().unwrap().starts_with("\"hour\";r=0;"));
     let body: serde_json::Value = refused.json().await.unwrap();
     assert!(body["detail"].as_str().unwrap().contains("3 per hour"), "{body}");
+}
+
+/// An operation's own windows: reported by name beside the plan's, and refusing that operation
+/// only.
+#[tokio::test]
+async fn an_operation_has_windows_of_its_own() {
+    let up = echo_upstream().await;
+    let mut s = Setup::new("echo", &up);
+    let op = |method: &str, path: &str, id: &str| Operation {
+        method: method.into(),
+        path: path.into(),
+        operation_id: Some(id.into()),
+        summary: None,
+    };
+    s.operations = Some(Arc::new(
+        OperationRouter::compile(&[op("GET", "/search", "search"), op("GET", "/items/{id}", "getItem")]).unwrap(),
+    ));
+    s.rate_limit = Some(RateLimit::new(100, Period::Minute).unwrap());
+    s.operation_limits = HashMap::from([("search".to_owned(), vec![RateLimit::new(1, Period::Hour).unwrap()])]);
+    let gw = start(s).await;
+    let get = |path: &'static str| {
+        let (base, key) = (gw.base.clone(), gw.key.clone());
+        async move { client().get(format!("{base}{path}")).header("x-api-key", key).send().await.unwrap() }
+    };
+    let r = get("/search").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-policy"], "\"minute\";q=100;w=60, \"search/hour\";q=1;w=3600");
+    let refused = get("/search").await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers()["ratelimit"].to_str().unwrap().starts_with("\"search/hour\";r=0;"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("operation `search`"), "{body}");
+    let item = get("/items/1").await;
+    assert_eq!(item.status(), 200, "other operations are not limited by it");
+    assert!(item.headers()["ratelimit"].to_str().unwrap().starts_with("\"minute\";r=98;"), "{:?}", item.headers());
 }
 
 /// The daily quota refuses past its count with a wait until midnight UTC.

@@ -316,6 +316,8 @@ pub struct PlanFields {
     pub monthly_quota: Option<u64>,
     /// Calls (units) per calendar day, UTC.
     pub daily_quota: Option<u64>,
+    /// Windows for single operations (operationId → windows), on top of the plan's.
+    pub operation_limits: std::collections::BTreeMap<String, Vec<RateLimit>>,
     pub visibility: Visibility,
 }
 
@@ -328,7 +330,7 @@ pub struct Plan {
     pub created_at: time::OffsetDateTime,
 }
 
-const PLAN_COLS: &str = "id, api_id, slug, name, description, pricing, rate_limit_requests, rate_limit_per, monthly_quota, visibility, created_at, extra_rate_limits, daily_quota";
+const PLAN_COLS: &str = "id, api_id, slug, name, description, pricing, rate_limit_requests, rate_limit_per, monthly_quota, visibility, created_at, extra_rate_limits, daily_quota, operation_limits";
 
 fn decode_plan(r: &AnyRow) -> Result<Plan> {
     let t = "plans";
@@ -354,6 +356,7 @@ fn decode_plan(r: &AnyRow) -> Result<Plan> {
             rate_limits: with(r, t, "extra_rate_limits", |s| serde_json::from_str(s))?,
             monthly_quota: get::<Option<i64>>(r, t, "monthly_quota")?.map(|q| q.max(0) as u64),
             daily_quota: get::<Option<i64>>(r, t, "daily_quota")?.map(|q| q.max(0) as u64),
+            operation_limits: with(r, t, "operation_limits", |s| serde_json::from_str(s))?,
             visibility: with(r, t, "visibility", Visibility::parse)?,
         },
         created_at: time(r, t, "created_at")?,
@@ -368,7 +371,7 @@ pub async fn insert_plan(c: &mut Conn, api: ApiId, slug: &Slug, f: &PlanFields) 
     let id = PlanId::new();
     let now = now_millis();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO plans ({PLAN_COLS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $11)"
+        "INSERT INTO plans ({PLAN_COLS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $11)"
     )))
     .bind(id.to_string())
     .bind(api.to_string())
@@ -383,6 +386,7 @@ pub async fn insert_plan(c: &mut Conn, api: ApiId, slug: &Slug, f: &PlanFields) 
     .bind(now)
     .bind(serde_json::to_string(&f.rate_limits).unwrap_or_else(|_| "[]".into()))
     .bind(quota(f.daily_quota))
+    .bind(serde_json::to_string(&f.operation_limits).unwrap_or_else(|_| "{}".into()))
     .execute(c)
     .await
     .map_err(Error::unique(format!("a plan with slug `{slug}` in this API")))?;
@@ -392,7 +396,7 @@ pub async fn insert_plan(c: &mut Conn, api: ApiId, slug: &Slug, f: &PlanFields) 
 pub async fn update_plan(c: &mut Conn, id: PlanId, f: &PlanFields) -> Result<()> {
     sqlx::query(
         "UPDATE plans SET name = $1, description = $2, pricing = $3, rate_limit_requests = $4, rate_limit_per = $5, \
-         monthly_quota = $6, visibility = $7, updated_at = $8, extra_rate_limits = $9, daily_quota = $10 WHERE id = $11",
+         monthly_quota = $6, visibility = $7, updated_at = $8, extra_rate_limits = $9, daily_quota = $10, operation_limits = $11 WHERE id = $12",
     )
     .bind(f.name.as_str())
     .bind(&f.description)
@@ -404,6 +408,7 @@ pub async fn update_plan(c: &mut Conn, id: PlanId, f: &PlanFields) -> Result<()>
     .bind(now_millis())
     .bind(serde_json::to_string(&f.rate_limits).unwrap_or_else(|_| "[]".into()))
     .bind(quota(f.daily_quota))
+    .bind(serde_json::to_string(&f.operation_limits).unwrap_or_else(|_| "{}".into()))
     .bind(id.to_string())
     .execute(c)
     .await?;

@@ -131,11 +131,13 @@ async fn exercise(store: &Store) {
         rate_limits: vec![RateLimit::new(100, Period::Hour).unwrap(), RateLimit::new(500, Period::Day).unwrap()],
         monthly_quota: Some(1000),
         daily_quota: Some(50),
+        operation_limits: [("search".to_owned(), vec![RateLimit::new(5, Period::Minute).unwrap()])].into(),
         visibility: Visibility::Public,
     };
     let plan = catalog::insert_plan(&mut c, api.id, &slug("free"), &pf).await.unwrap();
     assert_eq!(catalog::plan_by_id(&mut c, plan.id).await.unwrap().unwrap().fields, pf);
-    let fewer = PlanFields { rate_limits: vec![], daily_quota: None, ..pf.clone() };
+    let fewer =
+        PlanFields { rate_limits: vec![], daily_quota: None, operation_limits: Default::default(), ..pf.clone() };
     catalog::update_plan(&mut c, plan.id, &fewer).await.unwrap();
     assert_eq!(catalog::plan_by_id(&mut c, plan.id).await.unwrap().unwrap().fields, fewer);
     catalog::update_plan(&mut c, plan.id, &pf).await.unwrap();

@@ -744,6 +744,7 @@ async fn plans_with_several_windows_and_a_daily_quota() {
         ),
         (json!({"daily_quota": 0}), "daily_quota"),
         (json!({"rate_limits": [{"requests": 0, "per": "minute"}]}), "between 1 and"),
+        (json!({"operation_limits": {"getThing": []}}), "no windows"),
     ] {
         let mut plan = json!({"slug": "bad", "name": "Bad", "pricing": {"type": "free"}});
         plan.as_object_mut().unwrap().extend(bad.as_object().unwrap().clone());
@@ -752,7 +753,8 @@ async fn plans_with_several_windows_and_a_daily_quota() {
         assert!(v["detail"].as_str().unwrap().contains(why), "{why}: {v}");
     }
     let plan = json!({"slug": "tiered", "name": "Tiered", "pricing": {"type": "free"},
-        "rate_limit": {"requests": 100, "per": "second"}, "rate_limits": [{"requests": 2, "per": "hour"}], "daily_quota": 1000});
+        "rate_limit": {"requests": 100, "per": "second"}, "rate_limits": [{"requests": 2, "per": "hour"}], "daily_quota": 1000,
+        "operation_limits": {"getThing": [{"requests": 50, "per": "minute"}]}});
     let (s, v) = app.post("/apis/echo/plans", Some(&provider), plan).await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(
@@ -770,7 +772,10 @@ async fn plans_with_several_windows_and_a_daily_quota() {
     let first = gw(&app, "/echo/v1/things/1", Some(key)).await;
     assert_eq!(first.status(), 200);
     let policy = first.headers()["ratelimit-policy"].to_str().unwrap().to_owned();
-    assert_eq!(policy, "\"second\";q=100;w=1, \"hour\";q=2;w=3600, \"daily\";q=1000;w=86400");
+    assert_eq!(
+        policy,
+        "\"second\";q=100;w=1, \"hour\";q=2;w=3600, \"getThing/minute\";q=50;w=60, \"daily\";q=1000;w=86400"
+    );
     assert_eq!(gw(&app, "/echo/v1/things/1", Some(key)).await.status(), 200);
     let refused = gw(&app, "/echo/v1/things/1", Some(key)).await;
     assert_eq!(refused.status(), 429, "the hour's window");

@@ -127,6 +127,11 @@ pub struct CreatePlan {
     pub monthly_quota: Option<u64>,
     /// Units per calendar day (UTC); resets at midnight.
     pub daily_quota: Option<u64>,
+    /// Windows for single operations, by operationId, on top of the plan's:
+    /// `{"search": [{"requests": 10, "per": "minute"}]}`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub operation_limits: std::collections::BTreeMap<String, Vec<RateLimit>>,
     #[serde(default)]
     #[schema(value_type = String)]
     pub visibility: Visibility,
@@ -152,6 +157,9 @@ pub struct UpdatePlan {
     /// `null` removes the daily quota.
     #[serde(default, deserialize_with = "double_option")]
     pub daily_quota: Option<Option<u64>>,
+    /// Replaces the per-operation windows (`{}` removes them).
+    #[schema(value_type = Option<Object>)]
+    pub operation_limits: Option<std::collections::BTreeMap<String, Vec<RateLimit>>>,
     #[schema(value_type = Option<String>)]
     pub visibility: Option<Visibility>,
 }
@@ -464,6 +472,7 @@ pub(crate) fn check_limits(f: &PlanFields) -> Result<()> {
     }
     let windows: Vec<RateLimit> = f.rate_limit.into_iter().chain(f.rate_limits.iter().copied()).collect();
     portico_core::values::check_rate_windows(&windows)?;
+    portico_core::values::check_operation_limits(&f.operation_limits)?;
     Ok(())
 }
 
@@ -482,6 +491,7 @@ pub async fn create_plan(state: &AppState, who: &Principal, slug: &str, req: Cre
         rate_limits: req.rate_limits,
         monthly_quota: req.monthly_quota,
         daily_quota: req.daily_quota,
+        operation_limits: req.operation_limits,
         visibility: req.visibility,
     };
     check_limits(&f)?;
@@ -532,6 +542,9 @@ pub async fn update_plan(
     }
     if let Some(q) = req.daily_quota {
         p.fields.daily_quota = q;
+    }
+    if let Some(o) = req.operation_limits {
+        p.fields.operation_limits = o;
     }
     if let Some(v) = req.visibility {
         p.fields.visibility = v;

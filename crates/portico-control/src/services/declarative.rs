@@ -248,6 +248,7 @@ async fn apply_provider(
                 rate_limits: l.rate_limits.clone(),
                 monthly_quota: l.monthly_quota,
                 daily_quota: l.daily_quota,
+                operation_limits: l.operation_limits.clone(),
                 visibility: l.visibility,
             };
             match plans.iter().find(|e| e.slug == l.slug) {
@@ -275,6 +276,9 @@ async fn apply_provider(
                     }
                     if f.daily_quota != fields.daily_quota {
                         diff.push("daily_quota")
+                    }
+                    if f.operation_limits != fields.operation_limits {
+                        diff.push("operation_limits")
                     }
                     if f.visibility != fields.visibility {
                         diff.push("visibility")
@@ -372,6 +376,7 @@ pub async fn export(state: &AppState, who: &Principal) -> Result<Document> {
                     rate_limits: p.fields.rate_limits,
                     monthly_quota: p.fields.monthly_quota,
                     daily_quota: p.fields.daily_quota,
+                    operation_limits: p.fields.operation_limits,
                     visibility: p.fields.visibility,
                 })
                 .collect();
