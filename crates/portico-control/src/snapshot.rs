@@ -8,6 +8,7 @@ use portico_core::api_key::Pepper;
 use portico_core::ids::ApiId;
 use portico_core::operations::OperationRouter;
 use portico_core::snapshot::{ApiRoute, ExternalGrant, KeyGrant, Snapshot, SubscriptionGrant, VersionRoute};
+use portico_core::values::Slug;
 use portico_store::{Store, apps, catalog};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -156,6 +157,7 @@ pub async fn compile(
     let mut tx = store.begin().await?;
     let generation = portico_store::generation(&mut tx).await? as u64;
     let all_apis = catalog::list_apis(&mut tx, catalog::ApiScope::All, portico_store::Page::all()).await?;
+    let claimed_hosts = catalog::all_hosts(&mut tx).await?;
     let versions = catalog::all_serving_versions(&mut tx).await?;
     let plans: HashMap<_, _> = catalog::all_plans(&mut tx).await?.into_iter().map(|p| (p.id, p)).collect();
     let keys = apps::active_keys(&mut tx).await?;
@@ -211,7 +213,9 @@ pub async fn compile(
             operations,
         });
     }
-    let hosts = all_apis.iter().flat_map(|a| a.fields.hosts.iter().map(|h| (h.to_string(), a.slug.clone()))).collect();
+    // From the table that holds each name once (`apis.hosts` is the copy for reading).
+    let slugs: HashMap<ApiId, &Slug> = all_apis.iter().map(|a| (a.id, &a.slug)).collect();
+    let hosts = claimed_hosts.into_iter().filter_map(|(h, id)| Some((h, (*slugs.get(&id)?).clone()))).collect();
     let apis = all_apis
         .into_iter()
         .map(|a| {

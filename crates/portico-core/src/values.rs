@@ -93,7 +93,9 @@ impl Hostname {
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         };
-        if h.len() <= 253 && h.contains('.') && h.split('.').all(label_ok) {
+        // A last label of digits only is an IPv4 address (or looks like one): not a name.
+        let top_level_ok = h.rsplit('.').next().is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()));
+        if h.len() <= 253 && h.contains('.') && h.split('.').all(label_ok) && top_level_ok {
             Ok(Hostname(h))
         } else {
             Err(Error::invalid(
@@ -367,10 +369,10 @@ pub fn check_operation_limits(limits: &std::collections::BTreeMap<String, Vec<Ra
         return Err(Error::invalid("operation_limits", "a plan limits at most 50 operations"));
     }
     for (op, windows) in limits {
-        if op.is_empty() || op.len() > 128 || op.chars().any(char::is_control) {
+        if op.is_empty() || op.len() > 128 || !op.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
             return Err(Error::invalid(
                 "operation_limits",
-                "an operation is named by its operationId (1-128 characters)",
+                "an operation is named by its operationId (1-128 printable ASCII characters, no quotes or backslashes)",
             ));
         }
         if windows.is_empty() {
@@ -506,6 +508,8 @@ mod tests {
             "https://weather.example.com",
             "*.example.com",
             "weather.example.com.",
+            "10.0.0.5",
+            "127.0.0.1",
             "-weather.example.com",
             "weather..example.com",
             "wea_ther.example.com",

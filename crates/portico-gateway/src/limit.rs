@@ -73,13 +73,17 @@ pub trait Limits: Send + Sync {
     fn check(&self, grant: &SubscriptionGrant, operation: Option<&str>, units: u32) -> Result<Admitted, Refusal>;
 }
 
-/// A subscription's windows: the limits they were made for, and each one's theoretical
-/// arrival time (nanoseconds since the limiter's epoch).
+/// A subscription's limiter state, behind one mutex of its own: each window's theoretical
+/// arrival time (nanoseconds since the limiter's epoch) with the limits it was made for, and
+/// the quota counters.
+#[derive(Default)]
 struct Windows {
     limits: Vec<RateLimit>,
     tat: [u64; MAX_WINDOWS],
     /// The windows of single operations: operationId → (limits, arrival times).
     ops: HashMap<Box<str>, (Vec<RateLimit>, [u64; MAX_WINDOWS])>,
+    /// `None` until the subscription's first call with a quota.
+    counted: Option<Counted>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -92,13 +96,12 @@ struct Counted {
 
 pub struct Limiter {
     epoch: Instant,
-    rates: RwLock<HashMap<SubscriptionId, Arc<Mutex<Windows>>>>,
-    quotas: Mutex<HashMap<SubscriptionId, Counted>>,
+    subs: RwLock<HashMap<SubscriptionId, Arc<Mutex<Windows>>>>,
 }
 
 impl Default for Limiter {
     fn default() -> Self {
-        Limiter { epoch: Instant::now(), rates: RwLock::default(), quotas: Mutex::default() }
+        Limiter { epoch: Instant::now(), subs: RwLock::default() }
     }
 }
 
@@ -125,73 +128,62 @@ impl Limiter {
         Self::default()
     }
 
-    fn windows(&self, sub: SubscriptionId, limits: &[RateLimit]) -> Arc<Mutex<Windows>> {
-        if let Some(w) = self.rates.read().unwrap_or_else(|p| p.into_inner()).get(&sub)
-            && w.lock().unwrap_or_else(|p| p.into_inner()).limits == limits
-        {
+    fn state(&self, sub: SubscriptionId) -> Arc<Mutex<Windows>> {
+        if let Some(w) = self.subs.read().unwrap_or_else(|p| p.into_inner()).get(&sub) {
             return w.clone();
         }
-        let mut map = self.rates.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = map.get(&sub)
-            && w.lock().unwrap_or_else(|p| p.into_inner()).limits == limits
-        {
-            return w.clone();
-        }
-        // New subscription, or its plan's limits changed: start afresh with the new ones.
-        let w = Arc::new(Mutex::new(Windows { limits: limits.to_vec(), tat: [0; MAX_WINDOWS], ops: HashMap::new() }));
-        map.insert(sub, w.clone());
-        w
+        self.subs.write().unwrap_or_else(|p| p.into_inner()).entry(sub).or_default().clone()
     }
+}
 
-    /// GCRA over every window at once — the plan's and the operation's: admitted only if each
-    /// admits, and then each is spent.
-    fn check_rates(
-        &self,
-        grant: &SubscriptionGrant,
-        operation: Option<&str>,
-        units: u32,
-        admitted: &mut Admitted,
-    ) -> Result<(), Refusal> {
-        let limits = &grant.rate_limits[..grant.rate_limits.len().min(MAX_WINDOWS)];
-        let op = operation.and_then(|o| grant.operation_limits.as_ref()?.get_key_value(o));
-        if limits.is_empty() && op.is_none() {
-            return Ok(());
-        }
-        let state = self.windows(grant.subscription_id, limits);
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        let mut w = state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = [0u64; MAX_WINDOWS];
-        let mut refused = gcra(limits, &w.tat, now, units, &mut next).map(|(d, l)| (d, l, false));
-        let mut op_next = [0u64; MAX_WINDOWS];
-        let op = op.map(|(name, ws)| (name, &ws[..ws.len().min(MAX_WINDOWS)]));
-        if let Some((name, op_limits)) = op {
-            if !w.ops.get(name.as_str()).is_some_and(|(l, _)| l.as_slice() == op_limits) {
-                w.ops.insert(name.as_str().into(), (op_limits.to_vec(), [0; MAX_WINDOWS]));
-            }
-            let tat = w.ops.get(name.as_str()).map(|(_, t)| *t).unwrap_or_default();
-            if let Some((d, l)) = gcra(op_limits, &tat, now, units, &mut op_next)
-                && refused.is_none_or(|(r, _, _)| d > r)
-            {
-                refused = Some((d, l, true));
-            }
-        }
-        if let Some((retry_after, limit, for_operation)) = refused {
-            return Err(Refusal::RateLimited { retry_after, limit, for_operation });
-        }
-        w.tat = next;
-        for (i, l) in limits.iter().enumerate() {
-            admitted.rates[i] = Some(window_state(*l, next[i], now));
-        }
-        if let Some((name, op_limits)) = op {
-            if let Some((_, tat)) = w.ops.get_mut(name.as_str()) {
-                *tat = op_next;
-            }
-            for (i, l) in op_limits.iter().enumerate() {
-                admitted.op_rates[i] = Some(window_state(*l, op_next[i], now));
-            }
-        }
-        Ok(())
+/// GCRA over every window at once — the plan's and the operation's: admitted only if each
+/// admits, and then each is spent. Windows whose limits changed start afresh.
+fn check_rates(
+    w: &mut Windows,
+    grant: &SubscriptionGrant,
+    operation: Option<&str>,
+    units: u32,
+    now: u64,
+    admitted: &mut Admitted,
+) -> Result<(), Refusal> {
+    let limits = &grant.rate_limits[..grant.rate_limits.len().min(MAX_WINDOWS)];
+    let op = operation
+        .and_then(|o| grant.operation_limits.as_ref()?.get_key_value(o))
+        .map(|(name, ws)| (name, &ws[..ws.len().min(MAX_WINDOWS)]));
+    if w.limits != limits {
+        w.limits = limits.to_vec();
+        w.tat = [0; MAX_WINDOWS];
     }
+    let mut next = [0u64; MAX_WINDOWS];
+    let mut refused = gcra(limits, &w.tat, now, units, &mut next).map(|(d, l)| (d, l, false));
+    let mut op_next = [0u64; MAX_WINDOWS];
+    if let Some((name, op_limits)) = op {
+        if !w.ops.get(name.as_str()).is_some_and(|(l, _)| l.as_slice() == op_limits) {
+            w.ops.insert(name.as_str().into(), (op_limits.to_vec(), [0; MAX_WINDOWS]));
+        }
+        let tat = w.ops.get(name.as_str()).map(|(_, t)| *t).unwrap_or_default();
+        if let Some((d, l)) = gcra(op_limits, &tat, now, units, &mut op_next)
+            && refused.is_none_or(|(r, _, _)| d > r)
+        {
+            refused = Some((d, l, true));
+        }
+    }
+    if let Some((retry_after, limit, for_operation)) = refused {
+        return Err(Refusal::RateLimited { retry_after, limit, for_operation });
+    }
+    w.tat = next;
+    for (i, l) in limits.iter().enumerate() {
+        admitted.rates[i] = Some(window_state(*l, next[i], now));
+    }
+    if let Some((name, op_limits)) = op {
+        if let Some((_, tat)) = w.ops.get_mut(name.as_str()) {
+            *tat = op_next;
+        }
+        for (i, l) in op_limits.iter().enumerate() {
+            admitted.op_rates[i] = Some(window_state(*l, op_next[i], now));
+        }
+    }
+    Ok(())
 }
 
 fn interval_and_period(l: RateLimit) -> (u64, u64) {
@@ -212,15 +204,18 @@ fn gcra(
     let mut refused: Option<(Duration, RateLimit)> = None;
     for (i, l) in limits.iter().enumerate() {
         let (interval, period) = interval_and_period(*l);
-        let after = tat[i].max(now) + interval * u64::from(units);
-        let wait = if units > l.requests() {
+        if units > l.requests() {
             // The operation costs more units than the window's whole burst.
-            Some(Duration::from_nanos(period))
-        } else if after - now > period {
-            Some(Duration::from_nanos(after - now - period))
-        } else {
-            None
-        };
+            if refused.is_none_or(|(r, _)| Duration::from_nanos(period) > r) {
+                refused = Some((Duration::from_nanos(period), *l));
+            }
+            continue;
+        }
+        let after = tat[i].max(now).saturating_add(interval * u64::from(units));
+        // The window's burst is `requests` intervals (not the period: the interval is rounded
+        // down, and `requests + 1` calls must not fit).
+        let burst = interval * u64::from(l.requests());
+        let wait = if after - now > burst { Some(Duration::from_nanos(after - now - burst)) } else { None };
         match wait {
             Some(d) if refused.is_none_or(|(r, _)| d > r) => refused = Some((d, *l)),
             Some(_) => {}
@@ -232,9 +227,10 @@ fn gcra(
 
 /// (limit, units left now, seconds until the window is full again) after a call.
 fn window_state(l: RateLimit, tat: u64, now: u64) -> (RateLimit, u32, u64) {
-    let (interval, period) = interval_and_period(l);
+    let (interval, _) = interval_and_period(l);
+    let burst = interval * u64::from(l.requests());
     let busy = tat.saturating_sub(now);
-    let left = (period.saturating_sub(busy) / interval.max(1)).min(u64::from(l.requests())) as u32;
+    let left = (burst.saturating_sub(busy) / interval.max(1)).min(u64::from(l.requests())) as u32;
     (l, left, busy.div_ceil(1_000_000_000))
 }
 
@@ -242,16 +238,22 @@ impl Limits for Limiter {
     fn check(&self, grant: &SubscriptionGrant, operation: Option<&str>, units: u32) -> Result<Admitted, Refusal> {
         let units = units.max(1);
         let mut admitted = Admitted::default();
-        if grant.monthly_quota.is_none() && grant.daily_quota.is_none() {
-            self.check_rates(grant, operation, units, &mut admitted)?;
+        let has_op_limits = operation.is_some() && grant.operation_limits.is_some();
+        let has_quota = grant.monthly_quota.is_some() || grant.daily_quota.is_some();
+        if grant.rate_limits.is_empty() && !has_op_limits && !has_quota {
+            return Ok(admitted);
+        }
+        let state = self.state(grant.subscription_id);
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let mut w = state.lock().unwrap_or_else(|p| p.into_inner());
+        if !has_quota {
+            check_rates(&mut w, grant, operation, units, now, &mut admitted)?;
             return Ok(admitted);
         }
         let ((month, month_left), (day, day_left)) = calendar_now();
-        // The quotas are looked at first, and held, so that a refusal by either spends nothing.
-        let mut q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
         // A subscription first seen by this process starts from what the store had counted
         // (for the period it was counted in).
-        let mut c = q.get(&grant.subscription_id).copied().unwrap_or(Counted {
+        let mut c = w.counted.unwrap_or(Counted {
             month: grant.quota_month,
             month_used: grant.quota_used,
             day: grant.quota_day,
@@ -263,6 +265,7 @@ impl Limits for Limiter {
         if c.day != day {
             (c.day, c.day_used) = (day, 0);
         }
+        // The quotas are looked at first, so that a call they refuse spends no rate budget.
         let u = u64::from(units);
         if let Some(quota) = grant.daily_quota
             && c.day_used + u > quota
@@ -282,11 +285,11 @@ impl Limits for Limiter {
                 period: QuotaPeriod::Month,
             });
         }
-        self.check_rates(grant, operation, units, &mut admitted)?;
+        check_rates(&mut w, grant, operation, units, now, &mut admitted)?;
         c.month_used += u;
         c.day_used += u;
-        q.insert(grant.subscription_id, c);
-        drop(q);
+        w.counted = Some(c);
+        drop(w);
         if let Some(quota) = grant.daily_quota {
             admitted.quotas[0] = Some((QuotaPeriod::Day, quota, quota - c.day_used, day_left));
         }
@@ -355,13 +358,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A call a window refuses spends no quota either.
+        let mut q = grant(Some(RateLimit::new(1, Period::Hour).unwrap()), Some(10));
+        q.daily_quota = Some(5);
+        assert_eq!(l.check_plan(&q, 1).unwrap().quotas[0].unwrap().2, 4);
+        assert!(l.check_plan(&q, 1).is_err());
+        q.rate_limits.clear();
+        assert_eq!(l.check_plan(&q, 1).unwrap().quotas[0].unwrap().2, 3, "the refused call took none of the day");
         // A refusal by one window takes nothing from the others.
         let l2 = Limiter::new();
         let mut tight = grant(Some(RateLimit::new(2, Period::Minute).unwrap()), None);
         tight.rate_limits.push(RateLimit::new(1, Period::Hour).unwrap());
         assert!(l2.check_plan(&tight, 1).is_ok());
         assert!(l2.check_plan(&tight, 1).is_err(), "the hour refuses");
-        match &l2.rates.read().unwrap()[&tight.subscription_id].lock().unwrap().tat {
+        match &l2.subs.read().unwrap()[&tight.subscription_id].lock().unwrap().tat {
             [minute, hour, ..] => {
                 let spent_minute = *minute - l2.epoch.elapsed().as_nanos().min(u128::from(*minute)) as u64;
                 assert!(spent_minute <= 30_000_000_000, "one call's interval (30 s) of the minute, not two");

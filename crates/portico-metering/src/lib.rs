@@ -12,7 +12,7 @@ pub mod journal;
 pub mod shipper;
 
 pub use journal::Journal;
-pub use shipper::{RequestLog, Shipped, Shipper, lower_thread_priority, thread_priority};
+pub use shipper::{RequestLog, Shipped, Shipper, lower_thread_priority};
 
 /// `YYYY-MM-DD`, as the store keys days.
 pub fn day_string(d: time::Date) -> String {

@@ -362,11 +362,13 @@ impl Shipper {
 /// on it (SQLite's worker threads) runs at that priority too. The shipper runs this way: under
 /// saturation the journal (durable) lags instead of the gateway losing throughput, and it
 /// catches up as soon as the CPU has room.
+#[cfg(target_os = "linux")]
 pub fn lower_thread_priority(nice: i32) -> std::io::Result<()> {
     rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice).map_err(std::io::Error::from)
 }
 
-/// The calling thread's nice value.
-pub fn thread_priority() -> std::io::Result<i32> {
-    rustix::process::getpriority_process(Some(rustix::thread::gettid())).map_err(std::io::Error::from)
+/// Elsewhere the nice value is the whole process's: the shipper keeps the gateway's priority.
+#[cfg(not(target_os = "linux"))]
+pub fn lower_thread_priority(_nice: i32) -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "per-thread priorities need Linux"))
 }

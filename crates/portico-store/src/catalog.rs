@@ -98,6 +98,12 @@ pub async fn update_api(c: &mut Conn, id: ApiId, f: &ApiFields) -> Result<()> {
     claim_hosts(c, id, &f.hosts).await
 }
 
+/// Every claimed host name and the API that holds it (the unique table, so no name has two).
+pub async fn all_hosts(c: &mut Conn) -> Result<Vec<(String, ApiId)>> {
+    let rows = sqlx::query("SELECT host, api_id FROM api_hosts").fetch_all(c).await?;
+    rows.iter().map(|r| Ok((get::<String>(r, "api_hosts", "host")?, parse(r, "api_hosts", "api_id")?))).collect()
+}
+
 fn hosts_json(hosts: &[Hostname]) -> String {
     serde_json::to_string(hosts).unwrap_or_else(|_| "[]".into())
 }

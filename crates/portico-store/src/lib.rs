@@ -81,6 +81,12 @@ pub struct Store {
 impl Store {
     /// Connects to `url`: `sqlite://PATH` (created if missing, WAL mode) or `postgres://…`.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, None).await
+    }
+
+    /// [`Store::connect`] with a pool of at most `max_connections` (e.g. a background task's
+    /// own small pool); `None`: the default size.
+    pub async fn connect_with(url: &str, max_connections: Option<u32>) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -98,10 +104,10 @@ impl Store {
         };
         let opts = AnyConnectOptions::from_str(&url).map_err(|e| Error::Config(format!("bad database URL: {e}")))?;
         let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
+            .max_connections(max_connections.unwrap_or(match backend {
                 Backend::Sqlite => 8,
                 Backend::Postgres => 16,
-            })
+            }))
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {

@@ -324,23 +324,28 @@ fn spawn_shipper(
             }
             runtime.block_on(async move {
                 tokio::pin!(shutdown);
-                let mut warned = false;
-                let store = loop {
-                    match Store::connect(&url).await {
-                        Ok(store) => break Some(store),
-                        Err(e) if !warned => {
-                            warned = true;
-                            tracing::warn!(error = %e, "the usage shipper cannot reach the store yet; the journal keeps the calls");
+                // A pool of its own (two connections), made on this thread so that SQLite's
+                // worker threads inherit its priority; if it cannot be made, the shared pool.
+                let own = tokio::select! {
+                    r = tokio::time::timeout(Duration::from_secs(10), Store::connect_with(&url, Some(2))) => match r {
+                        Ok(Ok(store)) => Some(store),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "the usage shipper ships through the shared store pool (its own cannot connect)");
+                            None
                         }
-                        Err(_) => {}
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = &mut shutdown => break None,
-                    }
+                        Err(_) => {
+                            tracing::warn!("the usage shipper ships through the shared store pool (its own did not connect within 10 s)");
+                            None
+                        }
+                    },
+                    _ = &mut shutdown => None,
                 };
-                if let Some(store) = store {
-                    shipper.with_store(store.clone()).run(USAGE_SHIP_EVERY, shutdown).await;
+                let shipper = match &own {
+                    Some(store) => shipper.with_store(store.clone()),
+                    None => shipper,
+                };
+                shipper.run(USAGE_SHIP_EVERY, shutdown).await;
+                if let Some(store) = own {
                     store.close().await;
                 }
             });

@@ -618,7 +618,8 @@ async fn the_usage_shipper_runs_below_the_gateways_priority() {
     let threads = loop {
         let t = thread_priorities();
         let workers = t.iter().filter(|(n, p)| n.starts_with("sqlx-sqlite-wor") && *p == 10).count();
-        if workers > 0 || Instant::now() > deadline {
+        let gateway = t.iter().filter(|(n, _)| n.starts_with("portico-gw-")).count();
+        if (workers > 0 && gateway > 0) || Instant::now() > deadline {
             break t;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -653,7 +654,10 @@ async fn gw_on(app: &TestApp, host: &str, path: &str, key: &str) -> (u16, Value)
 /// does); a host belongs to one API; taking the names away stops the routing.
 #[tokio::test]
 async fn an_api_answers_on_its_own_host_names() {
-    let app = spawn_app(Backend::Sqlite).await;
+    let app = common::spawn_app_configured(Backend::Sqlite, |s| {
+        s.public_gateway_url = Some("https://gateway.example.net".into());
+    })
+    .await;
     let upstream = spawn_upstream().await;
     let provider = app.signup("hana@provider.example", "provider").await;
     let (s, v) = app
@@ -679,9 +683,16 @@ async fn an_api_answers_on_its_own_host_names() {
     let (s, v, _) =
         app.call(Method::PATCH, "/apis/maps", Some(&provider), Some(json!({"hosts": ["weather.example.com"]}))).await;
     assert_eq!(s, 409, "{v}");
-    let (s, v, _) = app.call(Method::PATCH, "/apis/maps", Some(&provider), Some(json!({"hosts": ["maps:8080"]}))).await;
+    for bad in ["maps:8080", "10.0.0.5"] {
+        let (s, v, _) = app.call(Method::PATCH, "/apis/maps", Some(&provider), Some(json!({"hosts": [bad]}))).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["detail"].as_str().unwrap().contains("host name"), "{v}");
+    }
+    // Portico's own host stays the slug routes' for everyone.
+    let (s, v, _) =
+        app.call(Method::PATCH, "/apis/maps", Some(&provider), Some(json!({"hosts": ["Gateway.example.net"]}))).await;
     assert_eq!(s, 400, "{v}");
-    assert!(v["detail"].as_str().unwrap().contains("host name"), "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("Portico's own host name"), "{v}");
 
     let consumer = app.signup("hugo@consumer.example", "consumer").await;
     let (_, created) = app.post("/apps", Some(&consumer), json!({"name": "A"})).await;

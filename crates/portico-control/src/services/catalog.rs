@@ -169,12 +169,27 @@ fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) ->
 }
 
 /// At most 10 host names, each once.
-pub(crate) fn checked_hosts(mut hosts: Vec<Hostname>) -> Result<Vec<Hostname>> {
+pub(crate) fn dedup_hosts(mut hosts: Vec<Hostname>) -> Result<Vec<Hostname>> {
     if hosts.len() > 10 {
         return Err(Error::Invalid("hosts: an API answers on at most 10 host names".into()));
     }
     hosts.sort();
     hosts.dedup();
+    Ok(hosts)
+}
+
+/// [`dedup_hosts`], and none of Portico's own host names (the gateway's and the API's public
+/// hosts): an API that claimed one would take the slug routes of every other API on it.
+pub(crate) fn checked_hosts(state: &AppState, hosts: Vec<Hostname>) -> Result<Vec<Hostname>> {
+    let hosts = dedup_hosts(hosts)?;
+    for url in [&state.config.gateway_url, &state.config.token_issuer] {
+        let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or_default();
+        if let Some(h) = hosts.iter().find(|h| h.as_str().eq_ignore_ascii_case(host)) {
+            return Err(Error::Invalid(format!(
+                "hosts: `{h}` is Portico's own host name; APIs are reached on it as /{{slug}}/v{{major}}"
+            )));
+        }
+    }
     Ok(hosts)
 }
 
@@ -259,7 +274,7 @@ pub async fn create_api(state: &AppState, who: &Principal, req: CreateApi) -> Re
         category: req.category,
         tags: req.tags,
         visibility: req.visibility,
-        hosts: checked_hosts(req.hosts)?,
+        hosts: checked_hosts(state, req.hosts)?,
     };
     let api = catalog::insert_api(&mut tx, org, &req.slug, &fields).await?;
     let view = ApiView::from(&api, o.name.as_str(), None);
@@ -311,7 +326,7 @@ pub async fn update_api(state: &AppState, who: &Principal, slug: &str, req: Upda
         f.visibility = v;
     }
     if let Some(h) = req.hosts {
-        f.hosts = checked_hosts(h)?;
+        f.hosts = checked_hosts(state, h)?;
     }
     let mut tx = state.store.begin().await?;
     catalog::update_api(&mut tx, api.id, &f).await?;

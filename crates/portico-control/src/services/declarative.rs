@@ -55,6 +55,9 @@ fn require_admin(who: &Principal) -> Result<()> {
 pub async fn apply(state: &AppState, who: &Principal, doc: Document, dry_run: bool) -> Result<ApplyReport> {
     require_admin(who)?;
     doc.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+    for a in doc.providers.iter().flat_map(|p| &p.apis) {
+        crate::services::catalog::checked_hosts(state, a.hosts.clone())?;
+    }
     // Names are resolved before the transaction, never while it holds the store.
     let versions = doc.providers.iter().flat_map(|p| &p.apis).flat_map(|a| &a.versions);
     let urls: Vec<&UpstreamUrl> =
@@ -135,7 +138,7 @@ async fn apply_provider(
             category: a.category.clone(),
             tags: a.tags.clone(),
             visibility: a.visibility,
-            hosts: crate::services::catalog::checked_hosts(a.hosts.clone())?,
+            hosts: crate::services::catalog::dedup_hosts(a.hosts.clone())?,
         };
         let api = match catalog::api_by_slug(c, a.slug.as_str()).await? {
             Some(api) if api.org_id != org.id => {

@@ -92,7 +92,9 @@ pub async fn spawn_app_configured(backend: Backend, configure: impl FnOnce(&mut 
 
 async fn start(dir: tempfile::TempDir, settings: Settings) -> TestApp {
     let app = App::build(&settings).await.unwrap();
-    let (api, gateway, app_state) = (app.api_url(), app.gateway_url(), app.state.clone());
+    // The gateway's own address (its public URL may name a host that does not resolve here).
+    let gateway = format!("http://{}", app.gateway_addr);
+    let (api, app_state) = (app.api_url(), app.state.clone());
     let (gateway_tls, api_tls) = (app.gateway_tls_addr, app.api_tls_addr);
     let metrics = format!("http://{}/metrics", app.metrics_addr.unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
