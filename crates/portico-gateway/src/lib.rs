@@ -317,7 +317,15 @@ impl Gateway {
         let target = match route::resolve(&snapshot.hosts, request_host(&req), path) {
             Ok(t) => t,
             Err(route::RouteError::NoMatch) => {
-                return errors::not_found("nothing here: call an API as /{api}/v{major}/{path}");
+                let on_api_host = request_host(&req)
+                    .map(|h| route::host_name(h).to_ascii_lowercase())
+                    .and_then(|h| snapshot.hosts.get(&h));
+                return match on_api_host {
+                    Some(api) => errors::not_found(&format!(
+                        "nothing here: on this host, call API `{api}` as /v{{major}}/{{path}}"
+                    )),
+                    None => errors::not_found("nothing here: call an API as /{api}/v{major}/{path}"),
+                };
             }
             Err(route::RouteError::Unsafe) => {
                 return errors::bad_request("the path has dot segments or encoded separators; send a normalised path");

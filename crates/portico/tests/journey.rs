@@ -712,6 +712,7 @@ async fn an_api_answers_on_its_own_host_names() {
     assert_eq!(s, 200);
     let (s, v) = gw_on(&app, "weather.example.com", "/maps/v1/things/7", key).await;
     assert_eq!(s, 404, "another API is not reachable through this API's host: {v}");
+    assert!(v["detail"].as_str().unwrap().contains("call API `weather` as /v{major}/{path}"), "{v}");
     let (s, _) = gw_on(&app, "weather.example.com", "/v1/things/a%00b", key).await;
     assert_eq!(s, 400);
     let (s, _) = gw_on(&app, "other.example.com", "/v1/things/7", key).await;
