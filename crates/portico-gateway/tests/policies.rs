@@ -181,19 +181,24 @@ async fn json_nested_too_deep_is_refused_and_a_sane_body_arrives_whole() {
     assert_eq!(resp.status(), 200);
 }
 
-#[tokio::test]
-async fn a_weighted_operation_spends_several_units_of_the_plan() {
-    let up = echo_upstream().await;
-    let mut s = Setup::new("echo", &up);
+/// Two operations: `GET /search` (`search`) and `GET /items/{id}` (`getItem`).
+fn search_and_items() -> Option<Arc<OperationRouter>> {
     let op = |method: &str, path: &str, id: &str| Operation {
         method: method.into(),
         path: path.into(),
         operation_id: Some(id.into()),
         summary: None,
     };
-    s.operations = Some(Arc::new(
+    Some(Arc::new(
         OperationRouter::compile(&[op("GET", "/search", "search"), op("GET", "/items/{id}", "getItem")]).unwrap(),
-    ));
+    ))
+}
+
+#[tokio::test]
+async fn a_weighted_operation_spends_several_units_of_the_plan() {
+    let up = echo_upstream().await;
+    let mut s = Setup::new("echo", &up);
+    s.operations = search_and_items();
     s.policies = policies(json!({"operation_weights": {"search": 4}}));
     s.rate_limit = Some(RateLimit::new(10, Period::Minute).unwrap());
     s.monthly_quota = Some(100);
@@ -255,15 +260,7 @@ async fn several_windows_and_a_daily_quota() {
 async fn an_operation_has_windows_of_its_own() {
     let up = echo_upstream().await;
     let mut s = Setup::new("echo", &up);
-    let op = |method: &str, path: &str, id: &str| Operation {
-        method: method.into(),
-        path: path.into(),
-        operation_id: Some(id.into()),
-        summary: None,
-    };
-    s.operations = Some(Arc::new(
-        OperationRouter::compile(&[op("GET", "/search", "search"), op("GET", "/items/{id}", "getItem")]).unwrap(),
-    ));
+    s.operations = search_and_items();
     s.rate_limit = Some(RateLimit::new(100, Period::Minute).unwrap());
     s.operation_limits = HashMap::from([("search".to_owned(), vec![RateLimit::new(1, Period::Hour).unwrap()])]);
     let gw = start(s).await;

@@ -738,6 +738,14 @@ async fn an_api_answers_on_its_own_host_names() {
     app.stop().await;
 }
 
+/// API `echo` with a published version 1.0.0 over `upstream` and no plan yet.
+async fn echo_without_plans(app: &TestApp, provider: &str, upstream: &str) {
+    assert_eq!(app.post("/apis", Some(provider), json!({"slug": "echo", "name": "Echo"})).await.0, 201);
+    let version =
+        json!({"version": "1.0.0", "upstream_url": upstream, "openapi": echo_openapi(), "state": "published"});
+    assert_eq!(app.post("/apis/echo/versions", Some(provider), version).await.0, 201);
+}
+
 /// A plan's windows and daily quota through the API: validated, shown, enforced at the gateway,
 /// and changed without a restart.
 #[tokio::test]
@@ -745,10 +753,7 @@ async fn plans_with_several_windows_and_a_daily_quota() {
     let app = spawn_app(Backend::Sqlite).await;
     let upstream = spawn_upstream().await;
     let provider = app.signup("wini@provider.example", "provider").await;
-    assert_eq!(app.post("/apis", Some(&provider), json!({"slug": "echo", "name": "Echo"})).await.0, 201);
-    let version =
-        json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": echo_openapi(), "state": "published"});
-    assert_eq!(app.post("/apis/echo/versions", Some(&provider), version).await.0, 201);
+    echo_without_plans(&app, &provider, &upstream.url).await;
     for (bad, why) in [
         (
             json!({"rate_limit": {"requests": 5, "per": "hour"}, "rate_limits": [{"requests": 9, "per": "hour"}]}),
@@ -811,10 +816,7 @@ async fn the_daily_quota_survives_a_restart() {
     let app = spawn_app(Backend::Sqlite).await;
     let upstream = spawn_upstream().await;
     let provider = app.signup("dora@provider.example", "provider").await;
-    assert_eq!(app.post("/apis", Some(&provider), json!({"slug": "echo", "name": "Echo"})).await.0, 201);
-    let version =
-        json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": echo_openapi(), "state": "published"});
-    assert_eq!(app.post("/apis/echo/versions", Some(&provider), version).await.0, 201);
+    echo_without_plans(&app, &provider, &upstream.url).await;
     let plan = json!({"slug": "daily", "name": "Daily", "pricing": {"type": "free"}, "daily_quota": 3});
     assert_eq!(app.post("/apis/echo/plans", Some(&provider), plan).await.0, 201);
     let consumer = app.signup("dean@consumer.example", "consumer").await;
