@@ -186,11 +186,27 @@ pub async fn compile(
 
     let mut by_api: HashMap<ApiId, Vec<VersionRoute>> = HashMap::new();
     for v in versions {
-        let operations = match portico_core::openapi::OpenApiDoc::parse(v.openapi)
-            .map_err(|e| e.to_string())
-            .and_then(|doc| OperationRouter::compile(&doc.operations))
-        {
-            Ok(router) => Some(Arc::new(router)),
+        let policies =
+            Arc::new(v.policies.map_secrets(|s| secrets.open(s)).map_err(|e| portico_store::Error::Corrupt {
+                table: "api_versions",
+                message: format!("policies of version {}: {e}", v.id),
+            })?);
+        let operations = match portico_core::openapi::OpenApiDoc::parse(v.openapi).map_err(|e| e.to_string()).and_then(
+            |doc| {
+                if policies.validate_requests {
+                    OperationRouter::compile_validated(&doc.operations, &doc.upgraded())
+                } else {
+                    OperationRouter::compile(&doc.operations).map(|r| (r, Vec::new()))
+                }
+            },
+        ) {
+            Ok((router, unchecked)) => {
+                for problem in unchecked {
+                    // Refused when the policy is set; a document stored before can still hold one.
+                    tracing::warn!(version = %v.id, problem = %problem, "this operation's calls are forwarded unchecked");
+                }
+                Some(Arc::new(router))
+            }
             Err(e) => {
                 // Stored documents were validated on upload; if one still cannot be compiled,
                 // the version forwards every path under its prefix rather than none.
@@ -204,12 +220,7 @@ pub async fn compile(
             state: v.state,
             upstream: v.upstream_url,
             policy: Arc::new(v.policy),
-            policies: Arc::new(v.policies.map_secrets(|s| secrets.open(s)).map_err(|e| {
-                portico_store::Error::Corrupt {
-                    table: "api_versions",
-                    message: format!("policies of version {}: {e}", v.id),
-                }
-            })?),
+            policies,
             operations,
         });
     }

@@ -20,6 +20,7 @@ pub mod sketch;
 pub mod snapshot;
 pub mod upstream;
 pub mod usage;
+pub mod validation;
 pub mod values;
 
 pub use error::{Error, Result};

@@ -73,6 +73,13 @@ impl OpenApiDoc {
     }
 }
 
+impl OpenApiDoc {
+    /// The document as OpenAPI 3.1 (a 3.0 one upgraded), for reading its schemas.
+    pub fn upgraded(&self) -> Value {
+        if self.openapi_version.starts_with("3.0.") { upgrade_30_to_31(self.raw.clone()) } else { self.raw.clone() }
+    }
+}
+
 /// Rewrites the 3.0 constructs that 3.1 dropped: `nullable: true` becomes a type list with
 /// `"null"`, boolean `exclusiveMinimum`/`exclusiveMaximum` become numbers.
 fn upgrade_30_to_31(mut v: Value) -> Value {

@@ -2,15 +2,19 @@
 //! template in a radix tree (`matchit`), no regular expressions. Compiled once per snapshot.
 
 use crate::openapi::Operation;
+use crate::validation::RequestRules;
 use std::sync::Arc;
 
 /// The operations of one API version, ready to match.
 #[derive(Debug, Clone)]
 pub struct OperationRouter {
     router: matchit::Router<usize>,
-    /// Per path template: (method, operation name) pairs.
-    paths: Vec<Vec<(String, Arc<str>)>>,
+    /// Per path template: its operations.
+    paths: Vec<Vec<Leaf>>,
 }
+
+/// One operation of a path template: (method, operation name, request checks).
+type Leaf = (String, Arc<str>, Option<Arc<RequestRules>>);
 
 /// What a call matched.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,9 +53,21 @@ fn normalise(template: &str) -> String {
 impl OperationRouter {
     /// Compiles a document's operations; an error names the template that cannot be matched.
     pub fn compile(ops: &[Operation]) -> Result<Self, String> {
+        Self::compile_checked(ops, None).map(|(router, _)| router)
+    }
+
+    /// As [`OperationRouter::compile`], with each operation's [`RequestRules`] from `doc` (the
+    /// document as OpenAPI 3.1). An operation whose rules cannot be compiled is forwarded
+    /// unchecked; the second value says which and why.
+    pub fn compile_validated(ops: &[Operation], doc: &serde_json::Value) -> Result<(Self, Vec<String>), String> {
+        Self::compile_checked(ops, Some(doc))
+    }
+
+    fn compile_checked(ops: &[Operation], doc: Option<&serde_json::Value>) -> Result<(Self, Vec<String>), String> {
         let mut router = matchit::Router::new();
         let mut templates: Vec<String> = Vec::new();
-        let mut paths: Vec<Vec<(String, Arc<str>)>> = Vec::new();
+        let mut paths: Vec<Vec<Leaf>> = Vec::new();
+        let mut problems = Vec::new();
         for op in ops {
             let t = normalise(&op.path);
             let idx = match templates.iter().position(|x| *x == t) {
@@ -64,9 +80,28 @@ impl OperationRouter {
                 }
             };
             let name: Arc<str> = op.operation_id.clone().unwrap_or_else(|| format!("{} {}", op.method, op.path)).into();
-            paths[idx].push((op.method.to_ascii_uppercase(), name));
+            let rules = match doc.map(|d| RequestRules::compile(d, &op.path, &op.method.to_ascii_lowercase())) {
+                None | Some(Ok(None)) => None,
+                Some(Ok(Some(r))) => Some(Arc::new(r)),
+                Some(Err(e)) => {
+                    problems.push(e);
+                    None
+                }
+            };
+            paths[idx].push((op.method.to_ascii_uppercase(), name, rules));
         }
-        Ok(OperationRouter { router, paths })
+        Ok((OperationRouter { router, paths }, problems))
+    }
+
+    /// The request checks of the operation `method` on `path` matches, with the path
+    /// template's values in order (as sent, percent-encoded).
+    pub fn rules<'p>(&self, method: &str, path: &'p str) -> Option<(&Arc<RequestRules>, Vec<&'p str>)> {
+        let path = if path.is_empty() { "/" } else { path };
+        let m = self.router.at(path).ok()?;
+        let methods = &self.paths[*m.value];
+        let find = |want: &str| methods.iter().find(|(mth, _, _)| mth == want);
+        let (_, _, rules) = find(method).or_else(|| if method == "HEAD" { find("GET") } else { None })?;
+        Some((rules.as_ref()?, m.params.iter().map(|(_, v)| v).collect()))
     }
 
     /// Matches `method` on `path` (the part after `/v{major}`, `/` when empty).
@@ -76,11 +111,11 @@ impl OperationRouter {
             return OperationMatch::NotFound;
         };
         let methods = &self.paths[*m.value];
-        let find = |want: &str| methods.iter().find(|(mth, _)| mth == want).map(|(_, n)| n.clone());
+        let find = |want: &str| methods.iter().find(|(mth, _, _)| mth == want).map(|(_, n, _)| n.clone());
         if let Some(name) = find(method).or_else(|| if method == "HEAD" { find("GET") } else { None }) {
             return OperationMatch::Found(name);
         }
-        let mut allow: Vec<&str> = methods.iter().map(|(m, _)| m.as_str()).collect();
+        let mut allow: Vec<&str> = methods.iter().map(|(m, _, _)| m.as_str()).collect();
         if allow.contains(&"GET") && !allow.contains(&"HEAD") {
             allow.push("HEAD");
         }

@@ -155,6 +155,12 @@ pub struct Policies {
     /// before it is forwarded when this is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_json_depth: Option<u32>,
+    /// Check each call against its operation in the version's OpenAPI document before it is
+    /// forwarded: path, query and header parameters, and JSON bodies against their schemas
+    /// (400 naming each field), bodies the operation requires (400) and media types it
+    /// declares (415). A JSON body is read whole before it is forwarded when this is on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validate_requests: bool,
     /// Operation name (`operationId`, or `METHOD /template`) → units it costs against the
     /// plan's rate limit and quota (1 when absent).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

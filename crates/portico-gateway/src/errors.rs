@@ -8,13 +8,26 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Response<GwBody> {
-    let body = serde_json::json!({
+    problem_with(status, code, title, detail, None)
+}
+
+fn problem_with(
+    status: StatusCode,
+    code: &str,
+    title: &str,
+    detail: &str,
+    errors: Option<serde_json::Value>,
+) -> Response<GwBody> {
+    let mut body = serde_json::json!({
         "type": format!("https://portico.dev/problems/{code}"),
         "title": title,
         "status": status.as_u16(),
         "detail": detail,
         "code": code,
     });
+    if let Some(errors) = errors {
+        body["errors"] = errors;
+    }
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     let mut resp = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
     *resp.status_mut() = status;
@@ -25,6 +38,27 @@ fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Respons
 
 pub fn bad_request(detail: &str) -> Response<GwBody> {
     problem(StatusCode::BAD_REQUEST, "bad_request", "Bad request", detail)
+}
+
+/// A call that breaks its operation's contract in the OpenAPI document: `detail` names the
+/// first problems, `errors` lists each (`in`, `name` or JSON `pointer`, `detail`).
+pub fn request_invalid(violations: &[portico_core::validation::Violation]) -> Response<GwBody> {
+    let shown: Vec<String> = violations.iter().take(3).map(ToString::to_string).collect();
+    let more = violations.len().saturating_sub(shown.len());
+    let mut detail = format!("the request does not match the API's OpenAPI document: {}", shown.join("; "));
+    if more > 0 {
+        detail.push_str(&format!("; and {more} more (see `errors`)"));
+    }
+    let errors = violations
+        .iter()
+        .map(|v| match v.location {
+            portico_core::validation::In::Body => {
+                serde_json::json!({"in": "body", "pointer": v.name, "detail": v.detail})
+            }
+            loc => serde_json::json!({"in": loc.as_str(), "name": v.name, "detail": v.detail}),
+        })
+        .collect();
+    problem_with(StatusCode::BAD_REQUEST, "request_invalid", "Invalid request", &detail, Some(errors))
 }
 
 pub fn unsupported_media_type(detail: &str) -> Response<GwBody> {

@@ -23,8 +23,11 @@
 //! [`cache`] keeps answers of versions whose policies have a `cache` (per app, or shared when
 //! the route allows it and the upstream says `public`).
 //!
-//! Not here yet: request validation against the API's document, a shared (Redis) limiter
-//! across gateway replicas.
+//! With a version's `validate_requests`, each call is checked against its operation in the
+//! version's OpenAPI document ([`portico_core::validation`], rules compiled into the snapshot):
+//! parameters and media type before the limiter, a JSON body once read.
+//!
+//! Not here yet: a shared (Redis) limiter across gateway replicas.
 
 pub mod cache;
 mod client;
@@ -503,6 +506,46 @@ impl Gateway {
             tracing::Span::current().record("portico.call_id", tracing::field::display(call_id));
         }
 
+        // The operation's contract, where the version checks calls against its document: the
+        // parameters, and whether a body is required and of a declared type, before any quota
+        // is spent; a JSON body is checked once read, below.
+        let checks = match version.operations.as_deref().filter(|_| policies.validate_requests) {
+            Some(ops) => ops.rules(req.method().as_str(), target.rest).map(|(rules, path_values)| {
+                let query = req.uri().query();
+                let headers = req.headers();
+                (rules.clone(), rules.check_parameters(&path_values, query, |h| headers.get(h)?.to_str().ok()))
+            }),
+            None => None,
+        };
+        let checks = match checks {
+            Some((_, violations)) if !violations.is_empty() => {
+                inner.metrics.invalid_requests.increment(1);
+                meter.refuse(400);
+                return errors::request_invalid(&violations);
+            }
+            Some((rules, _)) => {
+                let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                match rules.body_check(content_type, hyper::body::Body::is_end_stream(req.body())) {
+                    portico_core::validation::BodyCheck::Missing => {
+                        inner.metrics.invalid_requests.increment(1);
+                        meter.refuse(400);
+                        return errors::request_invalid(&[portico_core::validation::Violation::body_missing()]);
+                    }
+                    portico_core::validation::BodyCheck::Unsupported(accepted) => {
+                        inner.metrics.invalid_requests.increment(1);
+                        meter.refuse(415);
+                        return errors::unsupported_media_type(&format!(
+                            "this operation of API `{}` accepts a body of type {accepted}: send it with one of them as Content-Type",
+                            api.slug
+                        ));
+                    }
+                    portico_core::validation::BodyCheck::Json(_) => Some(rules),
+                    portico_core::validation::BodyCheck::Skip => None,
+                }
+            }
+            None => None,
+        };
+
         let limit_span = trace::phase(traces, "limit");
         let admitted = match inner.limiter.check(sub, operation.as_deref(), units) {
             Ok(a) => a,
@@ -638,7 +681,12 @@ impl Gateway {
             .headers
             .get(http::header::CONTENT_ENCODING)
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if policies.max_json_depth.is_some() && encoded && screen::is_json(&parts.headers) {
+        let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let schema = checks.as_ref().and_then(|r| match r.body_check(content_type, false) {
+            portico_core::validation::BodyCheck::Json(v) => Some(v),
+            _ => None,
+        });
+        if (policies.max_json_depth.is_some() || schema.is_some()) && encoded && screen::is_json(&parts.headers) {
             // The depth of a compressed body cannot be checked without inflating it.
             meter.refuse(415);
             return errors::unsupported_media_type(&format!(
@@ -648,16 +696,36 @@ impl Gateway {
         // Marked, so that a client's broken body is never taken for the upstream's failure.
         let body = body.map_err(screen::ClientBodyError);
         let limited = http_body_util::Limited::new(body, inner.config.max_body_bytes as usize);
-        let body = match policies.max_json_depth {
-            // The depth check needs the whole body before anything is forwarded.
-            Some(max) if screen::is_json(&parts.headers) => match limited.collect().await {
+        let depth = policies.max_json_depth.filter(|_| screen::is_json(&parts.headers));
+        let body = match (depth, schema) {
+            (None, None) => limited.boxed_unsync(),
+            // The depth check and the schema need the whole body before anything is forwarded.
+            (depth, schema) => match limited.collect().await {
                 Ok(b) => {
                     let b = b.to_bytes();
-                    if screen::json_too_deep(&b, max) {
+                    if let Some(max) = depth
+                        && screen::json_too_deep(&b, max)
+                    {
                         meter.refuse(400);
                         return errors::bad_request(&format!(
                             "the JSON body is nested deeper than {max} levels, the limit of API `{api_slug}`"
                         ));
+                    }
+                    if let (Some(schema), Some(rules)) = (schema, checks.as_ref()) {
+                        let violations = if b.is_empty() {
+                            if rules.body_required() {
+                                vec![portico_core::validation::Violation::body_missing()]
+                            } else {
+                                Vec::new()
+                            }
+                        } else {
+                            portico_core::validation::RequestRules::check_json(schema, &b)
+                        };
+                        if !violations.is_empty() {
+                            inner.metrics.invalid_requests.increment(1);
+                            meter.refuse(400);
+                            return errors::request_invalid(&violations);
+                        }
                     }
                     http_body_util::Full::new(b).map_err(|never| match never {}).boxed_unsync()
                 }
@@ -670,7 +738,6 @@ impl Gateway {
                     return errors::bad_request("the request body could not be read");
                 }
             },
-            _ => limited.boxed_unsync(),
         };
         let body = CountingBody::new(body, bytes_in).boxed_unsync();
         let signer = policies

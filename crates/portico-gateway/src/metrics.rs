@@ -42,6 +42,8 @@ pub struct GatewayMetrics {
     pub rate_limited: Counter,
     pub quota_exhausted: Counter,
     pub ip_refused: Counter,
+    /// Calls refused by request validation against the API's document.
+    pub invalid_requests: Counter,
     pub upstream_errors: Counter,
     pub cache_hit: Counter,
     pub cache_miss: Counter,
@@ -55,6 +57,7 @@ impl Default for GatewayMetrics {
             rate_limited: metrics::counter!("portico_gateway_rejections_total", "reason" => "rate_limit"),
             quota_exhausted: metrics::counter!("portico_gateway_rejections_total", "reason" => "quota"),
             ip_refused: metrics::counter!("portico_gateway_rejections_total", "reason" => "ip"),
+            invalid_requests: metrics::counter!("portico_gateway_rejections_total", "reason" => "invalid"),
             upstream_errors: metrics::counter!("portico_gateway_upstream_errors_total"),
             cache_hit: metrics::counter!("portico_gateway_cache_total", "result" => "hit"),
             cache_miss: metrics::counter!("portico_gateway_cache_total", "result" => "miss"),

@@ -847,3 +847,64 @@ async fn the_daily_quota_survives_a_restart() {
     assert_eq!(refused.status(), 429, "2 before the restart + 1 after = the day's 3");
     app.stop().await;
 }
+
+/// Request validation through the API: a document whose schema cannot be compiled is refused
+/// when the policy asks for checks, and with a good one the gateway refuses a call that breaks
+/// it (naming the parameter) and forwards one that keeps it.
+#[tokio::test]
+async fn calls_are_checked_against_the_published_document() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let upstream = spawn_upstream().await;
+    let provider = app.signup("vera@provider.example", "provider").await;
+    assert_eq!(app.post("/apis", Some(&provider), json!({"slug": "echo", "name": "Echo"})).await.0, 201);
+    let mut doc = echo_openapi();
+    doc["paths"]["/things/{id}"]["get"]["parameters"] = json!([
+        {"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 50}}
+    ]);
+    let mut broken = doc.clone();
+    broken["paths"]["/things/{id}"]["get"]["parameters"][1]["schema"] =
+        json!({"type": "string", "pattern": "(unclosed"});
+    let version = |openapi: &Value| {
+        json!({"version": "1.0.0", "upstream_url": upstream.url, "openapi": openapi, "state": "published",
+               "policies": {"validate_requests": true}})
+    };
+    let (s, v) = app.post("/apis/echo/versions", Some(&provider), version(&broken)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("limit"), "names the parameter whose schema is broken: {v}");
+    let (s, v) = app.post("/apis/echo/versions", Some(&provider), version(&doc)).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["policies"]["validate_requests"], true);
+
+    let consumer = app.signup("val@consumer.example", "consumer").await;
+    let (_, created) = app.post("/apps", Some(&consumer), json!({"name": "A"})).await;
+    let app_id = created["id"].as_str().unwrap();
+    let plan = json!({"slug": "free", "name": "Free", "pricing": {"type": "free"}});
+    assert_eq!(app.post("/apis/echo/plans", Some(&provider), plan).await.0, 201);
+    let sub = json!({"app_id": app_id, "api": "echo", "plan": "free"});
+    assert_eq!(app.post("/subscriptions", Some(&consumer), sub).await.0, 201);
+    let (_, k) = app.post(&format!("/apps/{app_id}/keys"), Some(&consumer), json!({"name": "k"})).await;
+    let key = k["key"].as_str();
+    assert_eq!(gw(&app, "/echo/v1/things/7?limit=10", key).await.status(), 200);
+    let refused = gw(&app, "/echo/v1/things/7?limit=500", key).await;
+    assert_eq!(refused.status(), 400);
+    assert!(is_problem(refused.headers()));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!((body["errors"][0]["in"].as_str(), body["errors"][0]["name"].as_str()), (Some("query"), Some("limit")));
+    assert!(body["detail"].as_str().unwrap().contains("limit"), "{body}");
+    let refused = gw(&app, "/echo/v1/things/zero", key).await;
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["errors"][0]["name"], "id", "{body}");
+
+    // Turning the policy off forwards what it refused.
+    let (s, v, _) =
+        app.call(Method::PATCH, "/apis/echo/versions/1.0.0", Some(&provider), Some(json!({"policies": {}}))).await;
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw(&app, "/echo/v1/things/7?limit=500", key).await.status() != 200 {
+        assert!(Instant::now() < deadline, "the changed policy reaches the gateway");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}

@@ -365,6 +365,9 @@ pub async fn create_version(state: &AppState, who: &Principal, slug: &str, req: 
     }
     let policies = req.policies.unwrap_or_default();
     policies.validate()?;
+    if policies.validate_requests {
+        portico_core::validation::check_document(&openapi)?;
+    }
     let stateval = req.state.unwrap_or(LifecycleState::Draft);
     if !matches!(stateval, LifecycleState::Draft | LifecycleState::Published) {
         return Err(Error::Invalid("a new version starts as `draft` or `published`".into()));
@@ -453,6 +456,7 @@ pub async fn update_version(
         p.validate()?;
         v.policy = p;
     }
+    let checks_changed = req.policies.is_some() || req.openapi.is_some();
     if let Some(p) = req.policies {
         let stored = v.policies.map_secrets(|x| state.secrets.open(x))?;
         let p = p.keeping_secrets_of(&stored);
@@ -462,6 +466,9 @@ pub async fn update_version(
     if let Some(doc) = req.openapi {
         OpenApiDoc::parse(doc.clone())?;
         v.openapi = doc;
+    }
+    if checks_changed && v.policies.validate_requests {
+        portico_core::validation::check_document(&v.openapi)?;
     }
     if upstream_changed {
         outbound::check_version(&state.config.outbound, &v.upstream_url, Some(&v.policy)).await?;

@@ -203,6 +203,10 @@ async fn apply_provider(
                     let stored = e.policies.map_secrets(|x| secrets.open(x))?;
                     let policies = v.policies.keeping_secrets_of(&stored);
                     policies.validate().map_err(|err| Error::Invalid(format!("{name}: {err}")))?;
+                    if policies.validate_requests {
+                        portico_core::validation::check_document(&v.openapi)
+                            .map_err(|err| Error::Invalid(format!("{name}: {err}")))?;
+                    }
                     if stored != policies {
                         diff.push("policies")
                     }
@@ -225,6 +229,10 @@ async fn apply_provider(
                 }
                 None => {
                     v.policies.validate().map_err(|err| Error::Invalid(format!("{name}: {err}")))?;
+                    if v.policies.validate_requests {
+                        portico_core::validation::check_document(&v.openapi)
+                            .map_err(|err| Error::Invalid(format!("{name}: {err}")))?;
+                    }
                     check_upstreams(verdicts, &name, v)?;
                     let sealed = v.policies.map_secrets(|x| Ok(secrets.seal(x)))?;
                     let input = catalog::VersionInput {
