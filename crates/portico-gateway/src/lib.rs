@@ -34,6 +34,7 @@ mod client;
 pub mod cors;
 pub mod errors;
 pub mod forward;
+mod framing;
 mod health;
 pub mod identify;
 mod jwks;
@@ -299,7 +300,10 @@ impl Gateway {
             return errors::too_many_headers(inner.config.max_headers);
         }
         if let Some(why) = smuggling(req.headers()) {
-            return errors::bad_request(why);
+            // What follows this head on the connection cannot be framed with confidence.
+            let mut refused = errors::bad_request(why);
+            refused.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            return refused;
         }
         let declared_len = req
             .headers()

@@ -34,7 +34,11 @@ pub(crate) fn smuggling(h: &http::HeaderMap) -> Option<&'static str> {
     {
         return Some("the request has two different Content-Length values");
     }
-    if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH) {
+    // hyper keeps one of the two; the connection's framing tracker marks the other.
+    if (h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH))
+        || h.contains_key(crate::framing::CL_MARK)
+        || h.contains_key(crate::framing::TE_MARK)
+    {
         return Some("the request has both Content-Length and Transfer-Encoding; send one");
     }
     None

@@ -2,6 +2,7 @@
 //! and h2c on the plain listener, HTTP/1.1 and HTTP/2 (ALPN) on the TLS one, and a graceful
 //! drain on shutdown.
 
+use crate::framing::Framed;
 use crate::{Gateway, UpstreamClient, health, upstream_client};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -165,7 +166,8 @@ impl Gateway {
             async move { Ok::<_, Infallible>(gw.handle_measured(&client, req, remote, https).await) }
         });
         let Some(acceptor) = tls else {
-            let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+            let conn = graceful
+                .watch(builder.serve_connection_with_upgrades(TokioIo::new(Framed::new(stream)), svc).into_owned());
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -187,7 +189,7 @@ impl Gateway {
                     return;
                 }
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(Framed::new(stream)), svc).into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
