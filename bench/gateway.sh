@@ -6,7 +6,11 @@
 #             operation match, metering journal) → the upstream
 #   unmetered — the same binary and data with `--unmetered` (metering off), for the cost of
 #             metering (the metering issue's "within 3%")
-# Runs alternate nginx and portico; each figure is the median of RUNS runs. The last line is
+# Runs alternate nginx and portico; each figure is the median of RUNS runs. Then a second pass
+# loads direct, nginx and portico at a fixed rate of half of nginx's median throughput (oha,
+# open loop, latency corrected) and reports the p99 each proxy adds over calling the upstream
+# directly. With 4 cores or more each part is pinned (taskset): the upstream, the load
+# generator and the proxy under test on cores of their own. The last line is
 #   portico/nginx throughput ratio: X.XX
 # Usage: bench/gateway.sh [seconds per run, default 10] [connections, default 32] [runs, default 5]
 # BENCH_PERF=FILE also records a CPU profile of the gateway (perf) during its first run.
@@ -18,11 +22,29 @@ RUNS="${3:-5}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portico-target}"
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need wrk; then
-  echo "bench: installing nginx and wrk (Debian packages)"
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
+if ! need nginx || ! need wrk || ! need taskset; then
+  echo "bench: installing nginx, wrk and taskset (Debian packages)"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk util-linux >/dev/null
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+# The fixed-rate pass needs an open-loop load generator: oha (crates.io).
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! need oha; then
+  echo "bench: installing oha (cargo install oha --locked)"
+  cargo install oha --locked -q
+fi
+
+# Pinning: the upstream, the load generator and the proxy under test each on cores of their own
+# when there are enough; on fewer than 4 cores everything shares them (the figures say so).
+CORES=$(nproc)
+if [ "$CORES" -ge 4 ]; then
+  PIN_UP=(taskset -c 0); PIN_LOAD=(taskset -c 1); PIN_PROXY=(taskset -c "2-$((CORES - 1))")
+  PROXY_WORKERS=$((CORES - 2))
+  PINNING="upstream on core 0, load generator on core 1, the proxy under test on cores 2-$((CORES - 1))"
+else
+  PIN_UP=(); PIN_LOAD=(); PIN_PROXY=(); PROXY_WORKERS=$CORES
+  PINNING="not pinned: $CORES cores shared by the load generator, the upstream and the proxies"
+fi
 
 echo "bench: building portico (release)"
 cargo build --release -p portico -q
@@ -30,34 +52,39 @@ PORTICO="$CARGO_TARGET_DIR/release/portico"
 
 WORK="$(mktemp -d)"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; "$NGINX" -p "$WORK/nginx" -c nginx.conf -s stop 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for d in upstream nginx; do "$NGINX" -p "$WORK/$d" -c nginx.conf -s stop 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 UP=$(free_port); PROXY=$(free_port); GW=$(free_port); API=$(free_port); GW2=$(free_port); API2=$(free_port)
 MET=$(free_port); MET2=$(free_port)
 
-mkdir -p "$WORK/nginx/logs"
-cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log crit;
+# Two nginx instances: the upstream (one worker) and the reverse proxy (as many workers as
+# Portico's gateway has), so that the proxy never shares a worker with the upstream.
+nginx_conf() {
+  local dir=$1 workers=$2 server=$3
+  mkdir -p "$WORK/$dir/logs"
+  cat > "$WORK/$dir/nginx.conf" <<CONF
+worker_processes $workers;
+pid $WORK/$dir/nginx.pid;
+error_log $WORK/$dir/logs/error.log crit;
 events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:$UP; keepalive 64; }
-  server {
-    listen 127.0.0.1:$UP;
-    location / { default_type application/json; return 200 '{"ok":true,"city":"Lisbon","temperature_c":21.5}'; }
-  }
-  server {
-    listen 127.0.0.1:$PROXY;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
+  $server
 }
 CONF
-"$NGINX" -p "$WORK/nginx" -c nginx.conf
+}
+nginx_conf upstream 1 "server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '{\"ok\":true,\"city\":\"Lisbon\",\"temperature_c\":21.5}'; } }"
+nginx_conf nginx "$PROXY_WORKERS" "server { listen 127.0.0.1:$PROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+"${PIN_UP[@]}" "$NGINX" -p "$WORK/upstream" -c nginx.conf
+"${PIN_PROXY[@]}" "$NGINX" -p "$WORK/nginx" -c nginx.conf
 
 # The upstream runs on loopback, which the outbound (SSRF) policy refuses unless allowed.
 # BENCH_PORTICO_ARGS adds flags, e.g. "--request-log errors".
@@ -112,12 +139,12 @@ kill -TERM "$PORTICO_PID"; wait "$PORTICO_PID" 2>/dev/null || true
 cp -a "$WORK/portico" "$WORK/unmetered"; rm -rf "$WORK/unmetered/journal"
 # Both serve /metrics (the metered one's journal gauges tell when its backlog has drained).
 # shellcheck disable=SC2086
-"$PORTICO" serve --data-dir "$WORK/portico" --gateway-addr "127.0.0.1:$GW" --api-addr "127.0.0.1:$API" --metrics-addr "127.0.0.1:$MET" \
+"${PIN_PROXY[@]}" "$PORTICO" serve --data-dir "$WORK/portico" --gateway-addr "127.0.0.1:$GW" --api-addr "127.0.0.1:$API" --metrics-addr "127.0.0.1:$MET" \
   --outbound-allow-cidrs 127.0.0.0/8 ${BENCH_PORTICO_ARGS:-} >>"$WORK/portico.log" 2>&1 &
 PORTICO_PID=$!
 PIDS+=("$PORTICO_PID")
 # shellcheck disable=SC2086
-"$PORTICO" serve --data-dir "$WORK/unmetered" --gateway-addr "127.0.0.1:$GW2" --api-addr "127.0.0.1:$API2" --metrics-addr "127.0.0.1:$MET2" \
+"${PIN_PROXY[@]}" "$PORTICO" serve --data-dir "$WORK/unmetered" --gateway-addr "127.0.0.1:$GW2" --api-addr "127.0.0.1:$API2" --metrics-addr "127.0.0.1:$MET2" \
   --outbound-allow-cidrs 127.0.0.0/8 --unmetered ${BENCH_PORTICO_ARGS:-} >"$WORK/unmetered.log" 2>&1 &
 UNMETERED_PID=$!
 PIDS+=("$UNMETERED_PID")
@@ -141,7 +168,10 @@ for pid in sys.argv[1:]:
 print(total * 1_000_000 // tick)
 PY
 }
-NGINX_PIDS=$(pgrep -f "nginx: worker process" | tr '\n' ' ')
+# nginx's workers, by instance (the master's children).
+workers_of() { pgrep -P "$(cat "$WORK/$1/nginx.pid")" | tr '\n' ' '; }
+UPSTREAM_PIDS=$(workers_of upstream)
+NGINX_PIDS=$(workers_of nginx)
 
 # Waits until the metered gateway's shipper has moved its journal into the store (the shipper
 # runs at a lower CPU priority, so under load it lags; the next run must not pay for it).
@@ -164,7 +194,7 @@ run() {
   local name=$1 url=$2 pids=$3; shift 3
   local before after drain
   before=$(cpu_us $pids)
-  wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" > "$WORK/$name.txt"
+  "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" > "$WORK/$name.txt"
   after=$(cpu_us $pids)
   drain=$after
   if [ "$name" = portico ]; then drained; drain=$(cpu_us $pids); fi
@@ -187,13 +217,13 @@ print(f"{rps} {p50} {p99} {cpu} {drained}")
 PY
 }
 
-echo "bench: wrk -t1 -c$CONNS -d${DURATION}s, median of $RUNS alternating runs, $(nproc) cores shared by the load generator, the upstream and the proxies"
+echo "bench: wrk -t1 -c$CONNS -d${DURATION}s, median of $RUNS alternating runs; $PINNING"
 # Warm-up, discarded.
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$PROXY/weather" >/dev/null 2>&1 || true
 wrk -t1 -c"$CONNS" -d2s -H "X-Api-Key: $KEY" "http://127.0.0.1:$GW/bench/v1/weather" >/dev/null 2>&1 || true
 wrk -t1 -c"$CONNS" -d2s -H "X-Api-Key: $KEY" "http://127.0.0.1:$GW2/bench/v1/weather" >/dev/null 2>&1 || true
 drained
-run direct "http://127.0.0.1:$UP/weather" "$NGINX_PIDS"
+run direct "http://127.0.0.1:$UP/weather" "$UPSTREAM_PIDS"
 if [ -n "${BENCH_PERF:-}" ]; then
   (sleep 1; perf record -e cpu-clock -g -o "$BENCH_PERF" -p "$PORTICO_PID" -- sleep 3 >/dev/null 2>&1) &
 fi
@@ -203,9 +233,22 @@ for _ in $(seq 1 "$RUNS"); do
   run unmetered "http://127.0.0.1:$GW2/bench/v1/weather" "$UNMETERED_PID" -H "X-Api-Key: $KEY"
 done
 
-python3 - "$WORK" <<'PY'
-import statistics, sys
-work = sys.argv[1]
+# The second pass: a fixed rate of half of nginx's median throughput, the same for each peer,
+# open loop (oha starts each request on schedule and counts a late start as latency).
+RATE=$(python3 -c "import statistics, sys; print(int(statistics.median(float(l.split()[0]) for l in open(sys.argv[1]) if l.strip()) / 2))" "$WORK/nginx.runs")
+fixed() {
+  local name=$1 url=$2; shift 2
+  "${PIN_LOAD[@]}" oha -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction --no-tui --output-format json "$@" "$url" > "$WORK/$name.fixed.json"
+}
+echo "bench: fixed rate of $RATE req/s (half of nginx's median) for ${DURATION}s each"
+fixed direct "http://127.0.0.1:$UP/weather"
+fixed nginx "http://127.0.0.1:$PROXY/weather"
+fixed portico "http://127.0.0.1:$GW/bench/v1/weather" -H "X-Api-Key: $KEY"
+drained
+
+python3 - "$WORK" "$RATE" <<'PY'
+import json, statistics, sys
+work, rate = sys.argv[1], int(sys.argv[2])
 def med(name):
     rows = [list(map(float, l.split())) for l in open(f"{work}/{name}.runs") if l.strip()]
     return [statistics.median(col) for col in zip(*rows)]
@@ -213,6 +256,20 @@ rows = {n: med(n) for n in ("direct", "nginx", "portico", "unmetered")}
 print(f"{'peer':10} {'req/s':>12} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/req':>11} {'+ shipping':>11}")
 for n, (rps, p50, p99, cpu, drained) in rows.items():
     print(f"{n:10} {rps:12.0f} {p50:9.0f} {p99:9.0f} {cpu:11.1f} {drained:11.1f}")
+print()
+print(f"fixed rate {rate} req/s: {'peer':8} {'req/s':>9} {'p50 µs':>9} {'p99 µs':>9} {'p99 added':>10}")
+fixed = {}
+for n in ("direct", "nginx", "portico"):
+    d = json.load(open(f"{work}/{n}.fixed.json"))
+    codes = d.get("statusCodeDistribution", {})
+    if set(codes) - {"200"}:
+        sys.exit(f"{n}: answers other than 200 at the fixed rate: {codes}")
+    p = d["latencyPercentiles"]
+    fixed[n] = (d["summary"]["requestsPerSec"], p["p50"] * 1e6, p["p99"] * 1e6)
+for n, (rps, p50, p99) in fixed.items():
+    added = "" if n == "direct" else f"{p99 - fixed['direct'][2]:10.0f}"
+    print(f"{'':22}{n:8} {rps:9.0f} {p50:9.0f} {p99:9.0f} {added}")
+print(f"p99 added over direct at half load: nginx {fixed['nginx'][2] - fixed['direct'][2]:.0f} µs, portico {fixed['portico'][2] - fixed['direct'][2]:.0f} µs")
 print(f"metered/unmetered throughput ratio: {rows['portico'][0] / rows['unmetered'][0]:.2f}")
 print(f"portico/direct throughput ratio: {rows['portico'][0] / rows['direct'][0]:.2f}")
 print(f"nginx/direct throughput ratio: {rows['nginx'][0] / rows['direct'][0]:.2f}")

@@ -70,6 +70,11 @@ pub struct UpstreamPolicy {
     /// From sending the request to the upstream's response head (the first byte); then 504.
     #[serde(default = "default_timeout")]
     pub response_timeout_ms: u32,
+    /// The whole call upstream, from its first attempt to the response body's end (retries
+    /// and their backoff included): before the head, 504; after it, the response is cut off.
+    /// None by default, so that streams (Server-Sent Events, downloads) are not bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_timeout_ms: Option<u32>,
     /// Extra tries of an idempotent call without a body (GET, HEAD, OPTIONS, PUT, DELETE) on
     /// a connection failure or a 502/503/504, on another target when there is one; bounded by
     /// a retry budget of 20% of calls.
@@ -87,6 +92,7 @@ impl Default for UpstreamPolicy {
             hash_header: None,
             connect_timeout_ms: default_connect_timeout(),
             response_timeout_ms: default_timeout(),
+            total_timeout_ms: None,
             retries: 0,
             health_check: None,
         }
@@ -101,6 +107,9 @@ impl UpstreamPolicy {
         }
         if !(100..=300_000).contains(&self.response_timeout_ms) {
             return bad("response_timeout_ms must be between 100 and 300000");
+        }
+        if self.total_timeout_ms.is_some_and(|ms| !(100..=3_600_000).contains(&ms)) {
+            return bad("total_timeout_ms must be between 100 and 3600000");
         }
         if !(10..=60_000).contains(&self.connect_timeout_ms) {
             return bad("connect_timeout_ms must be between 10 and 60000");

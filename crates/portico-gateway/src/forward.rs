@@ -1,15 +1,20 @@
 //! Sending a call to its upstream pool: choose a target, send with the version's response
-//! timeout, feed the target's breaker, and retry an idempotent call without a body on another
+//! timeout (and within what is left of its total timeout), feed the target's breaker, and retry an idempotent call without a body on another
 //! target (within the retry budget, with a short backoff) when a target fails.
 
 use crate::pool::{self, Pool};
 use crate::{UpBody, UpstreamClient};
+use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
+use hyper::body::{Frame, SizeHint};
 use portico_core::upstream::UpstreamPolicy;
 use portico_core::values::UpstreamUrl;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::time::Instant;
 
 pub enum Failure {
     /// Our own body limit tripped while the body streamed.
@@ -27,6 +32,8 @@ pub enum Failure {
     Refused,
     /// No response head within the version's `response_timeout_ms`.
     Timeout(u32),
+    /// The version's `total_timeout_ms` passed before a response head.
+    TotalTimeout(u32),
     /// The path could not be joined to a target's URL.
     BadPath,
 }
@@ -81,11 +88,12 @@ pub(crate) async fn send(
     primary: &UpstreamUrl,
     policy: &UpstreamPolicy,
     hash: u64,
+    deadline: Option<Instant>,
     mut out: Outgoing,
 ) -> Result<Response<Incoming>, Failure> {
     pool.deposit();
     let can_retry = policy.retries > 0 && idempotent(&out.method) && out.body.is_end_stream();
-    let timeout = Duration::from_millis(u64::from(policy.response_timeout_ms));
+    let response_timeout = Duration::from_millis(u64::from(policy.response_timeout_ms));
     let mut body = Some(std::mem::replace(&mut out.body, empty()));
     let mut tried = 0u64;
     let mut last = Failure::NoTarget;
@@ -97,7 +105,12 @@ pub(crate) async fn send(
                 break;
             }
             let backoff = 10u64 << attempt.min(4);
-            tokio::time::sleep(Duration::from_millis(backoff + rand::random_range(0..=backoff))).await;
+            let wake = Instant::now() + Duration::from_millis(backoff + rand::random_range(0..=backoff));
+            if deadline.is_some_and(|d| d <= wake) {
+                // No time left for another try: the last failure stands.
+                break;
+            }
+            tokio::time::sleep_until(wake).await;
         }
         let Some((i, state)) = pool.choose(primary, policy, hash, tried) else {
             break;
@@ -121,9 +134,21 @@ pub(crate) async fn send(
                 req.headers_mut().insert(PORTICO_SIGNATURE.clone(), v);
             }
         }
+        // The attempt's own timeout, or what is left of the call's, whichever ends first.
+        let (until, by_deadline) = match deadline {
+            Some(d) if d < Instant::now() + response_timeout => (d, true),
+            _ => (Instant::now() + response_timeout, false),
+        };
         state.inflight.fetch_add(1, Ordering::Relaxed);
-        let sent = tokio::time::timeout(timeout, client.request(req)).await;
+        let sent = tokio::time::timeout_at(until, client.request(req)).await;
         state.inflight.fetch_sub(1, Ordering::Relaxed);
+        if sent.is_err() && by_deadline {
+            // The call's time is up, which says nothing about the target's health.
+            if fallback.is_some() {
+                break;
+            }
+            return Err(Failure::TotalTimeout(policy.total_timeout_ms.unwrap_or(0)));
+        }
         match sent {
             Ok(Ok(resp)) if retryable_status(resp.status()) && can_retry && attempt < u32::from(policy.retries) => {
                 state.failure();
@@ -159,5 +184,53 @@ pub(crate) async fn send(
     match fallback {
         Some(resp) => Ok(resp),
         None => Err(last),
+    }
+}
+
+/// A response body cut off when the call's total timeout passes before it ends.
+pub struct DeadlineBody {
+    inner: crate::GwBody,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineBody {
+    pub fn new(inner: crate::GwBody, deadline: Instant) -> Self {
+        DeadlineBody { inner, sleep: Box::pin(tokio::time::sleep_until(deadline)) }
+    }
+}
+
+#[derive(Debug)]
+struct TotalTimeoutPassed;
+
+impl std::fmt::Display for TotalTimeoutPassed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the call's total timeout passed while its response streamed")
+    }
+}
+
+impl std::error::Error for TotalTimeoutPassed {}
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match this.sleep.as_mut().poll(cx) {
+            // An error, not an end: the client must not take a cut body for a whole one.
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TotalTimeoutPassed)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

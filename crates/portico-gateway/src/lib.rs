@@ -74,10 +74,12 @@ pub(crate) use client::{UpstreamClient, upstream_client};
 pub(crate) use screen::{body_too_large, client_body_failed};
 use screen::{key_in_query, smuggling};
 
+/// The error of a body streamed through the gateway (hyper's, a limit's, a deadline's).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the gateway sends: streamed from the upstream or made by the gateway.
-pub type GwBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type GwBody = UnsyncBoxBody<Bytes, BoxError>;
 /// A consumer's request body on its way upstream (limited, so its error is boxed).
-pub type UpBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -763,7 +765,9 @@ impl Gateway {
             signer,
         };
         let client = client::for_connect_timeout(client, policy.connect_timeout_ms, &inner.tls, &inner.outbound);
-        let sent = forward::send(&inner.pool, &client, &primary, &policy, hash, out).await;
+        let deadline =
+            policy.total_timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(u64::from(ms)));
+        let sent = forward::send(&inner.pool, &client, &primary, &policy, hash, deadline, out).await;
         if let Ok(resp) = &sent {
             upstream_span.record("http.response.status_code", resp.status().as_u16());
         }
@@ -779,7 +783,10 @@ impl Gateway {
                 };
                 let (mut parts, body) = resp.into_parts();
                 proxy::downstream_headers(&mut parts.headers, request_id, call_id_header);
-                let mut body = body.boxed_unsync();
+                let mut body = body.map_err(BoxError::from).boxed_unsync();
+                if let Some(deadline) = deadline.filter(|_| !switched) {
+                    body = forward::DeadlineBody::new(body, deadline).boxed_unsync();
+                }
                 if let Some(plan) = cache_plan {
                     body = plan.fill(&inner.cache, parts.status, &parts.headers, body);
                 }
@@ -847,6 +854,16 @@ impl Gateway {
                 meter.refuse(502);
                 let mut r = errors::bad_gateway(&format!(
                     "the upstream address of API `{api_slug}` is not allowed by this gateway's outbound policy"
+                ));
+                r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
+                r
+            }
+            Err(forward::Failure::TotalTimeout(ms)) => {
+                inner.metrics.upstream_errors.increment(1);
+                tracing::warn!(api = %api_slug, timeout_ms = ms, "upstream call exceeded its total timeout");
+                meter.refuse(504);
+                let mut r = errors::gateway_timeout(&format!(
+                    "the upstream of API `{api_slug}` did not answer within the call's total timeout of {ms} ms"
                 ));
                 r.headers_mut().insert(&proxy::X_REQUEST_ID, request_id);
                 r

@@ -1,6 +1,6 @@
 //! Upstream pools: calls spread over targets, a dead target's idempotent calls are retried on
 //! a live one, its breaker opens, a hanging target times out per the version's policy, and
-//! with no target left the gateway answers 503.
+//! with no target left the gateway answers 503; a total timeout bounds the whole call.
 
 mod common;
 
@@ -368,4 +368,55 @@ async fn the_versions_connect_timeout_applies_before_its_response_timeout() {
     assert!(body["detail"].as_str().unwrap().contains("could not connect"), "{body}");
     let (gw, key) = gateway(&target, UpstreamPolicy { response_timeout_ms: 3_000, ..Default::default() }).await;
     assert_eq!(http.get(&gw).header("x-api-key", &key).send().await.unwrap().status(), 504);
+}
+
+/// A target that sends its head at once and then one chunk of its body every `every` ms, up to
+/// `chunks` chunks.
+async fn dripping(every: u64, chunks: usize) -> String {
+    common::tcp_server(move |mut s| async move {
+        let mut buf = vec![0u8; 8192];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/plain\r\n\r\n").await;
+        for _ in 0..chunks {
+            if s.write_all(b"5\r\ndrip\n\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(every)).await;
+        }
+        let _ = s.write_all(b"0\r\n\r\n").await;
+    })
+    .await
+}
+
+/// The version's total timeout bounds the whole call: a head that comes too late is a 504
+/// naming it even when the per-attempt response timeout is longer, a body still streaming
+/// when it passes is cut off as an error (never a clean end), and a call that fits is whole.
+#[tokio::test]
+async fn the_total_timeout_bounds_the_whole_call() {
+    let http = http();
+    let policy = UpstreamPolicy { response_timeout_ms: 10_000, total_timeout_ms: Some(400), ..Default::default() };
+    let (gw, key) = gateway(&hanging().await, policy.clone()).await;
+    let t = Instant::now();
+    let r = http.get(&gw).header("x-api-key", &key).send().await.unwrap();
+    let (status, detail) = problem(r).await;
+    assert_eq!(status, 504);
+    assert!(detail.contains("total timeout of 400 ms"), "{detail}");
+    assert!(t.elapsed() < Duration::from_secs(5), "not the 10 s response timeout");
+
+    let (gw, key) = gateway(&dripping(150, 20).await, policy.clone()).await;
+    let r = http.get(&gw).header("x-api-key", &key).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the head came in time");
+    let t = Instant::now();
+    let body = r.bytes().await;
+    assert!(body.is_err(), "a body cut off by the timeout reads as an error, not a short body: {body:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    let (gw, key) = gateway(&dripping(20, 3).await, policy).await;
+    let r = http.get(&gw).header("x-api-key", &key).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "drip\n".repeat(3));
+
+    for bad in [50, 4_000_000] {
+        let p = UpstreamPolicy { total_timeout_ms: Some(bad), ..Default::default() };
+        assert!(p.validate().unwrap_err().to_string().contains("total_timeout_ms"));
+    }
 }
