@@ -245,6 +245,7 @@ fixed direct "http://127.0.0.1:$UP/weather"
 fixed nginx "http://127.0.0.1:$PROXY/weather"
 fixed portico "http://127.0.0.1:$GW/bench/v1/weather" -H "X-Api-Key: $KEY"
 drained
+fixed unmetered "http://127.0.0.1:$GW2/bench/v1/weather" -H "X-Api-Key: $KEY"
 
 python3 - "$WORK" "$RATE" <<'PY'
 import json, statistics, sys
@@ -259,7 +260,7 @@ for n, (rps, p50, p99, cpu, drained) in rows.items():
 print()
 print(f"fixed rate {rate} req/s: {'peer':8} {'req/s':>9} {'p50 µs':>9} {'p99 µs':>9} {'p99 added':>10}")
 fixed = {}
-for n in ("direct", "nginx", "portico"):
+for n in ("direct", "nginx", "portico", "unmetered"):
     d = json.load(open(f"{work}/{n}.fixed.json"))
     codes = d.get("statusCodeDistribution", {})
     if set(codes) - {"200"}:
