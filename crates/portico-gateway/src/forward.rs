@@ -101,13 +101,14 @@ pub(crate) async fn send(
     let mut fallback: Option<Response<Incoming>> = None;
     for attempt in 0..=u32::from(policy.retries) {
         if attempt > 0 {
-            if !can_retry || !pool.withdraw() {
+            if !can_retry {
                 break;
             }
             let backoff = 10u64 << attempt.min(4);
             let wake = Instant::now() + Duration::from_millis(backoff + rand::random_range(0..=backoff));
-            if deadline.is_some_and(|d| d <= wake) {
-                // No time left for another try: the last failure stands.
+            // No time left for another try (checked before the budget pays for one), or no budget:
+            // the last failure stands.
+            if deadline.is_some_and(|d| d <= wake) || !pool.withdraw() {
                 break;
             }
             tokio::time::sleep_until(wake).await;
@@ -143,10 +144,8 @@ pub(crate) async fn send(
         let sent = tokio::time::timeout_at(until, client.request(req)).await;
         state.inflight.fetch_sub(1, Ordering::Relaxed);
         if sent.is_err() && by_deadline {
-            // The call's time is up, which says nothing about the target's health.
-            if fallback.is_some() {
-                break;
-            }
+            // The call's time is up, which says nothing about the target's health. An unwell answer
+            // kept from an earlier try is not sent either: its body could no longer be streamed.
             return Err(Failure::TotalTimeout(policy.total_timeout_ms.unwrap_or(0)));
         }
         match sent {
@@ -216,14 +215,12 @@ impl Body for DeadlineBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
+        // The deadline first: a body that keeps frames coming is cut off all the same. An error,
+        // not an end: the client must not take a cut body for a whole one.
+        if this.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(TotalTimeoutPassed))));
         }
-        match this.sleep.as_mut().poll(cx) {
-            // An error, not an end: the client must not take a cut body for a whole one.
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TotalTimeoutPassed)))),
-            Poll::Pending => Poll::Pending,
-        }
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -283,6 +283,13 @@ impl Gateway {
         let started = Instant::now();
         let inner = &self.inner;
         let traces = inner.config.traces;
+        // First of all: a head whose framing is in doubt is answered before anything else, and
+        // the connection closed (what follows it cannot be framed with confidence).
+        if let Some(why) = smuggling(req.headers()) {
+            let mut refused = errors::bad_request(why);
+            refused.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            return refused;
+        }
         let path = req.uri().path();
         if path == "/healthz" {
             return errors::json(StatusCode::OK, serde_json::json!({"status": "ok"}));
@@ -300,12 +307,6 @@ impl Gateway {
         if req.headers().len() > inner.config.max_headers {
             // HTTP/1.1 heads are cut off by the server already; this is for HTTP/2.
             return errors::too_many_headers(inner.config.max_headers);
-        }
-        if let Some(why) = smuggling(req.headers()) {
-            // What follows this head on the connection cannot be framed with confidence.
-            let mut refused = errors::bad_request(why);
-            refused.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-            return refused;
         }
         let declared_len = req
             .headers()
@@ -519,7 +520,8 @@ impl Gateway {
             Some(ops) => ops.rules(req.method().as_str(), target.rest).map(|(rules, path_values)| {
                 let query = req.uri().query();
                 let headers = req.headers();
-                (rules.clone(), rules.check_parameters(&path_values, query, |h| headers.get(h)?.to_str().ok()))
+                let header = |h: &str| headers.get_all(h).iter().map(|v| v.to_str().ok()).collect();
+                (rules.clone(), rules.check_parameters(&path_values, query, header))
             }),
             None => None,
         };
@@ -530,7 +532,13 @@ impl Gateway {
                 return errors::request_invalid(&violations);
             }
             Some((rules, _)) => {
-                let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                let mut types = req.headers().get_all(http::header::CONTENT_TYPE).iter();
+                let content_type = types.next().map(|v| v.to_str().unwrap_or("\u{fffd}"));
+                if types.next().is_some() {
+                    inner.metrics.invalid_requests.increment(1);
+                    meter.refuse(400);
+                    return errors::bad_request("the request has more than one Content-Type header; send one");
+                }
                 match rules.body_check(content_type, hyper::body::Body::is_end_stream(req.body())) {
                     portico_core::validation::BodyCheck::Missing => {
                         inner.metrics.invalid_requests.increment(1);
@@ -545,7 +553,8 @@ impl Gateway {
                             api.slug
                         ));
                     }
-                    portico_core::validation::BodyCheck::Json(_) => Some(rules),
+                    // The type is kept as sent: header rules may rewrite it before the body is read.
+                    portico_core::validation::BodyCheck::Json(_) => content_type.map(|t| (rules, t.to_owned())),
                     portico_core::validation::BodyCheck::Skip => None,
                 }
             }
@@ -687,12 +696,11 @@ impl Gateway {
             .headers
             .get(http::header::CONTENT_ENCODING)
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let schema = checks.as_ref().and_then(|r| match r.body_check(content_type, false) {
+        let schema = checks.as_ref().and_then(|(r, sent)| match r.body_check(Some(sent), false) {
             portico_core::validation::BodyCheck::Json(v) => Some(v),
             _ => None,
         });
-        if (policies.max_json_depth.is_some() || schema.is_some()) && encoded && screen::is_json(&parts.headers) {
+        if encoded && (schema.is_some() || (policies.max_json_depth.is_some() && screen::is_json(&parts.headers))) {
             // The depth of a compressed body cannot be checked without inflating it.
             meter.refuse(415);
             return errors::unsupported_media_type(&format!(
@@ -717,7 +725,7 @@ impl Gateway {
                             "the JSON body is nested deeper than {max} levels, the limit of API `{api_slug}`"
                         ));
                     }
-                    if let (Some(schema), Some(rules)) = (schema, checks.as_ref()) {
+                    if let (Some(schema), Some((rules, _))) = (schema, checks.as_ref()) {
                         let violations = if b.is_empty() {
                             if rules.body_required() {
                                 vec![portico_core::validation::Violation::body_missing()]

@@ -116,8 +116,7 @@ mod tests {
 /// Whether a request says its body is JSON (`application/json`, `application/*+json`).
 pub(crate) fn is_json(h: &http::HeaderMap) -> bool {
     h.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-        let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        portico_core::validation::is_json(&ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
     })
 }
 

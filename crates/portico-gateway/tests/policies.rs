@@ -475,6 +475,20 @@ async fn calls_are_checked_against_the_openapi_document() {
     assert!(body["detail"].as_str().unwrap().contains("\"name\" is a required property"), "{body}");
     problem(post(Some("application/json"), "{oops").send().await.unwrap(), 400, "not valid JSON").await;
 
+    // What the upstream could read another way than the check did: a scalar given twice, a
+    // header line twice, a JSON key twice, two Content-Types.
+    problem(get("/pets?limit=5&limit=500").send().await.unwrap(), 400, "is given 2 times").await;
+    let twice = get("/pets").header("x-tenant", "acme").header("x-tenant", "evil");
+    problem(twice.send().await.unwrap(), 400, "header parameter `X-Tenant`: is given 2 times").await;
+    problem(
+        post(Some("application/json"), r#"{"name": "Rex", "name": ""}"#).send().await.unwrap(),
+        400,
+        "appears twice",
+    )
+    .await;
+    let two_types = post(Some("application/json"), pet).header("content-type", "text/plain");
+    problem(two_types.send().await.unwrap(), 400, "more than one Content-Type").await;
+
     // Without the policy the same document only routes: a bad call reaches the upstream.
     let doc = portico_core::openapi::OpenApiDoc::parse(pets_document()).unwrap();
     let mut s = Setup::new("pets", &up);
