@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 async fn serve_demo_answers_the_printed_call() {
     portico::install_crypto();
     let dir = tempfile::tempdir().unwrap();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log_path = common::test_log_path("demo").unwrap_or_else(|| dir.path().join("stderr.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
         .args([
@@ -20,7 +21,7 @@ async fn serve_demo_answers_the_printed_call() {
             "--api-addr",
             "127.0.0.1:0",
             "--metrics-addr",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{metrics_port}"),
             "--access-log",
             "--log-format",
             "json",
@@ -56,6 +57,35 @@ async fn serve_demo_answers_the_printed_call() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["city"], "Lisbon", "{body}");
     assert_eq!(body["served_for"]["consumer"], "globex");
+
+    // Connections are spread over the gateway's workers: eight opened at once (each its own
+    // client, kept alive) leave no worker more than one connection ahead of another.
+    let clients: Vec<reqwest::Client> = (0..8).map(|_| reqwest::Client::new()).collect();
+    let mut calls = tokio::task::JoinSet::new();
+    for c in &clients {
+        let (c, url, key) = (c.clone(), url.to_owned(), key.to_owned());
+        calls.spawn(async move { c.get(url).header("X-Api-Key", key).send().await.unwrap().status() });
+    }
+    while let Some(status) = calls.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let text = http.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap().text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let per_worker: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "portico_gateway_connections")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => -1.0,
+        })
+        .collect();
+    let workers = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(per_worker.len(), workers, "one gauge per worker: {text}");
+    let (min, max) = per_worker.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    assert!(per_worker.iter().sum::<f64>() >= 8.0, "the eight connections are counted: {per_worker:?}");
+    assert!(max - min <= 1.0, "connections spread over the workers: {per_worker:?}");
+    drop(clients);
 
     // The portal lists the three demo APIs.
     let home = http.get(info["portal_url"].as_str().unwrap()).send().await.unwrap().text().await.unwrap();
