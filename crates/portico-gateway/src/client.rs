@@ -39,28 +39,30 @@ thread_local! {
         Default::default();
 }
 
-/// The client for a version's connect timeout: the worker's own for the default, else one per
-/// timeout on this worker thread (made on first use; at most 64, beyond which the default's).
-pub(crate) fn for_connect_timeout(
-    default: &UpstreamClient,
+/// The client for a version's connect timeout: the worker's own for the default (borrowed: no
+/// per-call clone), else one per timeout on this worker thread (made on first use; at most 64,
+/// beyond which the default's).
+pub(crate) fn for_connect_timeout<'a>(
+    default: &'a UpstreamClient,
     connect_ms: u32,
     tls: &rustls::ClientConfig,
     outbound: &Arc<OutboundPolicy>,
-) -> UpstreamClient {
+) -> std::borrow::Cow<'a, UpstreamClient> {
+    use std::borrow::Cow;
     if connect_ms == portico_core::upstream::DEFAULT_CONNECT_TIMEOUT_MS {
-        return default.clone();
+        return Cow::Borrowed(default);
     }
     BY_CONNECT_TIMEOUT.with(|m| {
         let mut m = m.borrow_mut();
         if let Some(c) = m.get(&connect_ms) {
-            return c.clone();
+            return Cow::Owned(c.clone());
         }
         if m.len() >= 64 {
-            return default.clone();
+            return Cow::Borrowed(default);
         }
         let c = client_with(tls, outbound, connect_ms);
         m.insert(connect_ms, c.clone());
-        c
+        Cow::Owned(c)
     })
 }
 

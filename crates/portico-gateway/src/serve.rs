@@ -183,7 +183,9 @@ impl Gateway {
             Some((l, acceptor)) => Some((TcpListener::from_std(l)?, acceptor)),
             None => None,
         };
-        let client = upstream_client(&self.inner.tls, &self.inner.outbound);
+        // One per worker, shared by its connections (an `Arc`: one count per call, not a
+        // clone of the client's pool, connector and executor handles).
+        let client = Arc::new(upstream_client(&self.inner.tls, &self.inner.outbound));
         let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -255,7 +257,7 @@ impl Gateway {
         stream: TcpStream,
         remote: SocketAddr,
         tls: Option<TlsAcceptor>,
-        client: &UpstreamClient,
+        client: &Arc<UpstreamClient>,
         builder: &auto::Builder<TokioExecutor>,
         graceful: &GracefulShutdown,
         live: Live,

@@ -127,15 +127,57 @@ fn decode_call(body: &[u8]) -> Option<CallRecord> {
 /// past it, how many bytes they took, and whether it stopped at a corrupt frame (rather than
 /// at a partial one, still being written).
 pub fn decode(buf: &[u8]) -> (Vec<(Record, usize)>, usize, bool) {
-    let mut out = Vec::new();
-    let mut at = 0;
-    loop {
-        let Some(head) = buf.get(at..at + 8) else { return (out, at, false) };
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        let Some(body) = buf.get(at + 8..at + 8 + len) else { return (out, at, false) };
+    let mut d = Decoder::new(buf);
+    let out = d.by_ref().collect();
+    (out, d.used(), d.corrupt())
+}
+
+/// Whole frames from the start of a buffer, one at a time (the shipper consumes each as it is
+/// decoded: nothing is collected). Each item is a record and the offset just past it.
+pub struct Decoder<'a> {
+    buf: &'a [u8],
+    at: usize,
+    corrupt: bool,
+    done: bool,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Decoder { buf, at: 0, corrupt: false, done: false }
+    }
+
+    /// How many bytes the records decoded so far took.
+    pub fn used(&self) -> usize {
+        self.at
+    }
+
+    /// Whether decoding stopped at a corrupt frame (rather than at a partial one, still being
+    /// written, or at the end).
+    pub fn corrupt(&self) -> bool {
+        self.corrupt
+    }
+}
+
+impl Iterator for Decoder<'_> {
+    type Item = (Record, usize);
+
+    fn next(&mut self) -> Option<(Record, usize)> {
+        if self.done {
+            return None;
+        }
+        let (buf, at) = (self.buf, self.at);
+        let frame = buf.get(at..at + 8).and_then(|head| {
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            buf.get(at + 8..at + 8 + len).map(|body| (len, crc, body))
+        });
+        let Some((len, crc, body)) = frame else {
+            self.done = true;
+            return None;
+        };
         if len == 0 || crc32fast::hash(body) != crc {
-            return (out, at, true);
+            (self.done, self.corrupt) = (true, true);
+            return None;
         }
         let rec = match body[0] {
             BEGIN => decode_call(&body[1..]).map(Record::Begin),
@@ -143,10 +185,15 @@ pub fn decode(buf: &[u8]) -> (Vec<(Record, usize)>, usize, bool) {
             SEAL => Some(Record::Seal),
             _ => None,
         };
-        at += 8 + len;
         match rec {
-            Some(r) => out.push((r, at)),
-            None => return (out, at - 8 - len, true),
+            Some(r) => {
+                self.at = at + 8 + len;
+                Some((r, self.at))
+            }
+            None => {
+                (self.done, self.corrupt) = (true, true);
+                None
+            }
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Shipper {
     drained_at: std::time::Instant,
     /// The read buffer, kept between rounds.
     buf: Vec<u8>,
+    /// The round's calls, kept between rounds (its capacity: no fresh pages every round).
+    calls: Vec<CallRecord>,
 }
 
 /// Which calls the request log (`usage_events`) keeps. The rollups, which analytics, quotas
@@ -126,6 +128,7 @@ impl Shipper {
             journal: None,
             drained_at: std::time::Instant::now(),
             buf: Vec::new(),
+            calls: Vec::new(),
         }
     }
 
@@ -172,12 +175,22 @@ impl Shipper {
 
     async fn ship_round(&mut self) -> Result<Shipped, String> {
         let mut out = Shipped::default();
-        let mut calls: Vec<CallRecord> = Vec::new();
+        let mut calls = std::mem::take(&mut self.calls);
+        calls.clear();
+        let shipped = self.ship_into(&mut out, &mut calls).await;
+        calls.clear();
+        self.calls = calls;
+        shipped.map(|()| out)
+    }
+
+    async fn ship_into(&mut self, out: &mut Shipped, calls: &mut Vec<CallRecord>) -> Result<(), String> {
         let mut steps: Vec<Step> = Vec::new();
         for path in self.segments().map_err(|e| format!("listing {}: {e}", self.dir.display()))? {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
             let writer_alive = instance_of(&name) == Some(self.instance.as_str());
-            let mut prog = self.files.get(&path).cloned().unwrap_or_default();
+            // Taken out for the round (put back after it; dropped on an error, so read again against
+            // the stored offsets, as after a restart).
+            let mut prog = self.files.remove(&path).unwrap_or_default();
             if !prog.loaded {
                 let mut c = self.store.conn().await.map_err(|e| e.to_string())?;
                 let stored = portico_store::usage::journal_offset(&mut c, &name).await.map_err(|e| e.to_string())?;
@@ -196,8 +209,8 @@ impl Shipper {
             // zeroing per 4 KiB (it showed in the gateway's profile as much as the decoding).
             self.buf.clear();
             f.take(self.max_read as u64).read_to_end(&mut self.buf).map_err(|e| format!("reading {name}: {e}"))?;
-            let (records, used, corrupt) = codec::decode(&self.buf);
-            for (r, end) in records {
+            let mut records = codec::Decoder::new(&self.buf);
+            for (r, end) in records.by_ref() {
                 match r {
                     Record::Begin(c) => {
                         prog.open.insert(c.request_id, c);
@@ -213,6 +226,7 @@ impl Shipper {
                     Record::Seal => prog.sealed = true,
                 }
             }
+            let (used, corrupt) = (records.used(), records.corrupt());
             let read_all = prog.read_to + self.buf.len() as u64 >= len;
             prog.read_to += used as u64;
             if corrupt {
@@ -241,7 +255,7 @@ impl Shipper {
         }
 
         if steps.iter().any(|s| s.moved) {
-            let stored = match self.store_round(&calls, &steps).await {
+            let stored = match self.store_round(calls, &steps).await {
                 Ok(stored) => stored,
                 Err(e) => {
                     metrics::counter!("portico_usage_ship_failures_total").increment(1);
@@ -274,7 +288,7 @@ impl Shipper {
         if pending == 0 {
             self.drained_at = std::time::Instant::now();
         }
-        Ok(out)
+        Ok(())
     }
 
     /// One transaction: the request log, the daily and minute rollups, and the offsets that account
