@@ -478,8 +478,7 @@ impl Gateway {
         let units = policies.weight(operation.as_deref());
         // Portico's own id of the call: the metering key, never taken from the client.
         let call_id = proxy::call_uuid();
-        let call_id_header =
-            http::HeaderValue::from_str(&call_id.to_string()).unwrap_or(http::HeaderValue::from_static("-"));
+        let call_id_header = proxy::uuid_header(call_id);
         // The call's X-Request-Id: the client's, or else Portico's id of the call.
         let client_request_id = proxy::client_request_id(req.headers()).cloned();
         let request_id = client_request_id.clone().unwrap_or_else(|| call_id_header.clone());

@@ -75,12 +75,16 @@ pub fn client_request_id(h: &HeaderMap) -> Option<&HeaderValue> {
     })
 }
 
+/// A UUID as a header value, hyphenated (without the formatting machinery: once per call).
+pub fn uuid_header(id: uuid::Uuid) -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
+}
+
 /// A request id the client sent, if sane; otherwise a new one (for answers made before a call
 /// has Portico's id).
 pub fn request_id(h: &HeaderMap) -> HeaderValue {
-    client_request_id(h)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_str(&fast_uuid().to_string()).unwrap_or(HeaderValue::from_static("-")))
+    client_request_id(h).cloned().unwrap_or_else(|| uuid_header(fast_uuid()))
 }
 
 /// Whether `s` is a valid W3C `traceparent` (lowercase hex, no all-zero ids, version not ff).

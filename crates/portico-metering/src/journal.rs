@@ -152,10 +152,19 @@ impl Journal {
     }
 
     fn append(&self, seg: &Segment, kind: u8, event: Option<&UsageEvent>) {
-        let mut buf = Vec::with_capacity(192);
-        codec::encode(kind, event, &mut buf);
+        // Each thread encodes into a buffer of its own, kept between records.
+        thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512)));
+        BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            buf.clear();
+            codec::encode(kind, event, &mut buf);
+            self.write_record(seg, &buf);
+        });
+    }
+
+    fn write_record(&self, seg: &Segment, buf: &[u8]) {
         // `&File` writes with one write(2) on an O_APPEND file: records never interleave.
-        match (&seg.file).write_all(&buf) {
+        match (&seg.file).write_all(buf) {
             Ok(()) => {
                 seg.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 self.backlog.fetch_add(buf.len() as u64, Ordering::Relaxed);
