@@ -34,6 +34,13 @@ macro_rules! string_newtype {
                 &self.0
             }
         }
+        /// Maps keyed by the type are looked up by `&str` without making one (its `Hash` and
+        /// `Eq` are the string's); a string that is not a valid value is simply not found.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 
@@ -484,6 +491,14 @@ impl UpstreamUrl {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn slug_keyed_maps_are_looked_up_by_str() {
+        let m = std::collections::HashMap::from([(Slug::parse("weather").unwrap(), 1)]);
+        assert_eq!(m.get("weather"), Some(&1));
+        assert_eq!(m.get("Weather"), None, "not a valid slug: not found, no error");
+        assert_eq!(m.get("weather-api"), None);
+    }
 
     #[test]
     fn common_and_trivial_passwords_are_refused() {

@@ -221,17 +221,14 @@ impl Gateway {
         let started = Instant::now();
         let snapshot = self.inner.snapshot.load();
         let target = route::resolve(&snapshot.hosts, request_host(&req), req.uri().path()).ok();
-        let m = self
-            .inner
-            .metrics
-            .for_api(target.as_ref().map(|t| t.slug), |s| Slug::parse(s).is_ok_and(|s| snapshot.apis.contains_key(&s)));
+        let m = self.inner.metrics.for_api(target.as_ref().map(|t| t.slug), |s| snapshot.apis.contains_key(s));
         let origin = req.headers().get(http::header::ORIGIN).cloned();
         let cors = origin.as_ref().map(|_| policies_of(&snapshot, target.as_ref()));
         // The access log: method and path only (never the query, a header or a body).
         let access = self.inner.config.access_log.then(|| (req.method().clone(), req.uri().path().to_owned()));
         let span = if self.inner.config.traces {
             // The span's name is set at its start (a known API's slug and major, or none).
-            let known = target.as_ref().filter(|t| Slug::parse(t.slug).is_ok_and(|s| snapshot.apis.contains_key(&s)));
+            let known = target.as_ref().filter(|t| snapshot.apis.contains_key(t.slug));
             let name = match known {
                 Some(t) => format!("{} /{}/v{}", req.method(), t.slug, t.major),
                 None => req.method().to_string(),
@@ -342,7 +339,7 @@ impl Gateway {
             }
         };
 
-        let Some(api) = Slug::parse(target.slug).ok().and_then(|s| snapshot.apis.get(&s)) else {
+        let Some(api) = snapshot.apis.get(target.slug) else {
             return errors::not_found(&format!("there is no API `{}` on this gateway", target.slug.escape_default()));
         };
         let Some(version) = api.majors.get(&target.major) else {
@@ -906,6 +903,6 @@ fn policies_of(
     target: Option<&route::Target<'_>>,
 ) -> Option<Arc<portico_core::policy::Policies>> {
     let t = target?;
-    let api = snapshot.apis.get(&Slug::parse(t.slug).ok()?)?;
+    let api = snapshot.apis.get(t.slug)?;
     Some(api.majors.get(&t.major)?.policies.clone())
 }
