@@ -188,9 +188,7 @@ impl Shipper {
         for path in self.segments().map_err(|e| format!("listing {}: {e}", self.dir.display()))? {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
             let writer_alive = instance_of(&name) == Some(self.instance.as_str());
-            // Taken out for the round (put back after it; dropped on an error, so read again against
-            // the stored offsets, as after a restart).
-            let mut prog = self.files.remove(&path).unwrap_or_default();
+            let mut prog = self.files.get(&path).cloned().unwrap_or_default();
             if !prog.loaded {
                 let mut c = self.store.conn().await.map_err(|e| e.to_string())?;
                 let stored = portico_store::usage::journal_offset(&mut c, &name).await.map_err(|e| e.to_string())?;
