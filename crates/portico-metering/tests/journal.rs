@@ -121,6 +121,97 @@ async fn segments_rotate_and_every_one_is_shipped() {
     assert_eq!(segments(&jdir), 0);
 }
 
+fn journal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_deferring_thread_writes_an_end_with_its_next_begin_or_when_it_goes_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jdir = tmp.path().join("journal");
+    let store = store(tmp.path()).await;
+    let sub = SubscriptionId::new();
+    let j = Journal::open(&jdir, 1 << 20).unwrap();
+    let mut shipper = Shipper::new(&jdir, j.instance(), store.clone());
+    // On this thread (the test's own), as on a gateway worker.
+    j.defer_ends_on_this_thread();
+    let a = event(sub, 200);
+    let ta = j.begin(&a);
+    let begun = journal_bytes(&jdir);
+    assert!(begun > 0, "a begin is written at once");
+    j.end(ta, a);
+    assert_eq!(journal_bytes(&jdir), begun, "the end waits for the thread's next write");
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 0);
+    // The next begin carries it.
+    let b = event(sub, 200);
+    let tb = j.begin(&b);
+    assert!(journal_bytes(&jdir) > 2 * begun, "the held end and the new begin");
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 1);
+    // Going idle writes what is held.
+    j.end(tb, b);
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 0);
+    j.flush_this_thread();
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 1);
+    // So does a thread that stops, and a refused call (no begin) is held and written the same way.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            j.defer_ends_on_this_thread();
+            let e = event(sub, 200);
+            let t = j.begin(&e);
+            j.end(t, e);
+            j.end(0, event(sub, 429));
+        });
+    });
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 2);
+    // The segment is sealed only once every held end is written.
+    let c = event(sub, 200);
+    let tc = j.begin(&c);
+    j.end(tc, c);
+    j.close();
+    shipper.ship_once().await.unwrap();
+    assert_eq!(segments(&jdir), 1, "not sealed while an end is held");
+    j.flush_this_thread();
+    let s = shipper.ship_once().await.unwrap();
+    assert_eq!((s.calls, s.orphaned), (1, 0));
+    assert_eq!(segments(&jdir), 0);
+    assert_eq!(totals(&store, sub).await, (5, 0));
+}
+
+#[tokio::test]
+async fn a_deferring_thread_writes_each_end_to_its_begins_segment_across_rotations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jdir = tmp.path().join("journal");
+    let store = store(tmp.path()).await;
+    let sub = SubscriptionId::new();
+    let j = Journal::open(&jdir, 4096).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            j.defer_ends_on_this_thread();
+            let long = event(sub, 200);
+            let long_token = j.begin(&long);
+            for _ in 0..200 {
+                let e = event(sub, 200);
+                let t = j.begin(&e);
+                j.end(t, e);
+            }
+            j.end(long_token, long);
+            j.flush_this_thread();
+        });
+    });
+    assert!(segments(&jdir) > 3);
+    let mut shipper = Shipper::new(&jdir, j.instance(), store.clone());
+    shipper.ship_once().await.unwrap();
+    j.close();
+    shipper.ship_once().await.unwrap();
+    assert_eq!(totals(&store, sub).await, (201, 0));
+    assert_eq!(segments(&jdir), 0);
+}
+
 #[tokio::test]
 async fn while_the_store_is_down_the_journal_keeps_the_calls() {
     let tmp = tempfile::tempdir().unwrap();
