@@ -47,7 +47,7 @@ CONF
 "$NGINX" -p "$WORK/up" -c nginx.conf
 trap 'cleanup; "$NGINX" -p "$WORK/up" -c nginx.conf -s stop 2>/dev/null || true' EXIT
 
-CG="valgrind --tool=callgrind --collect-atstart=no --trace-children=no"
+CG="valgrind --tool=callgrind --instr-atstart=no --trace-children=no"
 $CG --callgrind-out-file="$WORK/nginx.cg" "$NGINX" -p "$WORK/proxy" -c nginx.conf >"$WORK/nginx-vg.log" 2>&1 &
 NGINX_VG=$!; PIDS+=("$NGINX_VG")
 $CG --callgrind-out-file="$WORK/portico.cg" "$PORTICO" serve --data-dir "$WORK/portico" --gateway-addr "127.0.0.1:$GW" \
@@ -113,14 +113,15 @@ measure() {
   sleep 1 # the shipper moves the measured calls into the store: that is part of their cost
   callgrind_control -i off "$pid" >/dev/null
   callgrind_control -d "$pid" >/dev/null
-  sleep 1
+  # The dump is written by the process itself, slowly under valgrind: wait for its totals.
+  for _ in $(seq 1 300); do grep -qs "^totals:" "$WORK/$name".cg.* && break; sleep 0.2; done
   python3 - "$WORK" "$name" "$N" <<'PY'
 import glob, re, sys
 work, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 total = 0
 for f in glob.glob(f"{work}/{name}.cg*"):
     for line in open(f, errors="replace"):
-        m = re.match(r"(?:summary|totals): (\d+)", line)
+        m = re.match(r"totals: (\d+)", line)  # "summary:" reads 0 after a zeroing
         if m:
             total += int(m.group(1))
             break
