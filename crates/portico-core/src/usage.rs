@@ -73,13 +73,6 @@ pub trait UsageSink: Send + Sync + 'static {
     fn accepting(&self) -> bool {
         true
     }
-    /// Called by a gateway worker thread as it starts: from then on the sink may hold this
-    /// thread's end records back and write them with the thread's next begin (one write for
-    /// both) or at [`UsageSink::flush_this_thread`]. Begins are never held back.
-    fn defer_ends_on_this_thread(&self) {}
-    /// Called by a gateway worker thread as it goes idle and as it stops: writes the end
-    /// records it holds back.
-    fn flush_this_thread(&self) {}
 }
 
 /// A sink that drops events, for a gateway run without metering.

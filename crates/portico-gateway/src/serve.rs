@@ -146,17 +146,8 @@ impl Gateway {
             let mut stop = stop_rx.clone();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             finished.push(done_rx);
-            let sink = self.inner.sink.clone();
             std::thread::Builder::new().name(format!("portico-gw-{i}")).spawn(move || {
-                // The usage sink may hold this worker's end records back until its next begin
-                // (one journal write per call); they are written whenever the worker goes idle.
-                sink.defer_ends_on_this_thread();
-                let idle = sink.clone();
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .on_thread_park(move || idle.flush_this_thread())
-                    .build();
-                match runtime {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt.block_on(async move {
                         let stopped = async move {
                             let _ = stop.wait_for(|s| *s).await;
@@ -167,7 +158,6 @@ impl Gateway {
                     }),
                     Err(e) => tracing::error!(error = %e, "could not start a gateway worker"),
                 }
-                sink.flush_this_thread();
                 let _ = done_tx.send(());
             })?;
         }

@@ -7,14 +7,6 @@
 //! and sealed (a `Seal` record) once its last in-flight call has ended; the end of a call is
 //! always written to the segment that holds its begin. One journal per directory: it holds
 //! an exclusive lock on `LOCK`.
-//!
-//! A gateway worker thread may *defer* end records ([`UsageSink::defer_ends_on_this_thread`]):
-//! its ends wait in a buffer of the thread and go out with the thread's next begin, in the same
-//! `write(2)`, or when the thread goes idle ([`UsageSink::flush_this_thread`], from the worker
-//! runtime's park hook), so a loaded worker makes one write per call instead of two. This
-//! keeps the promise: a begin is always written before its call is forwarded, and an end that
-//! a kill catches in the buffer leaves its call orphaned (reported, never billed), exactly as a
-//! kill between the upstream's answer and the end's write did before.
 
 use crate::codec::{self, BEGIN, END, SEAL};
 use portico_core::usage::{UsageEvent, UsageSink};
@@ -23,10 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
-
-/// Past this many deferred bytes a thread writes its ends at once.
-const DEFER_MAX_BYTES: usize = 16 << 10;
+use std::sync::{Arc, RwLock};
 
 pub(crate) struct Segment {
     no: u64,
@@ -44,8 +33,6 @@ struct State {
 }
 
 pub struct Journal {
-    /// This journal, for a thread's deferred ends to hold it (see [`Deferred`]).
-    me: Weak<Journal>,
     dir: PathBuf,
     instance: String,
     state: RwLock<State>,
@@ -105,8 +92,7 @@ impl Journal {
         let instance = format!("{now:013}{:04x}", rand_u16());
         let current = open_segment(dir, &instance, 1)?;
         let open = HashMap::from([(1, current.clone())]);
-        Ok(Arc::new_cyclic(|me| Journal {
-            me: me.clone(),
+        Ok(Arc::new(Journal {
             dir: dir.to_path_buf(),
             instance,
             state: RwLock::new(State { current, open }),
@@ -168,21 +154,12 @@ impl Journal {
     fn append(&self, seg: &Segment, kind: u8, event: Option<&UsageEvent>) {
         // Each thread encodes into a buffer of its own, kept between records.
         thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512)));
-        let done = BUF.try_with(|b| match b.try_borrow_mut() {
-            Ok(mut buf) => {
-                buf.clear();
-                codec::encode(kind, event, &mut buf);
-                self.write_record(seg, &buf);
-                true
-            }
-            Err(_) => false,
-        });
-        if done != Ok(true) {
-            // The thread is exiting (its buffer is gone) or already encoding.
-            let mut buf = Vec::with_capacity(512);
+        BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            buf.clear();
             codec::encode(kind, event, &mut buf);
             self.write_record(seg, &buf);
-        }
+        });
     }
 
     fn write_record(&self, seg: &Segment, buf: &[u8]) {
@@ -214,12 +191,7 @@ impl Journal {
     }
 
     fn leave(&self, seg: &Arc<Segment>) {
-        self.leave_n(seg, 1);
-    }
-
-    /// Releases `n` references on `seg` (calls whose end has been written).
-    fn leave_n(&self, seg: &Arc<Segment>, n: u64) {
-        if n > 0 && seg.inflight.fetch_sub(n, Ordering::AcqRel) == n && seg.retired.load(Ordering::Acquire) {
+        if seg.inflight.fetch_sub(1, Ordering::AcqRel) == 1 && seg.retired.load(Ordering::Acquire) {
             self.seal(seg);
         }
     }
@@ -268,94 +240,6 @@ fn rand_u16() -> u16 {
     (uuid::Uuid::new_v4().as_u128() & 0xffff) as u16
 }
 
-/// The end records a deferring thread holds back: all for one segment of one journal, each
-/// holding the reference on the segment that its call took (released once written).
-#[derive(Default)]
-struct Deferred {
-    on: bool,
-    buf: Vec<u8>,
-    target: Option<(Arc<Journal>, Arc<Segment>)>,
-    ends: u64,
-}
-
-impl Deferred {
-    /// Whether the held ends belong to `seg` of `journal` (or none are held).
-    fn holds(&self, journal: &Journal, seg: &Segment) -> bool {
-        match &self.target {
-            Some((j, s)) => std::ptr::eq(Arc::as_ptr(j), journal) && std::ptr::eq(Arc::as_ptr(s), seg),
-            None => true,
-        }
-    }
-
-    /// Writes the held ends (and whatever was encoded after them) in one write.
-    fn flush(&mut self) {
-        if let Some((journal, seg)) = self.target.take() {
-            journal.write_record(&seg, &self.buf);
-            journal.leave_n(&seg, std::mem::take(&mut self.ends));
-        }
-        self.buf.clear();
-    }
-}
-
-impl Drop for Deferred {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-thread_local!(static DEFERRED: std::cell::RefCell<Deferred> = std::cell::RefCell::default());
-
-impl Journal {
-    /// Writes an end for `seg`, whose reference the caller holds (released here, at once or
-    /// once the deferred end is written).
-    fn write_end(&self, seg: Arc<Segment>, event: &UsageEvent) {
-        let deferred = DEFERRED.try_with(|d| {
-            let Ok(mut d) = d.try_borrow_mut() else { return false };
-            if !d.on {
-                return false;
-            }
-            if !d.holds(self, &seg) {
-                d.flush();
-            }
-            if d.target.is_none() {
-                let Some(me) = self.me.upgrade() else { return false };
-                d.target = Some((me, seg.clone()));
-            }
-            codec::encode(END, Some(event), &mut d.buf);
-            d.ends += 1;
-            if d.buf.len() >= DEFER_MAX_BYTES {
-                d.flush();
-            }
-            true
-        });
-        if deferred != Ok(true) {
-            self.append(&seg, END, Some(event));
-            self.leave(&seg);
-        }
-    }
-
-    /// Writes a begin to `seg` (the current segment), with the thread's deferred ends when
-    /// they belong to the same segment: one write for both.
-    fn write_begin(&self, seg: &Arc<Segment>, event: &UsageEvent) {
-        let joined = DEFERRED.try_with(|d| {
-            let Ok(mut d) = d.try_borrow_mut() else { return false };
-            if d.target.is_none() {
-                return false;
-            }
-            if !d.holds(self, seg) {
-                d.flush();
-                return false;
-            }
-            codec::encode(BEGIN, Some(event), &mut d.buf);
-            d.flush();
-            true
-        });
-        if joined != Ok(true) {
-            self.append(seg, BEGIN, Some(event));
-        }
-    }
-}
-
 impl UsageSink for Journal {
     fn accepting(&self) -> bool {
         self.backlog.load(Ordering::Relaxed) < self.max_backlog.load(Ordering::Relaxed)
@@ -363,9 +247,9 @@ impl UsageSink for Journal {
 
     fn begin(&self, event: &UsageEvent) -> u64 {
         let Some(seg) = self.enter(None) else { return 0 };
-        self.write_begin(&seg, event);
+        self.append(&seg, BEGIN, Some(event));
         self.maybe_rotate(&seg);
-        // The reference taken here is released once the end is written.
+        // The reference taken here is released by `end`.
         seg.no
     }
 
@@ -373,31 +257,19 @@ impl UsageSink for Journal {
         if token == 0 {
             // Refused before forwarding: a lone end record, in the current segment.
             if let Some(seg) = self.enter(None) {
-                self.write_end(seg.clone(), &event);
+                self.append(&seg, END, Some(&event));
+                self.leave(&seg);
                 self.maybe_rotate(&seg);
             }
             return;
         }
         let seg = self.state.read().unwrap_or_else(|p| p.into_inner()).open.get(&token).cloned();
         match seg {
-            Some(seg) => self.write_end(seg, &event),
+            Some(seg) => {
+                self.append(&seg, END, Some(&event));
+                self.leave(&seg);
+            }
             None => tracing::error!(segment = token, "usage end for a segment that is already sealed"),
         }
-    }
-
-    fn defer_ends_on_this_thread(&self) {
-        let _ = DEFERRED.try_with(|d| {
-            if let Ok(mut d) = d.try_borrow_mut() {
-                d.on = true;
-            }
-        });
-    }
-
-    fn flush_this_thread(&self) {
-        let _ = DEFERRED.try_with(|d| {
-            if let Ok(mut d) = d.try_borrow_mut() {
-                d.flush();
-            }
-        });
     }
 }
