@@ -2,11 +2,12 @@
 //! timeout (and within what is left of its total timeout), feed the target's breaker, and retry an idempotent call without a body on another
 //! target (within the retry budget, with a short backoff) when a target fails.
 
+use crate::UpBody;
+use crate::conns::{self, Connect, PooledBody, SendError};
 use crate::pool::{self, Pool};
-use crate::{UpBody, UpstreamClient};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::body::{Frame, SizeHint};
 use portico_core::upstream::UpstreamPolicy;
 use portico_core::values::UpstreamUrl;
@@ -84,13 +85,13 @@ fn retryable_status(s: StatusCode) -> bool {
 
 pub(crate) async fn send(
     pool: &Pool,
-    client: &UpstreamClient,
+    connect: &Connect<'_>,
     primary: &UpstreamUrl,
     policy: &UpstreamPolicy,
     hash: u64,
     deadline: Option<Instant>,
     mut out: Outgoing,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<PooledBody>, Failure> {
     pool.deposit();
     let can_retry = policy.retries > 0 && idempotent(&out.method) && out.body.is_end_stream();
     let response_timeout = Duration::from_millis(u64::from(policy.response_timeout_ms));
@@ -98,7 +99,7 @@ pub(crate) async fn send(
     let mut tried = 0u64;
     let mut last = Failure::NoTarget;
     // An unwell answer (502/503/504) kept in case no other target does better.
-    let mut fallback: Option<Response<Incoming>> = None;
+    let mut fallback: Option<Response<PooledBody>> = None;
     for attempt in 0..=u32::from(policy.retries) {
         if attempt > 0 {
             if !can_retry {
@@ -141,7 +142,7 @@ pub(crate) async fn send(
             _ => (Instant::now() + response_timeout, false),
         };
         state.inflight.fetch_add(1, Ordering::Relaxed);
-        let sent = tokio::time::timeout_at(until, client.request(req)).await;
+        let sent = tokio::time::timeout_at(until, conns::send(connect, req)).await;
         state.inflight.fetch_sub(1, Ordering::Relaxed);
         if sent.is_err() && by_deadline {
             // The call's time is up, which says nothing about the target's health. An unwell answer
@@ -161,9 +162,9 @@ pub(crate) async fn send(
                 }
                 return Ok(resp);
             }
-            Ok(Err(e)) if crate::body_too_large(&e) => return Err(Failure::BodyTooLarge),
-            Ok(Err(e)) if crate::client_body_failed(&e) => return Err(Failure::ClientBody),
-            Ok(Err(e)) if crate::outbound::is_refused(&e) => {
+            Ok(Err(SendError::Send(e))) if crate::body_too_large(&e) => return Err(Failure::BodyTooLarge),
+            Ok(Err(SendError::Send(e))) if crate::client_body_failed(&e) => return Err(Failure::ClientBody),
+            Ok(Err(SendError::Connect(e))) if crate::outbound::is_refused(&*e) => {
                 // Not the target's health: its address is refused, and it stays refused.
                 last = Failure::Refused;
             }
@@ -171,8 +172,16 @@ pub(crate) async fn send(
                 if state.failure() {
                     tracing::warn!(target = %pool::target(primary, policy, i), "upstream target's circuit breaker opened");
                 }
-                tracing::debug!(error = %e, "upstream attempt failed");
-                last = if e.is_connect() { Failure::Connect } else { Failure::BadAnswer };
+                last = match e {
+                    SendError::Connect(e) => {
+                        tracing::debug!(error = %e, "upstream connection failed");
+                        Failure::Connect
+                    }
+                    SendError::Send(e) => {
+                        tracing::debug!(error = %e, "upstream attempt failed");
+                        Failure::BadAnswer
+                    }
+                };
             }
             Err(_) => {
                 state.failure();

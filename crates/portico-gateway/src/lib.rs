@@ -31,6 +31,7 @@
 
 pub mod cache;
 mod client;
+mod conns;
 pub mod cors;
 pub mod errors;
 pub mod forward;
@@ -768,10 +769,11 @@ impl Gateway {
             rest_empty,
             signer,
         };
-        let client = client::for_connect_timeout(client, policy.connect_timeout_ms, &inner.tls, &inner.outbound);
+        let connect =
+            conns::Connect { tls: &inner.tls, outbound: &inner.outbound, connect_ms: policy.connect_timeout_ms };
         let deadline =
             policy.total_timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(u64::from(ms)));
-        let sent = forward::send(&inner.pool, &client, &primary, &policy, hash, deadline, out).await;
+        let sent = forward::send(&inner.pool, &connect, &primary, &policy, hash, deadline, out).await;
         if let Ok(resp) = &sent {
             upstream_span.record("http.response.status_code", resp.status().as_u16());
         }

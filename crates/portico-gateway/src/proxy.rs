@@ -20,8 +20,45 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_PORTICO_REQUEST_ID: HeaderName = HeaderName::from_static("x-portico-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+// Named once: a `&str` name is parsed and hashed again on every use.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_PORTICO_CONSUMER: HeaderName = HeaderName::from_static("x-portico-consumer");
+static X_PORTICO_PLAN: HeaderName = HeaderName::from_static("x-portico-plan");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// A header value made from a string built for it, without copying it again.
+fn owned_value(s: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
+}
+
+/// Appends an address as `X-Forwarded-For` writes it (IPv4 without the formatting machinery).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of eight removals.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -89,27 +126,43 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
 
 /// Whether `s` is a valid W3C `traceparent` (lowercase hex, no all-zero ids, version not ff).
 pub(crate) fn valid_traceparent(s: &str) -> bool {
-    let p: Vec<&str> = s.split('-').collect();
+    let mut p = s.split('-');
+    let (Some(version), Some(trace), Some(span), Some(flags), None) =
+        (p.next(), p.next(), p.next(), p.next(), p.next())
+    else {
+        return false;
+    };
     let hex = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    p.len() == 4
-        && hex(p[0], 2)
-        && p[0] != "ff"
-        && hex(p[1], 32)
-        && p[1] != "0".repeat(32)
-        && hex(p[2], 16)
-        && p[2] != "0".repeat(16)
-        && hex(p[3], 2)
+    let zeros = |x: &str| x.bytes().all(|b| b == b'0');
+    hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && !zeros(trace)
+        && hex(span, 16)
+        && !zeros(span)
+        && hex(flags, 2)
 }
 
 /// The W3C `traceparent` the client sent, if valid; otherwise a new trace (used when the
 /// gateway exports no traces of its own).
 pub fn traceparent(h: &HeaderMap) -> HeaderValue {
-    if let Some(v) = h.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|s| valid_traceparent(s)) {
-        return HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("-"));
+    if let Some(v) = h.get(&TRACEPARENT).filter(|v| v.to_str().is_ok_and(valid_traceparent)) {
+        return v.clone();
     }
     let trace: u128 = rand::random::<u128>().max(1);
     let span: u64 = rand::random::<u64>().max(1);
-    HeaderValue::from_str(&format!("00-{trace:032x}-{span:016x}-01")).unwrap_or(HeaderValue::from_static("-"))
+    // `00-{trace:032x}-{span:016x}-01`, without the formatting machinery (once per call).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 55];
+    out[..3].copy_from_slice(b"00-");
+    for (i, b) in trace.to_be_bytes().into_iter().chain(span.to_be_bytes()).enumerate() {
+        let at = if i < 16 { 3 + 2 * i } else { 36 + 2 * (i - 16) };
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 15)];
+    }
+    out[35] = b'-';
+    out[52..].copy_from_slice(b"-01");
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address
@@ -119,7 +172,7 @@ pub fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAdd
     if trusted.is_empty() {
         return portico_core::policy::canonical(peer);
     }
-    let hops: Vec<&str> = h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    let hops: Vec<&str> = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
     portico_core::policy::client_ip(peer, hops.into_iter(), trusted)
 }
 
@@ -146,7 +199,7 @@ pub struct Forwarded<'a> {
 pub fn upstream_headers(h: &mut HeaderMap, f: Forwarded<'_>) {
     strip_hop_by_hop(h);
     let original_host = h.remove(header::HOST);
-    h.remove("x-api-key");
+    h.remove(&X_API_KEY);
     // The key, or a Portico session token sent by mistake (a portal's try-it), never leaves.
     let portico_token = h
         .get(header::AUTHORIZATION)
@@ -157,62 +210,71 @@ pub fn upstream_headers(h: &mut HeaderMap, f: Forwarded<'_>) {
         h.remove(header::AUTHORIZATION);
     }
     strip_session_cookie(h);
-    let portico: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("x-portico-")).cloned().collect();
-    for k in portico {
-        h.remove(k);
+    if h.keys().any(|k| k.as_str().starts_with("x-portico-")) {
+        let portico: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("x-portico-")).cloned().collect();
+        for k in portico {
+            h.remove(k);
+        }
     }
     if let Ok(v) = HeaderValue::from_str(f.consumer) {
-        h.insert("x-portico-consumer", v);
+        h.insert(X_PORTICO_CONSUMER.clone(), v);
     }
     if let Ok(v) = HeaderValue::from_str(f.plan) {
-        h.insert("x-portico-plan", v);
+        h.insert(X_PORTICO_PLAN.clone(), v);
     }
     h.insert(X_REQUEST_ID.clone(), f.request_id);
     h.insert(X_PORTICO_REQUEST_ID.clone(), f.call_id);
     h.insert(TRACEPARENT.clone(), f.traceparent);
-    let prev = |h: &HeaderMap, name: &str| {
+    // From a trusted proxy, the chain so far (every field line, in order), to be extended.
+    let prev = |h: &HeaderMap, name: &HeaderName| -> Option<String> {
+        if !f.trusted_peer {
+            return None;
+        }
         let all: Vec<&str> = h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        (f.trusted_peer && !all.is_empty()).then(|| all.join(", "))
-    };
-    let node = match f.client_ip {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        (!all.is_empty()).then(|| all.join(", "))
     };
     let host = original_host.as_ref().and_then(|v| v.to_str().ok()).filter(|v| !v.contains(['"', ';', ',']));
     let proto = if f.https { "https" } else { "http" };
-    let mut forwarded = format!("for={node};proto={proto}");
+    let mut forwarded = prev(h, &header::FORWARDED).map(|p| p + ", ").unwrap_or_default();
+    forwarded.reserve(64);
+    forwarded.push_str("for=");
+    match f.client_ip {
+        IpAddr::V4(_) => push_ip(&mut forwarded, f.client_ip),
+        IpAddr::V6(_) => {
+            forwarded.push_str("\"[");
+            push_ip(&mut forwarded, f.client_ip);
+            forwarded.push_str("]\"");
+        }
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
     if let Some(host) = host {
         forwarded.push_str(";host=\"");
         forwarded.push_str(host);
         forwarded.push('"');
     }
-    let forwarded = match prev(h, "forwarded") {
-        Some(p) => format!("{p}, {forwarded}"),
-        None => forwarded,
+    let mut xff = prev(h, &X_FORWARDED_FOR).map(|p| p + ", ").unwrap_or_default();
+    push_ip(&mut xff, f.client_ip);
+    // `insert` replaces every value the client sent.
+    match owned_value(xff) {
+        Some(v) => h.insert(X_FORWARDED_FOR.clone(), v),
+        None => h.remove(&X_FORWARDED_FOR),
     };
-    let xff = match prev(h, "x-forwarded-for") {
-        Some(p) => format!("{p}, {}", f.client_ip),
-        None => f.client_ip.to_string(),
+    match owned_value(forwarded) {
+        Some(v) => h.insert(header::FORWARDED, v),
+        None => h.remove(header::FORWARDED),
     };
-    h.remove("x-forwarded-for");
-    h.remove("forwarded");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        h.insert("forwarded", v);
-    }
-    if !(f.trusted_peer && h.contains_key("x-forwarded-proto")) {
-        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if !(f.trusted_peer && h.contains_key(&X_FORWARDED_PROTO)) {
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     match original_host {
-        Some(host) if !(f.trusted_peer && h.contains_key("x-forwarded-host")) => {
-            h.insert("x-forwarded-host", host);
+        Some(host) if !(f.trusted_peer && h.contains_key(&X_FORWARDED_HOST)) => {
+            h.insert(X_FORWARDED_HOST.clone(), host);
         }
         Some(_) => {}
         None => {
             if !f.trusted_peer {
-                h.remove("x-forwarded-host");
+                h.remove(&X_FORWARDED_HOST);
             }
         }
     }
@@ -284,33 +346,49 @@ pub fn inject_credential(h: &mut HeaderMap, auth: &portico_core::policy::Upstrea
 /// fields): e.g. `"minute";q=100;w=60` and `"minute";r=42;t=17`.
 /// The called operation's own windows are named `{operationId}/{period}`.
 pub fn rate_limit_headers(h: &mut HeaderMap, a: &crate::limit::Admitted, operation: Option<&str>) {
-    use std::fmt::Write;
+    // Built by hand (itoa, no `fmt`): this runs on every answer.
     let (mut policy, mut state) = (String::new(), String::new());
-    let mut sep = "";
+    let mut n = itoa::Buffer::new();
+    let mut window = |policy: &mut String, state: &mut String, name: &str, q: u64, w: u64, r: u64, t: u64| {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        for s in [&mut *policy, &mut *state] {
+            s.push('"');
+            s.push_str(name);
+            s.push('"');
+        }
+        policy.push_str(";q=");
+        policy.push_str(n.format(q));
+        policy.push_str(";w=");
+        policy.push_str(n.format(w));
+        state.push_str(";r=");
+        state.push_str(n.format(r));
+        state.push_str(";t=");
+        state.push_str(n.format(t));
+    };
     for (limit, left, reset) in a.rates.iter().flatten() {
-        let name = limit.per().as_str();
-        let _ = write!(policy, "{sep}\"{name}\";q={};w={}", limit.requests(), limit.per().seconds());
-        let _ = write!(state, "{sep}\"{name}\";r={left};t={reset}");
-        sep = ", ";
+        let (name, seconds) = (limit.per().as_str(), limit.per().seconds());
+        window(&mut policy, &mut state, name, limit.requests().into(), seconds, (*left).into(), *reset);
     }
-    for (limit, left, reset) in a.op_rates.iter().flatten() {
-        let (op, name) = (operation.unwrap_or_default().escape_default(), limit.per().as_str());
-        let _ = write!(policy, "{sep}\"{op}/{name}\";q={};w={}", limit.requests(), limit.per().seconds());
-        let _ = write!(state, "{sep}\"{op}/{name}\";r={left};t={reset}");
-        sep = ", ";
+    if a.op_rates.iter().any(Option::is_some) {
+        let op = operation.unwrap_or_default().escape_default().to_string();
+        for (limit, left, reset) in a.op_rates.iter().flatten() {
+            let (per, seconds) = (limit.per().as_str(), limit.per().seconds());
+            let name = format!("{op}/{per}");
+            window(&mut policy, &mut state, &name, limit.requests().into(), seconds, (*left).into(), *reset);
+        }
     }
     for (period, quota, left, reset) in a.quotas.iter().flatten() {
-        let name = period.as_str();
-        let _ = write!(policy, "{sep}\"{name}\";q={quota};w={}", period.seconds());
-        let _ = write!(state, "{sep}\"{name}\";r={left};t={reset}");
-        sep = ", ";
+        window(&mut policy, &mut state, period.as_str(), *quota, period.seconds(), *left, *reset);
     }
     if policy.is_empty() {
         return;
     }
-    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
-        h.insert("ratelimit-policy", p);
-        h.insert("ratelimit", s);
+    if let (Some(p), Some(s)) = (owned_value(policy), owned_value(state)) {
+        h.insert(RATELIMIT_POLICY.clone(), p);
+        h.insert(RATELIMIT.clone(), s);
     }
 }
 

@@ -23,6 +23,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
+/// The number of request headers hyper accepts unless told otherwise.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// The sockets one worker accepts on: the plain one, and the TLS one if there is one.
 struct Sockets {
     plain: std::net::TcpListener,
@@ -192,9 +195,13 @@ impl Gateway {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.inner.config.header_read_timeout)
-            .max_headers(self.inner.config.max_headers)
             // hyper's floor for its read buffer is 8 KiB.
             .max_buf_size(self.inner.config.max_head_bytes.max(8192));
+        // hyper's own limit is 100 headers, parsed into an array on the stack; any other limit
+        // is a vector it fills for every request head.
+        if self.inner.config.max_headers != HYPER_MAX_HEADERS {
+            builder.http1().max_headers(self.inner.config.max_headers);
+        }
         builder.http2().max_header_list_size(u32::try_from(self.inner.config.max_head_bytes).unwrap_or(u32::MAX));
         let serve = |stream: TcpStream, remote, acceptor, live| {
             self.connection(stream, remote, acceptor, &client, &builder, &graceful, live);
@@ -203,6 +210,14 @@ impl Gateway {
             Ok(stream) => serve(stream, h.remote, h.tls, h.live),
             Err(e) => tracing::warn!(error = %e, "could not take over a connection from another worker"),
         };
+        // This worker's idle upstream connections are closed once they have idled too long.
+        let sweeper = tokio::spawn(async {
+            let mut every = tokio::time::interval(Duration::from_secs(15));
+            loop {
+                every.tick().await;
+                crate::conns::sweep();
+            }
+        });
         tokio::pin!(shutdown);
         loop {
             let (accepted, acceptor) = tokio::select! {
@@ -241,6 +256,7 @@ impl Gateway {
         while let Ok(handoff) = inbox.try_recv() {
             take_over(handoff);
         }
+        sweeper.abort();
         tokio::select! {
             _ = graceful.shutdown() => {}
             _ = tokio::time::sleep(self.inner.config.drain_timeout) => tracing::warn!("drain timeout: closing the remaining gateway connections"),

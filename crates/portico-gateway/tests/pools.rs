@@ -420,3 +420,73 @@ async fn the_total_timeout_bounds_the_whole_call() {
         assert!(p.validate().unwrap_err().to_string().contains("total_timeout_ms"));
     }
 }
+
+/// A target that answers `GET …/empty` with 204 and anything else with a small 200, counting
+/// the connections it accepts; with `close_after_answer`, it closes each connection after its
+/// first answer (without saying so in the response).
+async fn counting(close_after_answer: bool) -> (String, Arc<AtomicU64>) {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    let url = common::tcp_server(move |mut s| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut pending = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                    continue;
+                };
+                let empty = String::from_utf8_lossy(&pending[..end]).lines().next().unwrap_or("").contains("/empty");
+                pending.drain(..end + 4);
+                let resp: &[u8] = if empty {
+                    b"HTTP/1.1 204 No Content\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                };
+                if s.write_all(resp).await.is_err() || close_after_answer {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (up, accepted) = counting(false).await;
+    let r = common::start(common::Setup::new("kept", &up)).await;
+    // One client connection is served by one worker, which keeps one upstream connection.
+    let http = http();
+    for i in 0..40 {
+        let path = if i % 2 == 0 { "x" } else { "empty" };
+        let resp = http.get(format!("{}/{path}", r.base)).header("x-api-key", &r.key).send().await.unwrap();
+        assert!(resp.status().is_success(), "call {i}: {}", resp.status());
+        resp.bytes().await.unwrap();
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "every call after the first reuses the connection, bodiless answers too"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_kept_alive_connections_costs_no_call() {
+    let (up, accepted) = counting(true).await;
+    let r = common::start(common::Setup::new("closing", &up)).await;
+    let http = http();
+    for i in 0..20 {
+        let resp = http.get(format!("{}/x", r.base)).header("x-api-key", &r.key).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "call {i}");
+        assert_eq!(resp.text().await.unwrap(), "ok");
+        // Long enough for the gateway to see the connection closed before the next call.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 20);
+}
