@@ -65,7 +65,8 @@ struct Origin {
     /// The origin's authority, shared with the loans of its connections.
     authority: Arc<str>,
     idle: VecDeque<Idle>,
-    h2: Option<http2::SendRequest<UpBody>>,
+    /// The shared HTTP/2 connection and when a call last took it.
+    h2: Option<(http2::SendRequest<UpBody>, Instant)>,
 }
 
 fn origin<'a>(l: &'a mut Local, https: bool, authority: &Arc<str>) -> &'a mut Origin {
@@ -80,8 +81,9 @@ fn origin<'a>(l: &'a mut Local, https: bool, authority: &Arc<str>) -> &'a mut Or
 struct Local {
     /// By `https` (index) and authority as the URL writes it.
     origins: [HashMap<Arc<str>, Origin>; 2],
-    /// Connectors by connect timeout (the timeout is fixed when one is made); at most 64.
-    connectors: HashMap<u32, Connector>,
+    /// Connectors by connect timeout (fixed when one is made) and the TLS settings and outbound
+    /// policy they were made with (one gateway's, as a worker thread serves one); at most 64.
+    connectors: HashMap<(u32, usize, usize), Connector>,
 }
 
 thread_local!(static LOCAL: RefCell<Local> = RefCell::default());
@@ -120,7 +122,7 @@ pub(crate) fn sweep() {
         for origins in &mut l.origins {
             origins.retain(|_, o| {
                 o.idle.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) <= IDLE_TIMEOUT);
-                if o.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
+                if o.h2.as_ref().is_some_and(|(h2, used)| h2.is_closed() || now.duration_since(*used) > IDLE_TIMEOUT) {
                     o.h2 = None;
                 }
                 !o.idle.is_empty() || o.h2.is_some()
@@ -135,8 +137,9 @@ fn checkout(https: bool, authority: &str) -> Option<(Sender, Arc<str>)> {
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();
         let origin = l.origins[usize::from(https)].get_mut(authority)?;
-        if let Some(h2) = &origin.h2 {
+        if let Some((h2, used)) = &mut origin.h2 {
             if !h2.is_closed() {
+                *used = Instant::now();
                 return Some((Sender::H2(h2.clone()), origin.authority.clone()));
             }
             origin.h2 = None;
@@ -163,12 +166,13 @@ fn checkout(https: bool, authority: &str) -> Option<(Sender, Arc<str>)> {
 fn connector(c: &Connect<'_>) -> Connector {
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();
-        if let Some(found) = l.connectors.get(&c.connect_ms) {
+        let key = (c.connect_ms, std::ptr::from_ref(c.tls) as usize, Arc::as_ptr(c.outbound) as usize);
+        if let Some(found) = l.connectors.get(&key) {
             return found.clone();
         }
         let made = crate::client::connector_with(c.tls, c.outbound, c.connect_ms);
         if l.connectors.len() < 64 {
-            l.connectors.insert(c.connect_ms, made.clone());
+            l.connectors.insert(key, made.clone());
         }
         made
     })
@@ -190,7 +194,14 @@ async fn open(c: &Connect<'_>, uri: &Uri, https: bool, authority: &Arc<str>) -> 
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        LOCAL.with(|l| origin(&mut l.borrow_mut(), https, authority).h2 = Some(tx.clone()));
+        // A burst to a cold origin may open several; the first one open stays shared.
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            let o = origin(&mut l, https, authority);
+            if o.h2.as_ref().is_none_or(|(h2, _)| h2.is_closed()) {
+                o.h2 = Some((tx.clone(), Instant::now()));
+            }
+        });
         return Ok(Sender::H2(tx));
     }
     let (tx, conn) = http1::Builder::new().handshake(io).await.map_err(|e| SendError::Connect(Box::new(e)))?;
@@ -205,17 +216,12 @@ async fn open(c: &Connect<'_>, uri: &Uri, https: bool, authority: &Arc<str>) -> 
 /// Sends `req` (whose URI is absolute: scheme, authority, path) on a connection of this worker
 /// to its origin, opening one when none is idle. A request that a reused connection refused
 /// before sending anything (it had just closed) is sent again on a new connection.
-pub(crate) async fn send(c: &Connect<'_>, mut req: Request<UpBody>) -> Result<Response<PooledBody>, SendError> {
+pub(crate) async fn send(c: &Connect<'_>, req: Request<UpBody>) -> Result<Response<PooledBody>, SendError> {
     let uri = req.uri().clone();
     let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
     let Some(authority) = uri.authority().map(|a| a.as_str()) else {
         return Err(SendError::Connect("the upstream URL has no host".into()));
     };
-    if !req.headers().contains_key(http::header::HOST)
-        && let Ok(host) = HeaderValue::from_str(host_header(&uri, https))
-    {
-        req.headers_mut().insert(http::header::HOST, host);
-    }
     let (sender, authority, reused) = match checkout(https, authority) {
         Some((sender, authority)) => (sender, authority, true),
         None => {
@@ -264,7 +270,13 @@ async fn dispatch(sender: Sender, mut req: Request<UpBody>, https: bool, authori
             }
         }
         Sender::H1(mut tx) => {
-            // HTTP/1.1 sends the origin form (`/path?query`).
+            // HTTP/1.1 needs a `Host` (unless the policies chose one) and sends the origin form
+            // (`/path?query`); HTTP/2 has `:authority`.
+            if !req.headers().contains_key(http::header::HOST)
+                && let Ok(host) = HeaderValue::from_str(host_header(req.uri(), https))
+            {
+                req.headers_mut().insert(http::header::HOST, host);
+            }
             let origin_form = req.uri().path_and_query().map_or("/", |p| p.as_str());
             if let Ok(u) = Uri::try_from(origin_form) {
                 *req.uri_mut() = u;
