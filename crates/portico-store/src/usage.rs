@@ -122,31 +122,29 @@ pub struct CallRecord {
     pub orphaned: bool,
 }
 
-/// Writes calls to the request log, 500 per statement; a request id already there is skipped.
-/// Exactly-once counting does not rest on this table but on [`set_journal_offset`].
-///
-/// On SQLite the placeholders are anonymous `?`: for numbered or named ones (`$7`, `?7`) each
-/// bind looks its parameter's name up in a list as long as the statement's (sqlx asks SQLite for
-/// every parameter's name), which made a 500-row statement cost 150 µs per row instead of 12
-/// (`cargo bench -p portico-metering --bench ship`).
-pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
-    use sqlx::Arguments as _;
+/// Rows per statement of [`insert_calls`]: a few fixed sizes, so that the statements' texts
+/// repeat and stay prepared in the connection's statement cache. (Statements of any length
+/// were parsed again each round: for a 500-row `INSERT`, SQLite's parser took more
+/// instructions per call than the rest of metering.)
+const BATCHES: [usize; 4] = [128, 32, 8, 1];
+const COLS: usize = 16;
+
+/// The `INSERT` of `rows` calls, with anonymous (`?`, SQLite) or numbered placeholders; made
+/// once per size and backend.
+fn insert_calls_sql(anonymous: bool, rows: usize) -> &'static str {
     use std::fmt::Write as _;
-    const COLS: usize = 16;
-    let anonymous = c.backend_name() == "SQLite";
-    // Ids as text without the formatting machinery (this runs for every call shipped).
-    let text = |id: uuid::Uuid| -> String {
-        let mut b = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        id.hyphenated().encode_lower(&mut b).to_owned()
+    static TEXTS: [[std::sync::OnceLock<String>; BATCHES.len()]; 2] =
+        [const { [const { std::sync::OnceLock::new() }; BATCHES.len()] }; 2];
+    let Some(i) = BATCHES.iter().position(|&b| b == rows) else {
+        unreachable!("insert_calls only uses the sizes in BATCHES")
     };
-    let bind_err = |e: sqlx::error::BoxDynError| crate::Error::Database(sqlx::Error::Encode(e));
-    for chunk in calls.chunks(500) {
-        let mut q = String::with_capacity(300 + chunk.len() * COLS * 6);
+    TEXTS[usize::from(anonymous)][i].get_or_init(|| {
+        let mut q = String::with_capacity(300 + rows * COLS * 6);
         q.push_str(
             "INSERT INTO usage_events (request_id, at, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, operation, \
              status, latency_micros, bytes_in, bytes_out, orphaned, units, client_request_id) VALUES ",
         );
-        for r in 0..chunk.len() {
+        for r in 0..rows {
             q.push_str(if r == 0 { "(" } else { ", (" });
             for k in 1..=COLS {
                 if k > 1 {
@@ -161,6 +159,32 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
             q.push(')');
         }
         q.push_str(" ON CONFLICT (request_id) DO NOTHING");
+        q
+    })
+}
+
+/// Writes calls to the request log, in statements of the sizes in [`BATCHES`]; a request id
+/// already there is skipped. Exactly-once counting does not rest on this table but on
+/// [`set_journal_offset`].
+///
+/// On SQLite the placeholders are anonymous `?`: for numbered or named ones (`$7`, `?7`) each
+/// bind looks its parameter's name up in a list as long as the statement's (sqlx asks SQLite for
+/// every parameter's name), which made a 500-row statement cost 150 µs per row instead of 12
+/// (`cargo bench -p portico-metering --bench ship`).
+pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
+    use sqlx::Arguments as _;
+    let anonymous = c.backend_name() == "SQLite";
+    // Ids as text without the formatting machinery (this runs for every call shipped).
+    let text = |id: uuid::Uuid| -> String {
+        let mut b = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        id.hyphenated().encode_lower(&mut b).to_owned()
+    };
+    let bind_err = |e: sqlx::error::BoxDynError| crate::Error::Database(sqlx::Error::Encode(e));
+    let mut rest = calls;
+    while !rest.is_empty() {
+        let rows = BATCHES.iter().copied().find(|&b| b <= rest.len()).unwrap_or(1);
+        let (chunk, tail) = rest.split_at(rows);
+        rest = tail;
         let mut args = sqlx::any::AnyArguments::default();
         args.reserve(chunk.len() * COLS, 0);
         for r in chunk {
@@ -181,7 +205,7 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
             args.add(r.units).map_err(bind_err)?;
             args.add(r.client_request_id.as_deref()).map_err(bind_err)?;
         }
-        sqlx::query_with(sqlx::AssertSqlSafe(q), args).execute(&mut *c).await?;
+        sqlx::query_with(sqlx::AssertSqlSafe(insert_calls_sql(anonymous, rows)), args).execute(&mut *c).await?;
     }
     Ok(())
 }
