@@ -129,16 +129,14 @@ pub struct CallRecord {
 const BATCHES: [usize; 4] = [128, 32, 8, 1];
 const COLS: usize = 16;
 
-/// The `INSERT` of `rows` calls, with anonymous (`?`, SQLite) or numbered placeholders; made
-/// once per size and backend.
-fn insert_calls_sql(anonymous: bool, rows: usize) -> &'static str {
+/// The `INSERT` of `BATCHES[size]` calls, with anonymous (`?`, SQLite) or numbered
+/// placeholders; made once per size and backend.
+fn insert_calls_sql(anonymous: bool, size: usize) -> &'static str {
     use std::fmt::Write as _;
     static TEXTS: [[std::sync::OnceLock<String>; BATCHES.len()]; 2] =
         [const { [const { std::sync::OnceLock::new() }; BATCHES.len()] }; 2];
-    let Some(i) = BATCHES.iter().position(|&b| b == rows) else {
-        unreachable!("insert_calls only uses the sizes in BATCHES")
-    };
-    TEXTS[usize::from(anonymous)][i].get_or_init(|| {
+    let rows = BATCHES[size];
+    TEXTS[usize::from(anonymous)][size].get_or_init(|| {
         let mut q = String::with_capacity(300 + rows * COLS * 6);
         q.push_str(
             "INSERT INTO usage_events (request_id, at, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, operation, \
@@ -182,8 +180,9 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
     let bind_err = |e: sqlx::error::BoxDynError| crate::Error::Database(sqlx::Error::Encode(e));
     let mut rest = calls;
     while !rest.is_empty() {
-        let rows = BATCHES.iter().copied().find(|&b| b <= rest.len()).unwrap_or(1);
-        let (chunk, tail) = rest.split_at(rows);
+        // The largest size that fits (the last, one row, always does).
+        let size = BATCHES.iter().position(|&b| b <= rest.len()).unwrap_or(BATCHES.len() - 1);
+        let (chunk, tail) = rest.split_at(BATCHES[size]);
         rest = tail;
         let mut args = sqlx::any::AnyArguments::default();
         args.reserve(chunk.len() * COLS, 0);
@@ -205,7 +204,7 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
             args.add(r.units).map_err(bind_err)?;
             args.add(r.client_request_id.as_deref()).map_err(bind_err)?;
         }
-        sqlx::query_with(sqlx::AssertSqlSafe(insert_calls_sql(anonymous, rows)), args).execute(&mut *c).await?;
+        sqlx::query_with(sqlx::AssertSqlSafe(insert_calls_sql(anonymous, size)), args).execute(&mut *c).await?;
     }
     Ok(())
 }
