@@ -87,9 +87,11 @@ fn day_of(ms: i64) -> String {
     crate::day_string(d)
 }
 
-/// Adds a call to the rollup rows.
-fn aggregate(rows: &mut HashMap<(SubscriptionId, String), DailyUsage>, c: &CallRecord) {
-    let u = rows.entry((c.subscription_id, day_of(c.at_millis))).or_default();
+/// Adds a call to the rollup rows, keyed by the UTC day's first millisecond (made into a date
+/// string once per row, not per call).
+fn aggregate(rows: &mut HashMap<(SubscriptionId, i64), DailyUsage>, c: &CallRecord) {
+    const DAY: i64 = 86_400_000;
+    let u = rows.entry((c.subscription_id, c.at_millis.div_euclid(DAY) * DAY)).or_default();
     if c.orphaned {
         u.orphaned += 1;
         return;
@@ -292,7 +294,7 @@ impl Shipper {
     /// One transaction: the request log, the daily and minute rollups, and the offsets that account
     /// for them.
     async fn store_round(&self, calls: &[CallRecord], steps: &[Step]) -> Result<(u64, u64), String> {
-        let mut rows: HashMap<(SubscriptionId, String), DailyUsage> = HashMap::new();
+        let mut rows: HashMap<(SubscriptionId, i64), DailyUsage> = HashMap::new();
         let (mut metered, mut orphaned) = (0, 0);
         for c in calls {
             aggregate(&mut rows, c);
@@ -302,8 +304,10 @@ impl Shipper {
                 metered += 1;
             }
         }
-        let batch: Vec<(SubscriptionId, DailyUsage)> =
-            rows.into_iter().map(|((s, day), u)| (s, DailyUsage { subscription_id: Some(s), day, ..u })).collect();
+        let batch: Vec<(SubscriptionId, DailyUsage)> = rows
+            .into_iter()
+            .map(|((s, day), u)| (s, DailyUsage { subscription_id: Some(s), day: day_of(day), ..u }))
+            .collect();
         let run = async {
             let mut tx = self.store.begin().await?;
             if self.request_log == RequestLog::All {
