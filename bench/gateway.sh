@@ -236,16 +236,22 @@ done
 # The second pass: a fixed rate of half of nginx's median throughput, the same for each peer,
 # open loop (oha starts each request on schedule and counts a late start as latency).
 RATE=$(python3 -c "import statistics, sys; print(int(statistics.median(float(l.split()[0]) for l in open(sys.argv[1]) if l.strip()) / 2))" "$WORK/nginx.runs")
+# At a fixed rate each peer does the same work in the same time, so its CPU per request is a
+# steadier measure of its cost than closed-loop req/s on a shared 2-core machine (the metered
+# gateway's counts its shipping, until its journal has drained).
 fixed() {
-  local name=$1 url=$2; shift 2
+  local name=$1 url=$2 pids=$3; shift 3
+  local before
+  before=$(cpu_us $pids)
   "${PIN_LOAD[@]}" oha -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction --no-tui --output-format json "$@" "$url" > "$WORK/$name.fixed.json"
+  if [ "$name" = portico ]; then drained; fi
+  echo $(( $(cpu_us $pids) - before )) > "$WORK/$name.fixed.cpu"
 }
 echo "bench: fixed rate of $RATE req/s (half of nginx's median) for ${DURATION}s each"
-fixed direct "http://127.0.0.1:$UP/weather"
-fixed nginx "http://127.0.0.1:$PROXY/weather"
-fixed portico "http://127.0.0.1:$GW/bench/v1/weather" -H "X-Api-Key: $KEY"
-drained
-fixed unmetered "http://127.0.0.1:$GW2/bench/v1/weather" -H "X-Api-Key: $KEY"
+fixed direct "http://127.0.0.1:$UP/weather" "$UPSTREAM_PIDS"
+fixed nginx "http://127.0.0.1:$PROXY/weather" "$NGINX_PIDS"
+fixed portico "http://127.0.0.1:$GW/bench/v1/weather" "$PORTICO_PID" -H "X-Api-Key: $KEY"
+fixed unmetered "http://127.0.0.1:$GW2/bench/v1/weather" "$UNMETERED_PID" -H "X-Api-Key: $KEY"
 
 python3 - "$WORK" "$RATE" <<'PY'
 import json, statistics, sys
@@ -258,7 +264,7 @@ print(f"{'peer':10} {'req/s':>12} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/req':>
 for n, (rps, p50, p99, cpu, drained) in rows.items():
     print(f"{n:10} {rps:12.0f} {p50:9.0f} {p99:9.0f} {cpu:11.1f} {drained:11.1f}")
 print()
-print(f"fixed rate {rate} req/s: {'peer':8} {'req/s':>9} {'p50 µs':>9} {'p99 µs':>9} {'p99 added':>10}")
+print(f"fixed rate {rate} req/s: {'peer':8} {'req/s':>9} {'p50 µs':>9} {'p99 µs':>9} {'p99 added':>10} {'CPU µs/req':>11}")
 fixed = {}
 for n in ("direct", "nginx", "portico", "unmetered"):
     d = json.load(open(f"{work}/{n}.fixed.json"))
@@ -266,10 +272,13 @@ for n in ("direct", "nginx", "portico", "unmetered"):
     if set(codes) - {"200"}:
         sys.exit(f"{n}: answers other than 200 at the fixed rate: {codes}")
     p = d["latencyPercentiles"]
-    fixed[n] = (d["summary"]["requestsPerSec"], p["p50"] * 1e6, p["p99"] * 1e6)
-for n, (rps, p50, p99) in fixed.items():
-    added = "" if n == "direct" else f"{p99 - fixed['direct'][2]:10.0f}"
-    print(f"{'':22}{n:8} {rps:9.0f} {p50:9.0f} {p99:9.0f} {added}")
+    served = sum(codes.values())
+    cpu = int(open(f"{work}/{n}.fixed.cpu").read()) / max(served, 1)
+    fixed[n] = (d["summary"]["requestsPerSec"], p["p50"] * 1e6, p["p99"] * 1e6, cpu)
+for n, (rps, p50, p99, cpu) in fixed.items():
+    added = "" if n == "direct" else f"{p99 - fixed['direct'][2]:.0f}"
+    print(f"{'':22}{n:8} {rps:9.0f} {p50:9.0f} {p99:9.0f} {added:>10} {cpu:11.1f}")
+print(f"metering's CPU at the fixed rate: {fixed['portico'][3]:.1f} µs/req metered, {fixed['unmetered'][3]:.1f} unmetered ({fixed['portico'][3] / fixed['unmetered'][3] - 1:+.0%})")
 print(f"p99 added over direct at half load: nginx {fixed['nginx'][2] - fixed['direct'][2]:.0f} µs, portico {fixed['portico'][2] - fixed['direct'][2]:.0f} µs")
 print(f"metered/unmetered throughput ratio: {rows['portico'][0] / rows['unmetered'][0]:.2f}")
 print(f"portico/direct throughput ratio: {rows['portico'][0] / rows['direct'][0]:.2f}")

@@ -68,6 +68,27 @@ pub trait UsageSink: Send + Sync + 'static {
     /// Once per metered call, when it is done. `token` is what `begin` returned, or 0 for a
     /// call refused before it was forwarded.
     fn end(&self, token: u64, event: UsageEvent);
+    /// Like [`UsageSink::begin`], but the record may wait in the calling thread's buffer, so
+    /// that calls arriving together are written together (group commit). Returns the token and
+    /// a ticket: before the call is forwarded, the caller must pass the ticket to
+    /// [`UsageSink::flush`] *on the same thread* (0: already written).
+    fn begin_deferred(&self, event: &UsageEvent) -> (u64, u64) {
+        (self.begin(event), 0)
+    }
+    /// Like [`UsageSink::end`], deferred as [`UsageSink::begin_deferred`] is: the response's
+    /// last bytes may go out only after [`UsageSink::flush`] (of the ticket, or of all) on the
+    /// same thread.
+    fn end_deferred(&self, token: u64, event: UsageEvent) -> u64 {
+        self.end(token, event);
+        0
+    }
+    /// Writes the calling thread's deferred records unless the one with `ticket` is written
+    /// (`u64::MAX`: all of them).
+    fn flush(&self, _ticket: u64) {}
+    /// Whether the calling thread holds deferred records not yet written.
+    fn pending(&self) -> bool {
+        false
+    }
     /// Whether the sink can record more calls now. A durable sink whose backlog is full says
     /// no, and the gateway refuses calls (503) rather than serve them unmetered.
     fn accepting(&self) -> bool {

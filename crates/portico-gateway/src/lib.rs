@@ -641,7 +641,7 @@ impl Gateway {
         let policies = policies.clone();
         let hash = pool::hash_key(&policy, req.headers(), grant.consumer_slug.as_str());
         let journal_span = trace::phase(traces, "journal");
-        meter.begin();
+        meter.begin().await;
         drop(journal_span);
         // WebSocket and other upgrades: forwarded, and on a 101 the two connections are joined.
         let upgrade = proxy::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));

@@ -26,10 +26,20 @@ impl Meter {
         Meter { sink, event: Some(event), token: 0, started, bytes_in }
     }
 
-    /// Notes durably that the call is about to be forwarded.
-    pub fn begin(&mut self) {
-        if let Some(e) = self.event.as_ref() {
+    /// Notes durably that the call is about to be forwarded. On a gateway worker the record
+    /// waits while the worker's other ready calls add theirs, and one `write(2)` writes them
+    /// all (group commit); it is written before this returns.
+    pub async fn begin(&mut self) {
+        let Some(e) = self.event.as_ref() else { return };
+        if !can_defer() {
             self.token = self.sink.begin(e);
+            return;
+        }
+        let (token, ticket) = self.sink.begin_deferred(e);
+        self.token = token;
+        if ticket != 0 {
+            tokio::task::yield_now().await;
+            self.sink.flush(ticket);
         }
     }
 
@@ -50,6 +60,19 @@ impl Meter {
         }
     }
 
+    /// Like `finish`, but on a gateway worker the end record may wait in the worker's buffer,
+    /// for the connection's [`JournalFirst`] to write before the response's last bytes.
+    fn finish_deferred(&mut self, bytes_out: u64) {
+        let Some(mut e) = self.event.take() else { return };
+        e.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        e.bytes_out = bytes_out;
+        if can_defer() {
+            self.sink.end_deferred(self.token, e);
+        } else {
+            self.sink.end(self.token, e);
+        }
+    }
+
     fn finish(&mut self, bytes_out: u64) {
         if let Some(mut e) = self.event.take() {
             e.bytes_in = self.bytes_in.load(Ordering::Relaxed);
@@ -59,13 +82,22 @@ impl Meter {
     }
 }
 
+/// Whether records may wait for a flush on this thread: only on a current-thread runtime (the
+/// gateway's workers), whose tasks never move to another thread before they flush.
+fn can_defer() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+}
+
 impl Drop for Meter {
     fn drop(&mut self) {
         self.finish(0);
     }
 }
 
-/// The response body on its way to the consumer; records the usage event when it ends.
+/// The response body on its way to the consumer; records the usage event when it ends. On a
+/// gateway worker the end record waits in the worker's buffer: the connection's
+/// [`JournalFirst`] writes it before the response's last bytes reach the socket.
 pub struct MeteredBody {
     inner: GwBody,
     bytes: u64,
@@ -90,8 +122,18 @@ impl Body for MeteredBody {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
                 }
+                if this.inner.is_end_stream()
+                    && let Some(mut m) = this.meter.take()
+                {
+                    m.finish_deferred(this.bytes);
+                }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(None) => {
+                if let Some(mut m) = this.meter.take() {
+                    m.finish_deferred(this.bytes);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
                 if let Some(mut m) = this.meter.take() {
                     m.finish(this.bytes);
                 }
@@ -115,6 +157,78 @@ impl Drop for MeteredBody {
         if let Some(mut m) = self.meter.take() {
             m.finish(self.bytes);
         }
+    }
+}
+
+/// A consumer's connection whose writes wait for the usage journal: while the worker holds
+/// records not yet written, a write first lets the worker's other ready connections run (their
+/// records join the same `write(2)`), then writes the records, then the bytes. So a response's
+/// last bytes never leave before its end record is written, and a burst of responses costs
+/// one journal write.
+pub struct JournalFirst<S> {
+    inner: S,
+    sink: Arc<dyn UsageSink>,
+    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<S> JournalFirst<S> {
+    pub fn new(inner: S, sink: Arc<dyn UsageSink>) -> Self {
+        JournalFirst { inner, sink, wait: None }
+    }
+
+    fn ready_to_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.wait.is_none() {
+            if !self.sink.pending() {
+                return Poll::Ready(());
+            }
+            self.wait = Some(Box::pin(tokio::task::yield_now()));
+        }
+        if let Some(wait) = self.wait.as_mut()
+            && wait.as_mut().poll(cx).is_pending()
+        {
+            return Poll::Pending;
+        }
+        self.wait = None;
+        self.sink.flush(u64::MAX);
+        Poll::Ready(())
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JournalFirst<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JournalFirst<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.ready_to_write(cx));
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.ready_to_write(cx));
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -8,6 +8,7 @@
 //! connection of a burst, leaving the other cores idle for the life of those connections).
 
 use crate::framing::Framed;
+use crate::meter::JournalFirst;
 use crate::{Gateway, UpstreamClient, health, upstream_client};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -280,14 +281,18 @@ impl Gateway {
     ) {
         let _ = stream.set_nodelay(true);
         let https = tls.is_some();
+        let sink = self.inner.sink.clone();
         let (gw, client) = (self.clone(), client.clone());
         let svc = service_fn(move |req| {
             let (gw, client) = (gw.clone(), client.clone());
             async move { Ok::<_, Infallible>(gw.handle_measured(&client, req, remote, https).await) }
         });
         let Some(acceptor) = tls else {
-            let conn = graceful
-                .watch(builder.serve_connection_with_upgrades(TokioIo::new(Framed::new(stream)), svc).into_owned());
+            let conn = graceful.watch(
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(Framed::new(JournalFirst::new(stream, sink))), svc)
+                    .into_owned(),
+            );
             tokio::spawn(async move {
                 let _live = live;
                 if let Err(e) = conn.await {
@@ -311,7 +316,9 @@ impl Gateway {
                     return;
                 }
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(Framed::new(stream)), svc).into_owned();
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(Framed::new(JournalFirst::new(stream, sink))), svc)
+                .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }

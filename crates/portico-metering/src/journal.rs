@@ -1,7 +1,15 @@
 //! The durable local journal: a [`UsageSink`] that appends a *begin* record before a call is
-//! forwarded and an *end* record after it, each with one `write(2)` to an append-only segment
-//! file. A write that returned has reached the kernel, so it survives the process being
-//! killed; nothing here waits on fsync or on the database.
+//! forwarded and an *end* record after it, with `write(2)` to an append-only segment file. A
+//! write that returned has reached the kernel, so it survives the process being killed;
+//! nothing here waits on fsync or on the database.
+//!
+//! Group commit: a gateway worker may defer a record into its thread's pending buffer
+//! ([`UsageSink::begin_deferred`], [`UsageSink::end_deferred`]), let the worker's other ready
+//! calls add theirs, and then [`UsageSink::flush`] them all with one `write(2)`. The rules that
+//! keep counts exact: a call is forwarded only once its begin is written, and the last bytes of
+//! its response go out only once its end is; a record written at once (`begin`, `end`) writes
+//! the thread's pending ones first, so a call's end never precedes its begin; an end releases
+//! its segment (which may then be sealed) only once it is written.
 //!
 //! Segments are `<instance>-<n>.seg`. A segment is retired when it grows past its size limit
 //! and sealed (a `Seal` record) once its last in-flight call has ended; the end of a call is
@@ -10,12 +18,13 @@
 
 use crate::codec::{self, BEGIN, END, SEAL};
 use portico_core::usage::{UsageEvent, UsageSink};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 pub(crate) struct Segment {
     no: u64,
@@ -33,6 +42,8 @@ struct State {
 }
 
 pub struct Journal {
+    /// This journal, for the pending buffers that refer to it.
+    me: Weak<Journal>,
     dir: PathBuf,
     instance: String,
     state: RwLock<State>,
@@ -92,7 +103,8 @@ impl Journal {
         let instance = format!("{now:013}{:04x}", rand_u16());
         let current = open_segment(dir, &instance, 1)?;
         let open = HashMap::from([(1, current.clone())]);
-        Ok(Arc::new(Journal {
+        Ok(Arc::new_cyclic(|me| Journal {
+            me: me.clone(),
             dir: dir.to_path_buf(),
             instance,
             state: RwLock::new(State { current, open }),
@@ -151,15 +163,51 @@ impl Journal {
         self.write_errors.load(Ordering::Relaxed)
     }
 
+    /// Writes one record now, on its own (the seal; pending records cannot precede it).
     fn append(&self, seg: &Segment, kind: u8, event: Option<&UsageEvent>) {
         // Each thread encodes into a buffer of its own, kept between records.
-        thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512)));
-        BUF.with(|b| {
-            let mut buf = b.borrow_mut();
+        thread_local!(static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512)));
+        let write = |buf: &mut Vec<u8>| {
             buf.clear();
-            codec::encode(kind, event, &mut buf);
-            self.write_record(seg, &buf);
-        });
+            codec::encode(kind, event, buf);
+            self.write_record(seg, buf);
+        };
+        // At a thread's exit (its pending records written by their destructor) the buffer
+        // may be gone already.
+        if BUF.try_with(|b| write(&mut b.borrow_mut())).is_err() {
+            write(&mut Vec::new());
+        }
+    }
+
+    /// Adds a record to this thread's pending buffer (written first if it holds another
+    /// segment's records) and returns its ticket for [`Pending::flush_to`]. `release`: the
+    /// record gives back a reference on `seg` once written.
+    fn defer(&self, seg: &Arc<Segment>, kind: u8, event: &UsageEvent, release: bool) -> u64 {
+        PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            let same = p.to.as_ref().is_some_and(|(j, s)| std::ptr::eq(Arc::as_ptr(j), self) && Arc::ptr_eq(s, seg));
+            if !same {
+                p.flush();
+                let Some(me) = self.me.upgrade() else {
+                    // Not reached: a journal only exists in an `Arc`. Written at once, then.
+                    self.append(seg, kind, Some(event));
+                    if release {
+                        self.leave(seg);
+                    }
+                    return 0;
+                };
+                p.to = Some((me, seg.clone()));
+            }
+            codec::encode(kind, Some(event), &mut p.buf);
+            p.releases += u64::from(release);
+            p.appended += 1;
+            let ticket = p.appended;
+            // A burst's records are written together, but never too many at once.
+            if p.buf.len() >= PENDING_MAX {
+                p.flush();
+            }
+            ticket
+        })
     }
 
     fn write_record(&self, seg: &Segment, buf: &[u8]) {
@@ -240,36 +288,105 @@ fn rand_u16() -> u16 {
     (uuid::Uuid::new_v4().as_u128() & 0xffff) as u16
 }
 
+/// Pending records past this size are written at once.
+const PENDING_MAX: usize = 64 << 10;
+
+thread_local! {
+    static PENDING: RefCell<Pending> = RefCell::new(Pending::default());
+}
+
+/// One thread's records not yet written, all for one segment.
+#[derive(Default)]
+struct Pending {
+    to: Option<(Arc<Journal>, Arc<Segment>)>,
+    buf: Vec<u8>,
+    /// Segment references to give back once `buf` is written (one per end record in it).
+    releases: u64,
+    /// Records this thread has appended, and how many of them are written.
+    appended: u64,
+    written: u64,
+}
+
+impl Pending {
+    fn flush(&mut self) {
+        let Some((journal, seg)) = self.to.take() else { return };
+        if !self.buf.is_empty() {
+            journal.write_record(&seg, &self.buf);
+            self.buf.clear();
+        }
+        self.written = self.appended;
+        for _ in 0..std::mem::take(&mut self.releases) {
+            journal.leave(&seg);
+        }
+    }
+
+    /// Writes the pending records unless the one with `ticket` is written already.
+    fn flush_to(&mut self, ticket: u64) {
+        if self.written < ticket {
+            self.flush();
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// A thread that exits writes what it still holds.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Writes this thread's pending records now.
+fn flush_now() {
+    PENDING.with(|p| p.borrow_mut().flush());
+}
+
 impl UsageSink for Journal {
     fn accepting(&self) -> bool {
         self.backlog.load(Ordering::Relaxed) < self.max_backlog.load(Ordering::Relaxed)
     }
 
     fn begin(&self, event: &UsageEvent) -> u64 {
-        let Some(seg) = self.enter(None) else { return 0 };
-        self.append(&seg, BEGIN, Some(event));
-        self.maybe_rotate(&seg);
-        // The reference taken here is released by `end`.
-        seg.no
+        let (token, _) = self.begin_deferred(event);
+        flush_now();
+        token
     }
 
     fn end(&self, token: u64, event: UsageEvent) {
+        self.end_deferred(token, event);
+        flush_now();
+    }
+
+    fn begin_deferred(&self, event: &UsageEvent) -> (u64, u64) {
+        let Some(seg) = self.enter(None) else { return (0, 0) };
+        let ticket = self.defer(&seg, BEGIN, event, false);
+        self.maybe_rotate(&seg);
+        // The reference taken here is released by the end record.
+        (seg.no, ticket)
+    }
+
+    fn end_deferred(&self, token: u64, event: UsageEvent) -> u64 {
         if token == 0 {
             // Refused before forwarding: a lone end record, in the current segment.
-            if let Some(seg) = self.enter(None) {
-                self.append(&seg, END, Some(&event));
-                self.leave(&seg);
-                self.maybe_rotate(&seg);
-            }
-            return;
+            let Some(seg) = self.enter(None) else { return 0 };
+            let ticket = self.defer(&seg, END, &event, true);
+            self.maybe_rotate(&seg);
+            return ticket;
         }
         let seg = self.state.read().unwrap_or_else(|p| p.into_inner()).open.get(&token).cloned();
         match seg {
-            Some(seg) => {
-                self.append(&seg, END, Some(&event));
-                self.leave(&seg);
+            Some(seg) => self.defer(&seg, END, &event, true),
+            None => {
+                tracing::error!(segment = token, "usage end for a segment that is already sealed");
+                0
             }
-            None => tracing::error!(segment = token, "usage end for a segment that is already sealed"),
         }
+    }
+
+    fn flush(&self, ticket: u64) {
+        PENDING.with(|p| p.borrow_mut().flush_to(ticket));
+    }
+
+    fn pending(&self) -> bool {
+        PENDING.with(|p| p.borrow().to.is_some())
     }
 }

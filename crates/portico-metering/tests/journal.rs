@@ -267,3 +267,65 @@ async fn a_commit_whose_answer_was_lost_is_not_shipped_twice() {
         portico_store::rollups::read(&mut c, portico_store::rollups::Granularity::Minute, &f, None).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.calls).sum::<i64>(), 10, "nor in the minute rollups");
 }
+
+fn journal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+/// Group commit: deferred records wait in the thread's buffer and are written together by one
+/// flush; a record written at once writes the pending ones first (a call's begin never follows
+/// its end); a deferred end keeps its segment from being sealed until it is written.
+#[tokio::test(flavor = "current_thread")]
+async fn deferred_records_are_written_together_and_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jdir = tmp.path().join("journal");
+    let store = store(tmp.path()).await;
+    let sub = SubscriptionId::new();
+    let j = Journal::open(&jdir, 1 << 20).unwrap();
+    let mut shipper = Shipper::new(&jdir, j.instance(), store.clone());
+
+    // Three calls begin together: nothing reaches the file until the flush, then all of it.
+    let calls: Vec<UsageEvent> = (0..3).map(|_| event(sub, 200)).collect();
+    let begun: Vec<(u64, u64)> = calls.iter().map(|e| j.begin_deferred(e)).collect();
+    assert!(j.pending());
+    assert_eq!(journal_bytes(&jdir), 0, "deferred begins wait in the buffer");
+    j.flush(begun[0].1);
+    assert!(!j.pending());
+    let after_begins = journal_bytes(&jdir);
+    assert!(after_begins > 0);
+    // The others' tickets are written already: flushing them writes nothing more.
+    j.flush(begun[2].1);
+    assert_eq!(journal_bytes(&jdir), after_begins);
+
+    // Their ends are deferred too; until written, the calls are in flight, not shipped.
+    let mut tickets = Vec::new();
+    for (e, (token, _)) in calls.iter().zip(&begun) {
+        tickets.push(j.end_deferred(*token, e.clone()));
+    }
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 0);
+    j.flush(u64::MAX);
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 3);
+
+    // A deferred begin followed by an immediate end (the call dropped before it was forwarded):
+    // one write, begin first, so the call counts once and is not orphaned.
+    let dropped = event(sub, 499);
+    let (token, _) = j.begin_deferred(&dropped);
+    j.end(token, dropped);
+    assert!(!j.pending());
+
+    // Closing waits for a deferred end: the seal comes after it.
+    let late = event(sub, 200);
+    let token = j.begin(&late);
+    j.end_deferred(token, late);
+    j.close();
+    assert_eq!(shipper.ship_once().await.unwrap().segments_done, 0, "not sealed while an end waits");
+    j.flush(u64::MAX);
+    shipper.ship_once().await.unwrap();
+    assert_eq!(totals(&store, sub).await, (5, 0));
+    assert_eq!(segments(&jdir), 0);
+}
