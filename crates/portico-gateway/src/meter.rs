@@ -60,23 +60,16 @@ impl Meter {
         }
     }
 
-    /// Like `finish`, but on a gateway worker the end record may wait in the worker's buffer,
-    /// for the connection's [`JournalFirst`] to write before the response's last bytes.
-    fn finish_deferred(&mut self, bytes_out: u64) {
+    /// Records the call's end. `defer`: on a gateway worker the record may wait in the
+    /// worker's buffer, for the connection's [`JournalFirst`] to write before the response's
+    /// last bytes (every consumer connection has one: `serve.rs` is the only way in).
+    fn finish(&mut self, bytes_out: u64, defer: bool) {
         let Some(mut e) = self.event.take() else { return };
         e.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         e.bytes_out = bytes_out;
-        if can_defer() {
+        if defer && can_defer() {
             self.sink.end_deferred(self.token, e);
         } else {
-            self.sink.end(self.token, e);
-        }
-    }
-
-    fn finish(&mut self, bytes_out: u64) {
-        if let Some(mut e) = self.event.take() {
-            e.bytes_in = self.bytes_in.load(Ordering::Relaxed);
-            e.bytes_out = bytes_out;
             self.sink.end(self.token, e);
         }
     }
@@ -91,7 +84,7 @@ fn can_defer() -> bool {
 
 impl Drop for Meter {
     fn drop(&mut self) {
-        self.finish(0);
+        self.finish(0, false);
     }
 }
 
@@ -125,17 +118,17 @@ impl Body for MeteredBody {
                 if this.inner.is_end_stream()
                     && let Some(mut m) = this.meter.take()
                 {
-                    m.finish_deferred(this.bytes);
+                    m.finish(this.bytes, true);
                 }
             }
             Poll::Ready(None) => {
                 if let Some(mut m) = this.meter.take() {
-                    m.finish_deferred(this.bytes);
+                    m.finish(this.bytes, true);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(mut m) = this.meter.take() {
-                    m.finish(this.bytes);
+                    m.finish(this.bytes, false);
                 }
             }
             Poll::Pending => {}
@@ -155,7 +148,7 @@ impl Body for MeteredBody {
 impl Drop for MeteredBody {
     fn drop(&mut self) {
         if let Some(mut m) = self.meter.take() {
-            m.finish(self.bytes);
+            m.finish(self.bytes, false);
         }
     }
 }

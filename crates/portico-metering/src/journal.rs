@@ -191,9 +191,7 @@ impl Journal {
                 let Some(me) = self.me.upgrade() else {
                     // Not reached: a journal only exists in an `Arc`. Written at once, then.
                     self.append(seg, kind, Some(event));
-                    if release {
-                        self.leave(seg);
-                    }
+                    self.leave(seg, u64::from(release));
                     return 0;
                 };
                 p.to = Some((me, seg.clone()));
@@ -238,8 +236,9 @@ impl Journal {
         Some(seg)
     }
 
-    fn leave(&self, seg: &Arc<Segment>) {
-        if seg.inflight.fetch_sub(1, Ordering::AcqRel) == 1 && seg.retired.load(Ordering::Acquire) {
+    /// Gives back `n` references on `seg`; the last one out of a retired segment seals it.
+    fn leave(&self, seg: &Arc<Segment>, n: u64) {
+        if n > 0 && seg.inflight.fetch_sub(n, Ordering::AcqRel) == n && seg.retired.load(Ordering::Acquire) {
             self.seal(seg);
         }
     }
@@ -315,9 +314,7 @@ impl Pending {
             self.buf.clear();
         }
         self.written = self.appended;
-        for _ in 0..std::mem::take(&mut self.releases) {
-            journal.leave(&seg);
-        }
+        journal.leave(&seg, std::mem::take(&mut self.releases));
     }
 
     /// Writes the pending records unless the one with `ticket` is written already.

@@ -183,8 +183,9 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
         let size = BATCHES.iter().position(|&b| b <= rest.len()).unwrap_or(BATCHES.len() - 1);
         let (chunk, tail) = rest.split_at(BATCHES[size]);
         rest = tail;
+        let mut ids: Vec<&str> = Vec::with_capacity(chunk.len() * 7);
         for (r, slots) in chunk.iter().zip(text.chunks_exact_mut(7 * ID)) {
-            let ids = [
+            let row = [
                 r.request_id,
                 r.subscription_id.as_uuid(),
                 r.api_id.as_uuid(),
@@ -193,19 +194,17 @@ pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
                 r.consumer_org_id.as_uuid(),
                 r.plan_id.as_uuid(),
             ];
-            for (id, slot) in ids.into_iter().zip(slots.chunks_exact_mut(ID)) {
-                id.hyphenated().encode_lower(slot);
+            for (id, slot) in row.into_iter().zip(slots.chunks_exact_mut(ID)) {
+                ids.push(id.hyphenated().encode_lower(slot));
             }
         }
         let mut args = sqlx::any::AnyArguments::default();
         args.reserve(chunk.len() * COLS, 0);
-        for (r, slots) in chunk.iter().zip(text.chunks_exact(7 * ID)) {
-            // Hyphenated UUIDs are ASCII.
-            let id = |k: usize| std::str::from_utf8(&slots[k * ID..(k + 1) * ID]).unwrap_or_default();
-            args.add(id(0)).map_err(bind_err)?;
+        for (r, id) in chunk.iter().zip(ids.chunks_exact(7)) {
+            args.add(id[0]).map_err(bind_err)?;
             args.add(r.at_millis).map_err(bind_err)?;
-            for k in 1..7 {
-                args.add(id(k)).map_err(bind_err)?;
+            for &other in &id[1..] {
+                args.add(other).map_err(bind_err)?;
             }
             args.add(r.operation.as_deref()).map_err(bind_err)?;
             args.add(r.status).map_err(bind_err)?;
