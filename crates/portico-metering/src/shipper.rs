@@ -2,7 +2,7 @@
 //! round. Exactly-once rests on the segment's shipped offset (`journal_offsets`), written in
 //! the same transaction as the rollups it added to: a batch is counted exactly when its offset
 //! moves, so a process that dies after the commit re-reads the segment and skips what the
-//! stored offset covers. Each call also lands in the request log (`usage_events`).
+//! stored offset covers. Each call also lands in the request log (pages of calls, `portico_store::request_log`).
 //!
 //! A segment whose writer is gone (another instance) or that is sealed is read to its end; its
 //! begins without an end are the *orphaned* calls: recorded, never billed. A segment is deleted
@@ -48,7 +48,7 @@ pub struct Shipper {
     calls: Vec<CallRecord>,
 }
 
-/// Which calls the request log (`usage_events`) keeps. The rollups, which analytics, quotas
+/// Which calls the request log keeps. The rollups, which analytics, quotas
 /// and billing read, always count every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -310,12 +310,8 @@ impl Shipper {
             .collect();
         let run = async {
             let mut tx = self.store.begin().await?;
-            if self.request_log == RequestLog::All {
-                portico_store::usage::insert_calls(&mut tx, calls).await?;
-            } else {
-                let kept: Vec<CallRecord> = calls.iter().filter(|c| self.request_log.keeps(c)).cloned().collect();
-                portico_store::usage::insert_calls(&mut tx, &kept).await?;
-            }
+            let kept: Vec<&CallRecord> = calls.iter().filter(|c| self.request_log.keeps(c)).collect();
+            portico_store::usage::insert_calls(&mut tx, &kept).await?;
             portico_store::usage::add(&mut tx, &batch).await?;
             portico_store::rollups::add(&mut tx, &self.instance, calls).await?;
             for s in steps.iter().filter(|s| s.moved) {

@@ -13,6 +13,7 @@ pub mod invitations;
 pub mod notify;
 pub mod oauth;
 pub mod orgs;
+pub mod request_log;
 pub mod rollups;
 pub mod sso;
 pub mod testing;
@@ -126,6 +127,10 @@ impl Store {
     /// Runs the migrations that have not run yet.
     pub async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.pool).await?;
+        let moved = usage::adopt_legacy_request_log(self).await?;
+        if moved > 0 {
+            tracing::info!(calls = moved, "the request log's rows were moved into pages");
+        }
         Ok(())
     }
 

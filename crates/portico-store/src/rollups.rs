@@ -325,17 +325,18 @@ pub async fn prune(c: &mut Conn, g: Granularity, before_millis: i64) -> Result<u
         .rows_affected())
 }
 
-/// Deletes request-log rows older than `before_millis`; returns how many. Call ids are
-/// time-ordered (UUID v7), so the primary key orders the log by time and this needs no other
-/// index.
+/// Deletes the request log's calls that started in seconds wholly before `before_millis`;
+/// returns how many.
 pub async fn prune_request_log(c: &mut Conn, before_millis: i64) -> Result<u64> {
-    let ms = before_millis.max(0) as u64;
-    let bound = uuid::Builder::from_unix_timestamp_millis(ms, &[0u8; 10]).into_uuid();
-    Ok(sqlx::query("DELETE FROM usage_events WHERE request_id < $1")
-        .bind(bound.to_string())
-        .execute(c)
-        .await?
-        .rows_affected())
+    let cut = crate::request_log::second_of(before_millis);
+    let r = sqlx::query("SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) AS n FROM request_log_pages WHERE second < $1")
+        .bind(cut)
+        .fetch_one(&mut *c)
+        .await?;
+    let n: i64 = get(&r, "request_log_pages", "n")?;
+    sqlx::query("DELETE FROM request_log_pages WHERE second < $1").bind(cut).execute(&mut *c).await?;
+    sqlx::query("DELETE FROM request_log_client_ids WHERE second < $1").bind(cut).execute(&mut *c).await?;
+    Ok(n.max(0) as u64)
 }
 
 #[cfg(test)]

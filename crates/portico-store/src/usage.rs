@@ -122,100 +122,39 @@ pub struct CallRecord {
     pub orphaned: bool,
 }
 
-/// Rows per statement of [`insert_calls`]: a few fixed sizes, so that the statements' texts
-/// repeat and stay prepared in the connection's statement cache. (Statements of any length
-/// were parsed again each round: for a 500-row `INSERT`, SQLite's parser took more
-/// instructions per call than the rest of metering.)
-const BATCHES: [usize; 4] = [128, 32, 8, 1];
-const COLS: usize = 16;
-
-/// The `INSERT` of `BATCHES[size]` calls, with anonymous (`?`, SQLite) or numbered
-/// placeholders; made once per size and backend.
-fn insert_calls_sql(anonymous: bool, size: usize) -> &'static str {
-    use std::fmt::Write as _;
-    static TEXTS: [[std::sync::OnceLock<String>; BATCHES.len()]; 2] =
-        [const { [const { std::sync::OnceLock::new() }; BATCHES.len()] }; 2];
-    let rows = BATCHES[size];
-    TEXTS[usize::from(anonymous)][size].get_or_init(|| {
-        let mut q = String::with_capacity(300 + rows * COLS * 6);
-        q.push_str(
-            "INSERT INTO usage_events (request_id, at, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, operation, \
-             status, latency_micros, bytes_in, bytes_out, orphaned, units, client_request_id) VALUES ",
-        );
-        for r in 0..rows {
-            q.push_str(if r == 0 { "(" } else { ", (" });
-            for k in 1..=COLS {
-                if k > 1 {
-                    q.push_str(", ");
-                }
-                if anonymous {
-                    q.push('?');
-                } else {
-                    let _ = write!(q, "${}", r * COLS + k);
-                }
-            }
-            q.push(')');
-        }
-        q.push_str(" ON CONFLICT (request_id) DO NOTHING");
-        q
-    })
-}
-
-/// Writes calls to the request log, in statements of the sizes in [`BATCHES`]; a request id
-/// already there is skipped. Exactly-once counting does not rest on this table but on
-/// [`set_journal_offset`].
-///
-/// On SQLite the placeholders are anonymous `?`: for numbered or named ones (`$7`, `?7`) each
-/// bind looks its parameter's name up in a list as long as the statement's (sqlx asks SQLite for
-/// every parameter's name), which made a 500-row statement cost 150 µs per row instead of 12
-/// (`cargo bench -p portico-metering --bench ship`).
-pub async fn insert_calls(c: &mut Conn, calls: &[CallRecord]) -> Result<()> {
-    use sqlx::Arguments as _;
-    let anonymous = c.backend_name() == "SQLite";
-    let bind_err = |e: sqlx::error::BoxDynError| crate::Error::Database(sqlx::Error::Encode(e));
-    const ID: usize = uuid::fmt::Hyphenated::LENGTH;
-    // The statement's ids as text, written into one buffer and bound as slices of it: this runs
-    // for every call shipped, and seven `String`s a row were seven allocations.
-    let mut text = vec![0u8; BATCHES[0] * 7 * ID];
-    let mut rest = calls;
-    while !rest.is_empty() {
-        // The largest size that fits (the last, one row, always does).
-        let size = BATCHES.iter().position(|&b| b <= rest.len()).unwrap_or(BATCHES.len() - 1);
-        let (chunk, tail) = rest.split_at(BATCHES[size]);
-        rest = tail;
-        let mut ids: Vec<&str> = Vec::with_capacity(chunk.len() * 7);
-        for (r, slots) in chunk.iter().zip(text.chunks_exact_mut(7 * ID)) {
-            let row = [
-                r.request_id,
-                r.subscription_id.as_uuid(),
-                r.api_id.as_uuid(),
-                r.version_id.as_uuid(),
-                r.app_id.as_uuid(),
-                r.consumer_org_id.as_uuid(),
-                r.plan_id.as_uuid(),
-            ];
-            for (id, slot) in row.into_iter().zip(slots.chunks_exact_mut(ID)) {
-                ids.push(id.hyphenated().encode_lower(slot));
+/// Writes calls to the request log as pages ([`crate::request_log`]): one row per second ×
+/// consumer organization × API, plus a row per distinct client `X-Request-Id` and second for the
+/// calls that carried one. Exactly-once counting does not rest on this table but on
+/// [`set_journal_offset`], written in the same transaction.
+pub async fn insert_calls(c: &mut Conn, calls: &[&CallRecord]) -> Result<()> {
+    for p in crate::request_log::pack(calls) {
+        sqlx::query(
+            "INSERT INTO request_log_pages (id, second, consumer_org_id, api_id, calls, body) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(p.second)
+        .bind(p.consumer_org_id.to_string())
+        .bind(p.api_id.to_string())
+        .bind(p.calls as i64)
+        .bind(p.body)
+        .execute(&mut *c)
+        .await?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for call in calls {
+        if let Some(client) = call.client_request_id.as_deref().filter(|s| !s.is_empty()) {
+            let second = crate::request_log::second_of(call.at_millis);
+            if seen.insert((client, second)) {
+                sqlx::query(
+                    "INSERT INTO request_log_client_ids (client_request_id, second) VALUES ($1, $2) \
+                     ON CONFLICT (client_request_id, second) DO NOTHING",
+                )
+                .bind(client)
+                .bind(second)
+                .execute(&mut *c)
+                .await?;
             }
         }
-        let mut args = sqlx::any::AnyArguments::default();
-        args.reserve(chunk.len() * COLS, 0);
-        for (r, id) in chunk.iter().zip(ids.chunks_exact(7)) {
-            args.add(id[0]).map_err(bind_err)?;
-            args.add(r.at_millis).map_err(bind_err)?;
-            for &other in &id[1..] {
-                args.add(other).map_err(bind_err)?;
-            }
-            args.add(r.operation.as_deref()).map_err(bind_err)?;
-            args.add(r.status).map_err(bind_err)?;
-            args.add(r.latency_micros).map_err(bind_err)?;
-            args.add(r.bytes_in).map_err(bind_err)?;
-            args.add(r.bytes_out).map_err(bind_err)?;
-            args.add(i64::from(r.orphaned)).map_err(bind_err)?;
-            args.add(r.units).map_err(bind_err)?;
-            args.add(r.client_request_id.as_deref()).map_err(bind_err)?;
-        }
-        sqlx::query_with(sqlx::AssertSqlSafe(insert_calls_sql(anonymous, size)), args).execute(&mut *c).await?;
     }
     Ok(())
 }
@@ -246,15 +185,35 @@ pub async fn set_journal_offset(c: &mut Conn, segment: &str, shipped_to: u64, co
     Ok(())
 }
 
-/// The stored calls of a subscription: (request id, orphaned), oldest first.
+/// The stored calls of a subscription in the request log: (request id, orphaned), in id order.
 pub async fn calls_of_subscription(c: &mut Conn, sub: SubscriptionId) -> Result<Vec<(uuid::Uuid, bool)>> {
     let rows =
-        sqlx::query("SELECT request_id, orphaned FROM usage_events WHERE subscription_id = $1 ORDER BY request_id")
-            .bind(sub.to_string())
-            .fetch_all(c)
-            .await?;
-    let t = "usage_events";
-    rows.iter().map(|r| Ok((parse(r, t, "request_id")?, get::<i64>(r, t, "orphaned")? != 0))).collect()
+        sqlx::query("SELECT consumer_org_id, api_id, body FROM request_log_pages ORDER BY second").fetch_all(c).await?;
+    let mut out = Vec::new();
+    for r in &rows {
+        for call in unpack_row(r)? {
+            if call.subscription_id == sub {
+                out.push((call.request_id, call.orphaned));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// How many calls the request log holds.
+pub async fn logged_calls(c: &mut Conn) -> Result<i64> {
+    let r =
+        sqlx::query("SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) AS n FROM request_log_pages").fetch_one(c).await?;
+    get(&r, PAGES, "n")
+}
+
+const PAGES: &str = "request_log_pages";
+
+fn unpack_row(r: &sqlx::any::AnyRow) -> Result<Vec<CallRecord>> {
+    let (org, api) = (parse(r, PAGES, "consumer_org_id")?, parse(r, PAGES, "api_id")?);
+    crate::request_log::unpack(&get::<String>(r, PAGES, "body")?, org, api)
+        .ok_or_else(|| crate::Error::Corrupt { table: PAGES, message: "a page's body does not decode".into() })
 }
 
 /// Filters of the request log.
@@ -280,76 +239,179 @@ pub struct LoggedCall {
     pub api_slug: String,
 }
 
+/// Pages read per query while searching the request log (a page holds up to
+/// [`crate::request_log::MAX_CALLS`] calls).
+const PAGES_PER_READ: i64 = 32;
+/// Searches by a client's `X-Request-Id` seen in more seconds than this read every page.
+const MAX_SECONDS: usize = 512;
+
 /// The request log, newest first. `visible_to`: only calls of apps of these organizations or
 /// to APIs of these organizations (`None`: all, for platform admins).
+///
+/// Reads the pages of the seconds the filter allows, newest first, a few at a time, until the
+/// page of results is full; consumer, API and visibility filters are applied to the pages in
+/// SQL, the others to their calls.
 pub async fn list_calls(
     c: &mut Conn,
     f: &CallFilter,
     visible_to: Option<&[portico_core::ids::OrgId]>,
     page: crate::Page,
 ) -> Result<Vec<LoggedCall>> {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut binds: Vec<String> = Vec::new();
-    let mut ints: Vec<i64> = Vec::new();
-    let next = |v: String, binds: &mut Vec<String>| {
-        binds.push(v);
-        format!("${}", binds.len() + 2)
-    };
-    match (f.request_id, &f.client_request_id) {
-        (Some(id), Some(client)) => {
-            let (a, b) = (next(id.to_string(), &mut binds), next(client.clone(), &mut binds));
-            clauses.push(format!("(e.request_id = {a} OR e.client_request_id = {b})"));
+    use crate::request_log::{SECOND, second_of, second_of_id};
+    if visible_to.is_some_and(|orgs| orgs.is_empty()) {
+        return Ok(vec![]);
+    }
+    // The seconds an id search can be in: a Portico id's own (the call started then, give or
+    // take the clock's millisecond) and those the client's id was seen in.
+    let mut seconds: Option<std::collections::BTreeSet<i64>> = None;
+    if f.request_id.is_some() || f.client_request_id.is_some() {
+        let mut s = std::collections::BTreeSet::new();
+        let mut anywhere = false;
+        if let Some(id) = &f.request_id {
+            match second_of_id(id) {
+                Some(at) => s.extend([at - SECOND, at, at + SECOND]),
+                None => anywhere = true,
+            }
         }
-        (Some(id), None) => clauses.push(format!("e.request_id = {}", next(id.to_string(), &mut binds))),
-        (None, Some(client)) => clauses.push(format!("e.client_request_id = {}", next(client.clone(), &mut binds))),
-        (None, None) => {}
-    }
-    if let Some(o) = f.consumer_org_id {
-        clauses.push(format!("e.consumer_org_id = {}", next(o.to_string(), &mut binds)));
-    }
-    if let Some(op) = &f.operation {
-        clauses.push(format!("e.operation = {}", next(op.clone(), &mut binds)));
-    }
-    if let Some(a) = f.api_id {
-        clauses.push(format!("e.api_id = {}", next(a.to_string(), &mut binds)));
-    }
-    if let Some(a) = f.app_id {
-        clauses.push(format!("e.app_id = {}", next(a.to_string(), &mut binds)));
-    }
-    if let Some(orgs) = visible_to {
-        if orgs.is_empty() {
+        if let Some(client) = &f.client_request_id {
+            let rows = sqlx::query("SELECT second FROM request_log_client_ids WHERE client_request_id = $1")
+                .bind(client)
+                .fetch_all(&mut *c)
+                .await?;
+            for r in &rows {
+                s.insert(get::<i64>(r, "request_log_client_ids", "second")?);
+            }
+        }
+        if s.is_empty() && !anywhere {
             return Ok(vec![]);
         }
-        let marks: Vec<String> = orgs.iter().map(|o| next(o.to_string(), &mut binds)).collect();
-        let list = marks.join(", ");
-        clauses.push(format!("(e.consumer_org_id IN ({list}) OR a.org_id IN ({list}))"));
-    }
-    // Integer filters are bound after the text ones.
-    for (col, op, v) in [("e.status", "=", f.status), ("e.at", ">=", f.from_millis), ("e.at", "<=", f.to_millis)] {
-        if let Some(v) = v {
-            ints.push(v);
-            clauses.push(format!("{col} {op} ${}", binds.len() + ints.len() + 2));
+        if !anywhere && s.len() <= MAX_SECONDS {
+            seconds = Some(s);
         }
     }
-    let filter = if clauses.is_empty() { "1 = 1".to_owned() } else { clauses.join(" AND ") };
+    let lowest = f.from_millis.map_or(i64::MIN, |t| second_of(t).saturating_sub(SECOND));
+    let mut highest = f.to_millis.map_or(i64::MAX, |t| second_of(t).saturating_add(SECOND));
+    let mut texts: Vec<String> = Vec::new();
+    let mut clauses: Vec<String> = vec!["p.second <= $1".into(), "p.second >= $2".into()];
+    // $1 highest, $2 lowest, $3 the limit; texts from $4.
+    let mark = |v: String, texts: &mut Vec<String>| {
+        texts.push(v);
+        format!("${}", texts.len() + 3)
+    };
+    if let Some(o) = f.consumer_org_id {
+        clauses.push(format!("p.consumer_org_id = {}", mark(o.to_string(), &mut texts)));
+    }
+    if let Some(a) = f.api_id {
+        clauses.push(format!("p.api_id = {}", mark(a.to_string(), &mut texts)));
+    }
+    if let Some(orgs) = visible_to {
+        let marks: Vec<String> = orgs.iter().map(|o| mark(o.to_string(), &mut texts)).collect();
+        let list = marks.join(", ");
+        clauses.push(format!("(p.consumer_org_id IN ({list}) OR a.org_id IN ({list}))"));
+    }
+    if let Some(s) = &seconds {
+        // Integers written into the text: they are ours, not the caller's.
+        let list: Vec<String> = s.iter().map(i64::to_string).collect();
+        clauses.push(format!("p.second IN ({})", list.join(", ")));
+    }
     let q = format!(
-        "SELECT e.request_id, e.at, e.subscription_id, e.api_id, e.version_id, e.app_id, e.consumer_org_id, e.plan_id, e.operation, \
-         e.status, e.latency_micros, e.bytes_in, e.bytes_out, e.orphaned, e.units, e.client_request_id, a.slug AS api_slug \
-         FROM usage_events e LEFT JOIN apis a ON a.id = e.api_id WHERE {filter} ORDER BY e.request_id DESC LIMIT $1 OFFSET $2"
+        "SELECT p.second, p.consumer_org_id, p.api_id, p.body, a.slug AS api_slug \
+         FROM request_log_pages p LEFT JOIN apis a ON a.id = p.api_id WHERE {} ORDER BY p.second DESC LIMIT $3",
+        clauses.join(" AND ")
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(page.limit).bind(page.offset);
-    for b in &binds {
-        query = query.bind(b.clone());
+    let keeps = |call: &CallRecord| {
+        let by_id = match (&f.request_id, &f.client_request_id) {
+            (None, None) => true,
+            (id, client) => {
+                id.is_some_and(|id| call.request_id == id)
+                    || client.as_deref().is_some_and(|cl| call.client_request_id.as_deref() == Some(cl))
+            }
+        };
+        by_id
+            && f.app_id.is_none_or(|a| call.app_id == a)
+            && f.operation.as_deref().is_none_or(|o| call.operation.as_deref() == Some(o))
+            && f.status.is_none_or(|s| call.status == s)
+            && f.from_millis.is_none_or(|t| call.at_millis >= t)
+            && f.to_millis.is_none_or(|t| call.at_millis <= t)
+    };
+    let want = usize::try_from(page.offset.saturating_add(page.limit)).unwrap_or(usize::MAX);
+    let mut found: Vec<LoggedCall> = Vec::new();
+    let mut more = true;
+    while more && highest >= lowest && found.len() < want {
+        let read = |hi: i64, lo: i64, limit: i64| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q.clone())).bind(hi).bind(lo).bind(limit);
+            for t in &texts {
+                query = query.bind(t.clone());
+            }
+            query
+        };
+        let mut rows = read(highest, lowest, PAGES_PER_READ).fetch_all(&mut *c).await?;
+        let full = rows.len() as i64 == PAGES_PER_READ;
+        // Only whole seconds are searched per read, so that ordering within one holds.
+        let last = rows.last().map(|r| get::<i64>(r, PAGES, "second")).transpose()?;
+        let first = rows.first().map(|r| get::<i64>(r, PAGES, "second")).transpose()?;
+        match (full, first, last) {
+            (true, Some(first), Some(last)) if first == last => {
+                // One second has more pages than a read: take all of it.
+                rows = read(last, last, i64::MAX).fetch_all(&mut *c).await?;
+                match last.checked_sub(1) {
+                    Some(h) => highest = h,
+                    None => more = false,
+                }
+            }
+            (true, _, Some(last)) => {
+                let mut kept = Vec::with_capacity(rows.len());
+                for r in rows {
+                    if get::<i64>(&r, PAGES, "second")? != last {
+                        kept.push(r);
+                    }
+                }
+                rows = kept;
+                highest = last;
+            }
+            _ => more = false,
+        }
+        let mut batch = Vec::new();
+        for r in &rows {
+            let slug = get::<Option<String>>(r, PAGES, "api_slug")?.unwrap_or_default();
+            for call in unpack_row(r)? {
+                if keeps(&call) {
+                    batch.push(LoggedCall { call, api_slug: slug.clone() });
+                }
+            }
+        }
+        batch.sort_by(|a, b| {
+            (second_of(b.call.at_millis), b.call.request_id).cmp(&(second_of(a.call.at_millis), a.call.request_id))
+        });
+        found.extend(batch);
     }
-    for v in &ints {
-        query = query.bind(*v);
-    }
-    let rows = query.fetch_all(c).await?;
+    let skip = usize::try_from(page.offset).unwrap_or(usize::MAX);
+    let take = usize::try_from(page.limit).unwrap_or(usize::MAX);
+    Ok(found.into_iter().skip(skip).take(take).collect())
+}
+
+/// Moves the request log's rows from before pages (`usage_events`, one row per call) into
+/// pages, 4,096 calls per transaction; returns how many. Run by [`crate::Store::migrate`];
+/// nothing to do once that table is empty.
+pub(crate) async fn adopt_legacy_request_log(store: &crate::Store) -> Result<u64> {
     let t = "usage_events";
-    rows.iter()
-        .map(|r| {
-            Ok(LoggedCall {
-                call: CallRecord {
+    let mut moved = 0;
+    loop {
+        let mut tx = store.begin().await?;
+        let rows = sqlx::query(
+            "SELECT request_id, at, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, operation, \
+             status, latency_micros, bytes_in, bytes_out, orphaned, units, client_request_id \
+             FROM usage_events ORDER BY request_id LIMIT 4096",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last().map(|r| get::<String>(r, t, "request_id")).transpose()? else {
+            return Ok(moved);
+        };
+        let calls = rows
+            .iter()
+            .map(|r| {
+                Ok(CallRecord {
                     request_id: parse(r, t, "request_id")?,
                     at_millis: get(r, t, "at")?,
                     subscription_id: parse(r, t, "subscription_id")?,
@@ -366,9 +428,12 @@ pub async fn list_calls(
                     units: get(r, t, "units")?,
                     client_request_id: get(r, t, "client_request_id")?,
                     orphaned: get::<i64>(r, t, "orphaned")? != 0,
-                },
-                api_slug: get::<Option<String>>(r, t, "api_slug")?.unwrap_or_default(),
+                })
             })
-        })
-        .collect()
+            .collect::<Result<Vec<_>>>()?;
+        insert_calls(&mut tx, &calls.iter().collect::<Vec<_>>()).await?;
+        sqlx::query("DELETE FROM usage_events WHERE request_id <= $1").bind(&last).execute(&mut *tx).await?;
+        tx.commit().await?;
+        moved += calls.len() as u64;
+    }
 }

@@ -128,9 +128,9 @@ async fn exercise(store: &Store) {
     assert_eq!(units[&sub] as i64, calls.iter().filter(|c| !c.orphaned).map(|c| c.units).sum::<i64>());
 
     // Retention: minute rows and request-log rows before the cut go, day rows stay.
-    // 300 calls: statements of every batch size (128, 32, 8, 1); sent again, none is doubled.
-    usage::insert_calls(&mut c, &calls).await.unwrap();
-    usage::insert_calls(&mut c, &calls[..77]).await.unwrap();
+    let refs: Vec<&CallRecord> = calls.iter().collect();
+    usage::insert_calls(&mut c, &refs).await.unwrap();
+    assert_eq!(usage::logged_calls(&mut c).await.unwrap(), 300);
     let cut = base + 150 * 7_000;
     let gone = rollups::prune(&mut c, Granularity::Minute, cut).await.unwrap();
     assert!(gone > 0);

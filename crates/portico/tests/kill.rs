@@ -383,7 +383,7 @@ async fn while_sqlite_is_locked_the_gateway_serves_and_nothing_is_lost() {
 
     let mut lock = sqlx::SqliteConnection::connect(&h.store_url).await.unwrap();
     sqlx::query("BEGIN EXCLUSIVE").execute(&mut lock).await.unwrap();
-    let count = "SELECT COUNT(*) FROM usage_events";
+    let count = "SELECT COALESCE(SUM(calls), 0) FROM request_log_pages";
     let stored_at_lock: i64 = sqlx::query_scalar(count).fetch_one(&mut lock).await.unwrap();
     let served_before = h.seen.lock().unwrap().len();
     tokio::time::sleep(Duration::from_millis(2000)).await;
