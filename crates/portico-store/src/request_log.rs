@@ -57,9 +57,22 @@ pub struct Page {
 /// Groups calls into pages: one per (second, consumer organization, API), split at
 /// [`MAX_CALLS`]. The order of calls within a page is kept.
 pub fn pack(calls: &[&CallRecord]) -> Vec<Page> {
-    let mut groups: HashMap<(i64, OrgId, ApiId), Vec<&CallRecord>> = HashMap::new();
+    // Consecutive calls mostly share a group: the last one is looked up without hashing.
+    type Key = (i64, OrgId, ApiId);
+    let mut index: HashMap<Key, usize> = HashMap::new();
+    let mut groups: Vec<(Key, Vec<&CallRecord>)> = Vec::new();
+    let mut last: Option<(Key, usize)> = None;
     for c in calls {
-        groups.entry((second_of(c.at_millis), c.consumer_org_id, c.api_id)).or_default().push(c);
+        let key = (second_of(c.at_millis), c.consumer_org_id, c.api_id);
+        let i = match last {
+            Some((k, i)) if k == key => i,
+            _ => *index.entry(key).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            }),
+        };
+        last = Some((key, i));
+        groups[i].1.push(c);
     }
     let mut out = Vec::with_capacity(groups.len());
     let mut raw = Vec::new();
@@ -80,37 +93,47 @@ pub fn pack(calls: &[&CallRecord]) -> Vec<Page> {
     out
 }
 
-/// Indexes of distinct values, in first-seen order.
-struct Dict<K> {
+/// Indexes of distinct values, in first-seen order. For each of its `N` fields, the value last
+/// found is checked first (consecutive calls mostly share their ids).
+struct Dict<K, const N: usize> {
     index: HashMap<K, u16>,
     order: Vec<K>,
+    last: [Option<(K, u16)>; N],
 }
 
-impl<K: std::hash::Hash + Eq + Copy> Dict<K> {
+impl<K: std::hash::Hash + Eq + Copy, const N: usize> Dict<K, N> {
     fn new() -> Self {
-        Dict { index: HashMap::new(), order: Vec::new() }
+        Dict { index: HashMap::new(), order: Vec::new(), last: [None; N] }
     }
-    fn of(&mut self, k: K) -> u16 {
+    fn of(&mut self, field: usize, k: K) -> u16 {
+        if let Some((l, i)) = self.last[field]
+            && l == k
+        {
+            return i;
+        }
         let next = self.order.len() as u16;
-        *self.index.entry(k).or_insert_with(|| {
+        let i = *self.index.entry(k).or_insert_with(|| {
             self.order.push(k);
             next
-        })
+        });
+        self.last[field] = Some((k, i));
+        i
     }
 }
 
 fn encode(calls: &[&CallRecord], out: &mut Vec<u8>) {
-    let mut ids: Dict<uuid::Uuid> = Dict::new();
-    let mut ops: Dict<&str> = Dict::new();
+    let mut ids: Dict<uuid::Uuid, 4> = Dict::new();
+    let mut ops: Dict<&str, 1> = Dict::new();
     let mut body = Vec::with_capacity(calls.len() * 72);
     for c in calls {
         body.extend_from_slice(c.request_id.as_bytes());
         body.extend_from_slice(&c.at_millis.to_le_bytes());
-        for id in [c.subscription_id.as_uuid(), c.version_id.as_uuid(), c.app_id.as_uuid(), c.plan_id.as_uuid()] {
-            body.extend_from_slice(&ids.of(id).to_le_bytes());
+        let row = [c.subscription_id.as_uuid(), c.version_id.as_uuid(), c.app_id.as_uuid(), c.plan_id.as_uuid()];
+        for (field, id) in row.into_iter().enumerate() {
+            body.extend_from_slice(&ids.of(field, id).to_le_bytes());
         }
         let op = match c.operation.as_deref() {
-            Some(op) => ops.of(&op[..floor_char_boundary(op, u16::MAX as usize)]),
+            Some(op) => ops.of(0, &op[..floor_char_boundary(op, u16::MAX as usize)]),
             None => NONE,
         };
         body.extend_from_slice(&op.to_le_bytes());

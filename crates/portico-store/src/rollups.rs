@@ -120,12 +120,23 @@ impl Rollup {
 /// to an existing row (nearly all of them) costs no allocation.
 pub fn roll(calls: &[CallRecord], g: Granularity) -> Vec<Rollup> {
     type Borrowed<'a> = (i64, SubscriptionId, PlanId, VersionId, &'a str, &'static str);
-    let mut rows: HashMap<Borrowed<'_>, Rollup> = HashMap::new();
+    let mut index: HashMap<Borrowed<'_>, usize> = HashMap::new();
+    let mut rows: Vec<Rollup> = Vec::new();
+    // Consecutive calls mostly add to the same row: the last one is found without hashing.
+    let mut last: Option<(Borrowed<'_>, usize)> = None;
     for c in calls {
         let bucket = c.at_millis.div_euclid(g.millis()) * g.millis();
         let key =
             (bucket, c.subscription_id, c.plan_id, c.version_id, c.operation.as_deref().unwrap_or(""), status_class(c));
-        let r = rows.entry(key).or_insert_with(|| Rollup::empty(bucket, c));
+        let i = match last {
+            Some((k, i)) if k == key => i,
+            _ => *index.entry(key).or_insert_with(|| {
+                rows.push(Rollup::empty(bucket, c));
+                rows.len() - 1
+            }),
+        };
+        last = Some((key, i));
+        let r = &mut rows[i];
         if c.orphaned {
             r.orphaned += 1;
             continue;
@@ -140,7 +151,7 @@ pub fn roll(calls: &[CallRecord], g: Granularity) -> Vec<Rollup> {
         r.latency_micros_sum += c.latency_micros.max(0);
         r.sketch.add(c.latency_micros.max(0) as u64);
     }
-    rows.into_values().collect()
+    rows
 }
 
 const COLS: &str = "bucket, subscription_id, api_id, version_id, app_id, consumer_org_id, plan_id, operation, status_class, \
