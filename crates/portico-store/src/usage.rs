@@ -261,36 +261,42 @@ pub async fn list_calls(
     if visible_to.is_some_and(|orgs| orgs.is_empty()) {
         return Ok(vec![]);
     }
+    let lowest = f.from_millis.map_or(i64::MIN, |t| second_of(t).saturating_sub(SECOND));
+    let mut highest = f.to_millis.map_or(i64::MAX, |t| second_of(t).saturating_add(SECOND));
     // The seconds an id search can be in: a Portico id's own (the call started then, give or
-    // take the clock's millisecond) and those the client's id was seen in.
+    // take the clock's millisecond; Portico's ids are UUIDv7, so an id of another kind can only
+    // be a client's) and those the client's id was seen in.
     let mut seconds: Option<std::collections::BTreeSet<i64>> = None;
     if f.request_id.is_some() || f.client_request_id.is_some() {
         let mut s = std::collections::BTreeSet::new();
-        let mut anywhere = false;
-        if let Some(id) = &f.request_id {
-            match second_of_id(id) {
-                Some(at) => s.extend([at - SECOND, at, at + SECOND]),
-                None => anywhere = true,
-            }
+        if let Some(at) = f.request_id.as_ref().and_then(second_of_id) {
+            s.extend([at - SECOND, at, at + SECOND]);
         }
+        let mut everywhere = false;
         if let Some(client) = &f.client_request_id {
-            let rows = sqlx::query("SELECT second FROM request_log_client_ids WHERE client_request_id = $1")
-                .bind(client)
-                .fetch_all(&mut *c)
-                .await?;
+            let rows = sqlx::query(
+                "SELECT second FROM request_log_client_ids WHERE client_request_id = $1 AND second <= $2 AND second >= $3 \
+                 ORDER BY second DESC LIMIT $4",
+            )
+            .bind(client)
+            .bind(highest)
+            .bind(lowest)
+            .bind(MAX_SECONDS as i64 + 1)
+            .fetch_all(&mut *c)
+            .await?;
+            // A client that sends the same id all the time: every page is read instead.
+            everywhere = rows.len() > MAX_SECONDS;
             for r in &rows {
                 s.insert(get::<i64>(r, "request_log_client_ids", "second")?);
             }
         }
-        if s.is_empty() && !anywhere {
+        if s.is_empty() {
             return Ok(vec![]);
         }
-        if !anywhere && s.len() <= MAX_SECONDS {
+        if !everywhere {
             seconds = Some(s);
         }
     }
-    let lowest = f.from_millis.map_or(i64::MIN, |t| second_of(t).saturating_sub(SECOND));
-    let mut highest = f.to_millis.map_or(i64::MAX, |t| second_of(t).saturating_add(SECOND));
     let mut texts: Vec<String> = Vec::new();
     let mut clauses: Vec<String> = vec!["p.second <= $1".into(), "p.second >= $2".into()];
     // $1 highest, $2 lowest, $3 the limit; texts from $4.
@@ -334,7 +340,9 @@ pub async fn list_calls(
             && f.from_millis.is_none_or(|t| call.at_millis >= t)
             && f.to_millis.is_none_or(|t| call.at_millis <= t)
     };
-    let want = usize::try_from(page.offset.saturating_add(page.limit)).unwrap_or(usize::MAX);
+    // Calls before the page are counted off as they are found, never kept.
+    let mut skip = usize::try_from(page.offset).unwrap_or(usize::MAX);
+    let want = usize::try_from(page.limit).unwrap_or(usize::MAX);
     let mut found: Vec<LoggedCall> = Vec::new();
     let mut more = true;
     while more && highest >= lowest && found.len() < want {
@@ -383,11 +391,11 @@ pub async fn list_calls(
         batch.sort_by(|a, b| {
             (second_of(b.call.at_millis), b.call.request_id).cmp(&(second_of(a.call.at_millis), a.call.request_id))
         });
-        found.extend(batch);
+        let skipped = skip.min(batch.len());
+        skip -= skipped;
+        found.extend(batch.into_iter().skip(skipped).take(want - found.len()));
     }
-    let skip = usize::try_from(page.offset).unwrap_or(usize::MAX);
-    let take = usize::try_from(page.limit).unwrap_or(usize::MAX);
-    Ok(found.into_iter().skip(skip).take(take).collect())
+    Ok(found)
 }
 
 /// Moves the request log's rows from before pages (`usage_events`, one row per call) into
@@ -432,7 +440,16 @@ pub(crate) async fn adopt_legacy_request_log(store: &crate::Store) -> Result<u64
             })
             .collect::<Result<Vec<_>>>()?;
         insert_calls(&mut tx, &calls.iter().collect::<Vec<_>>()).await?;
-        sqlx::query("DELETE FROM usage_events WHERE request_id <= $1").bind(&last).execute(&mut *tx).await?;
+        let deleted = sqlx::query("DELETE FROM usage_events WHERE request_id <= $1")
+            .bind(&last)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted != calls.len() as u64 {
+            // Another process moved (some of) these rows meanwhile: its pages stand, ours go.
+            tx.rollback().await?;
+            continue;
+        }
         tx.commit().await?;
         moved += calls.len() as u64;
     }

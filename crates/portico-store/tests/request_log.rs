@@ -32,6 +32,7 @@ struct World {
 }
 
 const BASE: i64 = 1_765_000_000_000;
+const V4: &str = "9b2f3c1e-54a7-4d2b-8f0e-1c2d3e4f5a6b";
 
 fn call(api: ApiId, org: OrgId, at_millis: i64, i: usize) -> CallRecord {
     CallRecord {
@@ -81,7 +82,7 @@ async fn world(store: &Store) -> World {
     let other_api =
         catalog::insert_api(&mut c, rival, &Slug::parse("maps").unwrap(), &fields("Maps")).await.unwrap().id;
     // 3,000 calls over 600 seconds (more pages than one read takes), in three rounds.
-    let calls: Vec<CallRecord> = (0..3000)
+    let mut calls: Vec<CallRecord> = (0..3000)
         .map(|i| {
             let (a, o) = match i % 5 {
                 0 => (other_api, consumers[1]),
@@ -91,6 +92,8 @@ async fn world(store: &Store) -> World {
             call(a, o, BASE + (i as i64) * 200, i)
         })
         .collect();
+    // A client whose own ids are UUIDs (of another kind than Portico's).
+    calls[2507].client_request_id = Some(V4.into());
     for round in calls.chunks(1000) {
         let refs: Vec<&CallRecord> = round.iter().collect();
         let mut tx = store.begin().await.unwrap();
@@ -123,7 +126,7 @@ async fn exercise(store: &Store) {
 
     // Paging: pages of 50 at any offset are slices of the whole.
     let whole = ids(&got);
-    for offset in [0, 50, 1234, 2990, 3000] {
+    for offset in [0, 50, 1234, 2990, 3000, 10_000] {
         let p =
             usage::list_calls(&mut c, &CallFilter::default(), None, Page::new(Some(50), Some(offset))).await.unwrap();
         let o = offset as usize;
@@ -139,8 +142,11 @@ async fn exercise(store: &Store) {
     assert_eq!(ids(&found), vec![w.calls[1207].request_id]);
     let f = CallFilter { client_request_id: Some("never-sent".into()), ..Default::default() };
     assert!(usage::list_calls(&mut c, &f, None, all).await.unwrap().is_empty());
-    // An id of another kind than Portico's (no time in it) is still found, by reading everything.
-    let f = CallFilter { request_id: Some(uuid::Uuid::new_v4()), ..Default::default() };
+    // An id of another kind than Portico's can only be a client's: found as one (the API
+    // searches both ways), and not at all as Portico's.
+    let f = CallFilter { request_id: V4.parse().ok(), client_request_id: Some(V4.into()), ..Default::default() };
+    assert_eq!(ids(&usage::list_calls(&mut c, &f, None, all).await.unwrap()), vec![w.calls[2507].request_id]);
+    let f = CallFilter { request_id: V4.parse().ok(), ..Default::default() };
     assert!(usage::list_calls(&mut c, &f, None, all).await.unwrap().is_empty());
 
     // Filters and a time range.
