@@ -10,19 +10,8 @@ use portico_store::catalog::{ApiFields, PlanFields};
 use portico_store::usage::DailyUsage;
 use portico_store::{Error, Page, Store, apps, catalog, orgs, usage, users};
 
-async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
-    store.migrate().await.unwrap();
-    (store, dir)
-}
-
-async fn postgres() -> Store {
-    let url = portico_store::testing::fresh_postgres_database().await.unwrap_or_else(|e| panic!("{e}"));
-    let store = Store::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    store
-}
+mod common;
+use common::{postgres, sqlite};
 
 fn slug(s: &str) -> Slug {
     Slug::parse(s).unwrap()

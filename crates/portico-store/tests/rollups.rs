@@ -8,19 +8,8 @@ use portico_store::rollups::{self, Filter, Granularity};
 use portico_store::usage::CallRecord;
 use portico_store::{Store, usage};
 
-async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
-    store.migrate().await.unwrap();
-    (store, dir)
-}
-
-async fn postgres() -> Store {
-    let url = portico_store::testing::fresh_postgres_database().await.unwrap_or_else(|e| panic!("{e}"));
-    let store = Store::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    store
-}
+mod common;
+use common::{postgres, sqlite};
 
 fn call(sub: SubscriptionId, at_millis: i64, status: i64, latency: i64, units: i64, orphaned: bool) -> CallRecord {
     let id = uuid::Builder::from_unix_timestamp_millis(at_millis as u64, &rand::random::<[u8; 10]>()).into_uuid();
