@@ -140,23 +140,56 @@ pub async fn insert_calls(c: &mut Conn, calls: &[&CallRecord]) -> Result<()> {
         .execute(&mut *c)
         .await?;
     }
+    // The seconds each client id was seen in, once each, in statements of a few fixed sizes.
     let mut seen = std::collections::HashSet::new();
-    for call in calls {
-        if let Some(client) = call.client_request_id.as_deref().filter(|s| !s.is_empty()) {
-            let second = crate::request_log::second_of(call.at_millis);
-            if seen.insert((client, second)) {
-                sqlx::query(
-                    "INSERT INTO request_log_client_ids (client_request_id, second) VALUES ($1, $2) \
-                     ON CONFLICT (client_request_id, second) DO NOTHING",
-                )
-                .bind(client)
-                .bind(second)
-                .execute(&mut *c)
-                .await?;
-            }
+    let ids: Vec<(&str, i64)> = calls
+        .iter()
+        .filter_map(|call| {
+            let client = call.client_request_id.as_deref().filter(|s| !s.is_empty())?;
+            Some((client, crate::request_log::second_of(call.at_millis)))
+        })
+        .filter(|k| seen.insert(*k))
+        .collect();
+    let anonymous = c.backend_name() == "SQLite";
+    let mut rest = ids.as_slice();
+    while !rest.is_empty() {
+        let size = CLIENT_ID_ROWS.iter().position(|&n| n <= rest.len()).unwrap_or(CLIENT_ID_ROWS.len() - 1);
+        let (chunk, tail) = rest.split_at(CLIENT_ID_ROWS[size]);
+        rest = tail;
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(client_ids_sql(anonymous, size)));
+        for (client, second) in chunk {
+            q = q.bind(*client).bind(*second);
         }
+        q.execute(&mut *c).await?;
     }
     Ok(())
+}
+
+/// Rows per statement of the client ids' `INSERT`: a few fixed sizes, so that each statement's
+/// text is made once and stays prepared in the connection's cache.
+const CLIENT_ID_ROWS: [usize; 3] = [64, 8, 1];
+
+/// The client ids' `INSERT` of `CLIENT_ID_ROWS[size]` rows, with anonymous (`?`, SQLite: sqlx
+/// looks numbered ones up by name, in time quadratic in their number) or numbered placeholders.
+fn client_ids_sql(anonymous: bool, size: usize) -> &'static str {
+    use std::fmt::Write as _;
+    static TEXTS: [[std::sync::OnceLock<String>; CLIENT_ID_ROWS.len()]; 2] =
+        [const { [const { std::sync::OnceLock::new() }; CLIENT_ID_ROWS.len()] }; 2];
+    TEXTS[usize::from(anonymous)][size].get_or_init(|| {
+        let mut q = String::from("INSERT INTO request_log_client_ids (client_request_id, second) VALUES ");
+        for r in 0..CLIENT_ID_ROWS[size] {
+            if r > 0 {
+                q.push_str(", ");
+            }
+            if anonymous {
+                q.push_str("(?, ?)");
+            } else {
+                let _ = write!(q, "(${}, ${})", 2 * r + 1, 2 * r + 2);
+            }
+        }
+        q.push_str(" ON CONFLICT (client_request_id, second) DO NOTHING");
+        q
+    })
 }
 
 /// How far a journal segment has been shipped: `(offset, complete)`.

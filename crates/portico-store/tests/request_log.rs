@@ -9,19 +9,8 @@ use portico_store::catalog::ApiFields;
 use portico_store::usage::{CallFilter, CallRecord};
 use portico_store::{Page, Store, catalog, orgs, rollups, usage};
 
-async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
-    store.migrate().await.unwrap();
-    (store, dir)
-}
-
-async fn postgres() -> Store {
-    let url = portico_store::testing::fresh_postgres_database().await.unwrap_or_else(|e| panic!("{e}"));
-    let store = Store::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    store
-}
+mod common;
+use common::{postgres, sqlite};
 
 struct World {
     provider: OrgId,
@@ -237,6 +226,25 @@ async fn exercise(store: &Store) {
     assert_eq!(found[0].call, old);
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_events").fetch_one(&mut *c).await.unwrap();
     assert_eq!(left, 0);
+
+    // A round of many client ids (statements of every size), one of them sent twice in a second.
+    let bulk: Vec<CallRecord> = (0..150)
+        .map(|i| CallRecord {
+            client_request_id: Some(format!("bulk-{}", i.min(148))),
+            ..call(w.api, w.consumers[0], BASE + 550_000 + i as i64 * 10, 1)
+        })
+        .collect();
+    usage::insert_calls(&mut c, &bulk.iter().collect::<Vec<_>>()).await.unwrap();
+    for (id, n) in [("bulk-0", 1), ("bulk-63", 1), ("bulk-64", 1), ("bulk-147", 1), ("bulk-148", 2)] {
+        let f = CallFilter { client_request_id: Some(id.into()), ..Default::default() };
+        assert_eq!(usage::list_calls(&mut c, &f, None, all).await.unwrap().len(), n, "{id}");
+    }
+    let rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM request_log_client_ids WHERE client_request_id LIKE 'bulk-%'")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+    assert_eq!(rows, 149);
 }
 
 #[tokio::test]
