@@ -19,9 +19,9 @@ if ! need nginx || ! need valgrind; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light valgrind >/dev/null
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
-echo "callgrind: building portico (release)"
-cargo build --release -p portico -q
-PORTICO="$CARGO_TARGET_DIR/release/portico"
+echo "callgrind: building portico (the dist profile: release with LTO)"
+cargo build --profile dist -p portico -q
+PORTICO="$CARGO_TARGET_DIR/dist/portico"
 
 WORK="$(mktemp -d)"
 PIDS=()

@@ -46,9 +46,9 @@ else
   PINNING="not pinned: $CORES cores shared by the load generator, the upstream and the proxies"
 fi
 
-echo "bench: building portico (release)"
-cargo build --release -p portico -q
-PORTICO="$CARGO_TARGET_DIR/release/portico"
+echo "bench: building portico (the dist profile: release with LTO)"
+cargo build --profile dist -p portico -q
+PORTICO="$CARGO_TARGET_DIR/dist/portico"
 
 WORK="$(mktemp -d)"
 PIDS=()

@@ -17,8 +17,10 @@ pub enum Credential<'a> {
     Token(&'a str),
 }
 
+static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
 pub fn credential(headers: &HeaderMap) -> Credential<'_> {
-    if let Some(v) = headers.get("x-api-key") {
+    if let Some(v) = headers.get(&X_API_KEY) {
         return Credential::Key { value: v.to_str().unwrap_or_default().trim(), from_authorization: false };
     }
     if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {

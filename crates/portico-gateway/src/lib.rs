@@ -239,7 +239,10 @@ impl Gateway {
             tracing::Span::none()
         };
         drop(snapshot);
-        let mut resp = tracing::Instrument::instrument(self.handle(client, req, remote, https), span.clone()).await;
+        let call = self.handle(client, req, remote, https, started);
+        // Without a span the call is awaited as it is: wrapping it moves its (large) future once more.
+        let mut resp =
+            if span.is_none() { call.await } else { tracing::Instrument::instrument(call, span.clone()).await };
         if !span.is_none() {
             let status = resp.status();
             span.record("http.response.status_code", status.as_u16());
@@ -277,8 +280,8 @@ impl Gateway {
         mut req: Request<Incoming>,
         remote: SocketAddr,
         https: bool,
+        started: Instant,
     ) -> Response<GwBody> {
-        let started = Instant::now();
         let inner = &self.inner;
         let traces = inner.config.traces;
         // First of all: a head whose framing is in doubt is answered before anything else, and
@@ -373,10 +376,13 @@ impl Gateway {
             tracing::Span::current().record("portico.api", api.slug.as_str());
         }
         let identify_span = trace::phase(traces, "identify");
+        // The call's one reading of the wall clock: key expiry, the usage event's time, the
+        // call's id.
+        let now = time::OffsetDateTime::now_utc();
         let (caller, key_in_authorization) = match identify::credential(req.headers()) {
             Credential::Key { value, from_authorization } => match identify::lookup(&snapshot, &inner.pepper, value) {
                 Ok(g) => {
-                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    let now = now.unix_timestamp();
                     if g.expires_at_ms.is_some_and(|at| at <= now.saturating_mul(1000)) {
                         return errors::unauthenticated(
                             "the API key has expired; use its replacement or create a new one",
@@ -475,7 +481,7 @@ impl Gateway {
         drop(identify_span);
         let units = policies.weight(operation.as_deref());
         // Portico's own id of the call: the metering key, never taken from the client.
-        let call_id = proxy::call_uuid();
+        let call_id = proxy::call_uuid(now);
         let call_id_header = proxy::uuid_header(call_id);
         // The call's X-Request-Id: the client's, or else Portico's id of the call.
         let client_request_id = proxy::client_request_id(req.headers()).cloned();
@@ -483,7 +489,7 @@ impl Gateway {
         let bytes_in = Arc::new(AtomicU64::new(0));
         let event = UsageEvent {
             request_id: call_id,
-            at: time::OffsetDateTime::now_utc(),
+            at: now,
             api_id: api.api_id,
             version_id: version.version_id,
             app_id: grant.app_id,

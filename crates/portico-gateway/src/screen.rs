@@ -25,6 +25,10 @@ fn contains_key_shape(s: &str) -> bool {
     })
 }
 
+// Named once: a `&str` name is parsed and hashed again on every lookup.
+static CL_MARK: http::HeaderName = http::HeaderName::from_static(crate::framing::CL_MARK);
+static TE_MARK: http::HeaderName = http::HeaderName::from_static(crate::framing::TE_MARK);
+
 /// Framing that front and back ends may read differently (request smuggling) is refused.
 pub(crate) fn smuggling(h: &http::HeaderMap) -> Option<&'static str> {
     let lengths = h.get_all(http::header::CONTENT_LENGTH);
@@ -36,8 +40,8 @@ pub(crate) fn smuggling(h: &http::HeaderMap) -> Option<&'static str> {
     }
     // hyper keeps one of the two; the connection's framing tracker marks the other.
     if (h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH))
-        || h.contains_key(crate::framing::CL_MARK)
-        || h.contains_key(crate::framing::TE_MARK)
+        || h.contains_key(&CL_MARK)
+        || h.contains_key(&TE_MARK)
     {
         return Some("the request has both Content-Length and Transfer-Encoding; send one");
     }
