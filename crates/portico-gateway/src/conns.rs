@@ -20,6 +20,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_core::outbound::OutboundPolicy;
+use portico_core::usage::UsageSink;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -40,6 +41,8 @@ pub(crate) struct Connect<'a> {
     pub tls: &'a rustls::ClientConfig,
     pub outbound: &'a Arc<OutboundPolicy>,
     pub connect_ms: u32,
+    /// The usage journal, whose records the connection writes before its own bytes.
+    pub sink: &'a Arc<dyn UsageSink>,
 }
 
 /// Why a call could not be sent.
@@ -183,7 +186,9 @@ async fn open(c: &Connect<'_>, uri: &Uri, https: bool, authority: &Arc<str>) -> 
     let mut connector = connector(c);
     std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(SendError::Connect)?;
     let io = connector.call(uri.clone()).await.map_err(SendError::Connect)?;
-    if io.connected().is_negotiated_h2() {
+    let h2 = io.connected().is_negotiated_h2();
+    let io = crate::meter::BeginsFirst::new(io, c.sink.clone());
+    if h2 {
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
@@ -368,7 +373,8 @@ mod tests {
         });
         let tls = crate::client::tls_config(&[]);
         let outbound = Arc::new(OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]));
-        let c = Connect { tls: &tls, outbound: &outbound, connect_ms: 1000 };
+        let sink: Arc<dyn UsageSink> = Arc::new(portico_core::usage::DiscardUsage);
+        let c = Connect { tls: &tls, outbound: &outbound, connect_ms: 1000, sink: &sink };
         let mut req = Request::new(crate::forward::empty());
         *req.uri_mut() = format!("http://{addr}/x").parse().unwrap();
         let resp = send(&c, req).await.ok().expect("sent");

@@ -647,7 +647,7 @@ impl Gateway {
         let policies = policies.clone();
         let hash = pool::hash_key(&policy, req.headers(), grant.consumer_slug.as_str());
         let journal_span = trace::phase(traces, "journal");
-        meter.begin().await;
+        meter.begin();
         drop(journal_span);
         // WebSocket and other upgrades: forwarded, and on a 101 the two connections are joined.
         let upgrade = proxy::upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
@@ -775,8 +775,12 @@ impl Gateway {
             rest_empty,
             signer,
         };
-        let connect =
-            conns::Connect { tls: &inner.tls, outbound: &inner.outbound, connect_ms: policy.connect_timeout_ms };
+        let connect = conns::Connect {
+            tls: &inner.tls,
+            outbound: &inner.outbound,
+            connect_ms: policy.connect_timeout_ms,
+            sink: &inner.sink,
+        };
         let deadline =
             policy.total_timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(u64::from(ms)));
         let sent = forward::send(&inner.pool, &connect, &primary, &policy, hash, deadline, out).await;

@@ -27,20 +27,17 @@ impl Meter {
     }
 
     /// Notes durably that the call is about to be forwarded. On a gateway worker the record
-    /// waits while the worker's other ready calls add theirs, and one `write(2)` writes them
-    /// all (group commit); it is written before this returns.
-    pub async fn begin(&mut self) {
+    /// waits in the worker's buffer, and the upstream connection writes it before the call's
+    /// first byte ([`BeginsFirst`]): by then the worker's other ready calls have added theirs,
+    /// and one `write(2)` writes them all (group commit) without the call giving up its turn.
+    /// Elsewhere it is written before this returns.
+    pub fn begin(&mut self) {
         let Some(e) = self.event.as_ref() else { return };
         if !can_defer() {
             self.token = self.sink.begin(e);
             return;
         }
-        let (token, ticket) = self.sink.begin_deferred(e);
-        self.token = token;
-        if ticket != 0 {
-            tokio::task::yield_now().await;
-            self.sink.flush(ticket);
-        }
+        self.token = self.sink.begin_deferred(e).0;
     }
 
     /// The status and latency are fixed when the response head is ready.
@@ -209,6 +206,66 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JournalFirst<S>
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         std::task::ready!(self.ready_to_write(cx));
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An upstream connection whose writes wait for the usage journal: the worker's records not
+/// yet written (the *begin* records of the calls it is about to forward among them) are
+/// written before any byte goes to the upstream, so no call reaches an upstream before its
+/// begin record is in the journal. No waiting: the connection's task runs after the calls that
+/// queued their requests on the worker in the same turn, so their records are already there.
+pub struct BeginsFirst<T> {
+    inner: T,
+    sink: Arc<dyn UsageSink>,
+}
+
+impl<T> BeginsFirst<T> {
+    pub fn new(inner: T, sink: Arc<dyn UsageSink>) -> Self {
+        BeginsFirst { inner, sink }
+    }
+
+    fn journal_first(&self) {
+        if self.sink.pending() {
+            self.sink.flush(u64::MAX);
+        }
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for BeginsFirst<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for BeginsFirst<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.journal_first();
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.journal_first();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

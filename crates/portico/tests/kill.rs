@@ -55,12 +55,30 @@ impl Portico {
     }
 }
 
-async fn upstream(seen: Arc<Mutex<Vec<String>>>) -> String {
+/// With `journal` (the gateway's journal directory), the upstream also looks there for each
+/// call's begin record (its id's 16 bytes) before it answers, and notes the calls it does not
+/// find in `unjournaled`.
+async fn upstream(
+    seen: Arc<Mutex<Vec<String>>>,
+    journal: Option<std::path::PathBuf>,
+) -> (String, Arc<Mutex<Vec<String>>>) {
+    let unjournaled = Arc::new(Mutex::new(Vec::new()));
+    let missing = unjournaled.clone();
     let app = axum::Router::new().fallback(move |h: axum::http::HeaderMap| {
-        let seen = seen.clone();
+        let (seen, journal, missing) = (seen.clone(), journal.clone(), missing.clone());
         async move {
             if let Some(id) = h.get("x-portico-request-id").and_then(|v| v.to_str().ok()) {
                 seen.lock().unwrap().push(id.to_owned());
+                if let Some(dir) = journal {
+                    let raw = *uuid::Uuid::parse_str(id).unwrap().as_bytes();
+                    let found = std::fs::read_dir(&dir)
+                        .unwrap()
+                        .flatten()
+                        .any(|f| std::fs::read(f.path()).unwrap_or_default().windows(16).any(|w| w == raw));
+                    if !found {
+                        missing.lock().unwrap().push(id.to_owned());
+                    }
+                }
             }
             "served"
         }
@@ -68,7 +86,7 @@ async fn upstream(seen: Arc<Mutex<Vec<String>>>) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
-    url
+    (url, unjournaled)
 }
 
 struct Harness {
@@ -77,6 +95,9 @@ struct Harness {
     key: String,
     sub_id: portico_core::ids::SubscriptionId,
     seen: Arc<Mutex<Vec<String>>>,
+    /// Calls the upstream served before their begin record was in the journal (checked only
+    /// when `setup` was asked to).
+    unjournaled: Arc<Mutex<Vec<String>>>,
     child: Child,
     dir: tempfile::TempDir,
     /// Where the test reads the store from (not through any proxy).
@@ -86,6 +107,10 @@ struct Harness {
 /// Starts Portico on `database` (SQLite in the data dir when `None`), seeds a provider's API
 /// over the counting upstream, a consumer's app subscribed to it and a key.
 async fn setup(database: Option<String>, store_url: Option<String>) -> Harness {
+    setup_checked(database, store_url, false).await
+}
+
+async fn setup_checked(database: Option<String>, store_url: Option<String>, check_journal: bool) -> Harness {
     portico::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let mut store_args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
@@ -95,7 +120,7 @@ async fn setup(database: Option<String>, store_url: Option<String>) -> Harness {
     let log = common::test_log_path("kill").unwrap_or_else(|| dir.path().join("portico.log"));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let up = upstream(seen.clone()).await;
+    let (up, unjournaled) = upstream(seen.clone(), check_journal.then(|| dir.path().join("journal"))).await;
 
     // The ports are chosen free and then bound by the child: another test may take one in
     // between, so a start that finds its port taken is tried again on new ones.
@@ -175,7 +200,7 @@ async fn setup(database: Option<String>, store_url: Option<String>) -> Harness {
     let key = key["key"].as_str().unwrap().to_owned();
     let store_url =
         store_url.or(database).unwrap_or_else(|| format!("sqlite://{}", dir.path().join("portico.db").display()));
-    Harness { p, http, key, sub_id, seen, child, dir, store_url }
+    Harness { p, http, key, sub_id, seen, unjournaled, child, dir, store_url }
 }
 
 /// 8 clients calling as fast as they can until `stop`; returns their 2xx count.
@@ -326,6 +351,31 @@ impl CutProxy {
     fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+}
+
+/// The begin record of a call is in the journal before the call reaches its upstream (the
+/// gateway's workers write the records of a burst of calls together, just before the first
+/// of them goes out): under load from eight clients, the upstream finds every call's id in
+/// the journal's files when the call arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_reaches_the_upstream_before_its_begin_record_is_in_the_journal() {
+    let h = setup_checked(None, None, true).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&h, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    for l in load {
+        ok += l.await.unwrap();
+    }
+    assert!(ok >= 50, "only {ok} calls were served");
+    let unjournaled = h.unjournaled.lock().unwrap().clone();
+    assert!(
+        unjournaled.is_empty(),
+        "{} of {ok} calls reached the upstream before their begin record: {unjournaled:?}",
+        unjournaled.len()
+    );
+    finish_and_check(h, ok, "begin before forward").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
