@@ -378,7 +378,7 @@ impl Gateway {
         let identify_span = trace::phase(traces, "identify");
         // The call's one reading of the wall clock: key expiry, the usage event's time, the
         // call's id.
-        let now = time::OffsetDateTime::now_utc();
+        let mut now = time::OffsetDateTime::now_utc();
         let (caller, key_in_authorization) = match identify::credential(req.headers()) {
             Credential::Key { value, from_authorization } => match identify::lookup(&snapshot, &inner.pepper, value) {
                 Ok(g) => {
@@ -421,6 +421,8 @@ impl Gateway {
             {
                 match token::verify_external(&inner.jwks, client, issuer, t).await {
                     Ok(client_id) => {
+                        // Fetching the issuer's keys may have taken a while: the call's time is now.
+                        now = time::OffsetDateTime::now_utc();
                         let registered = snapshot
                             .external_clients
                             .get(&issuer.jwks_url)

@@ -74,7 +74,7 @@ async fn upstream(
                     let found = std::fs::read_dir(&dir)
                         .unwrap()
                         .flatten()
-                        .any(|f| std::fs::read(f.path()).unwrap_or_default().windows(16).any(|w| w == raw));
+                        .any(|f| memchr::memmem::find(&std::fs::read(f.path()).unwrap_or_default(), &raw).is_some());
                     if !found {
                         missing.lock().unwrap().push(id.to_owned());
                     }
@@ -362,13 +362,14 @@ async fn no_call_reaches_the_upstream_before_its_begin_record_is_in_the_journal(
     let h = setup_checked(None, None, true).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(&h, stop.clone());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, Ordering::Relaxed);
     let mut ok = 0;
     for l in load {
         ok += l.await.unwrap();
     }
-    assert!(ok >= 50, "only {ok} calls were served");
+    // `finish_and_check` wants more than 100 metered calls.
+    assert!(ok > 100, "only {ok} calls were served in 2.5 s: too few to tell");
     let unjournaled = h.unjournaled.lock().unwrap().clone();
     assert!(
         unjournaled.is_empty(),
