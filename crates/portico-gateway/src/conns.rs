@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portico_core::outbound::OutboundPolicy;
 use portico_core::usage::UsageSink;
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -83,10 +83,10 @@ fn origin<'a>(l: &'a mut Local, https: bool, authority: &Arc<str>) -> &'a mut Or
 #[derive(Default)]
 struct Local {
     /// By `https` (index) and authority as the URL writes it.
-    origins: [HashMap<Arc<str>, Origin>; 2],
+    origins: [foldhash::HashMap<Arc<str>, Origin>; 2],
     /// Connectors by connect timeout (fixed when one is made) and the TLS settings and outbound
     /// policy they were made with (one gateway's, as a worker thread serves one); at most 64.
-    connectors: HashMap<(u32, usize, usize), Connector>,
+    connectors: foldhash::HashMap<(u32, usize, usize), Connector>,
 }
 
 thread_local!(static LOCAL: RefCell<Local> = RefCell::default());

@@ -96,7 +96,7 @@ struct Counted {
 
 pub struct Limiter {
     epoch: Instant,
-    subs: RwLock<HashMap<SubscriptionId, Arc<Mutex<Windows>>>>,
+    subs: RwLock<foldhash::HashMap<SubscriptionId, Arc<Mutex<Windows>>>>,
 }
 
 impl Default for Limiter {

@@ -5,7 +5,6 @@
 //! so a call costs a read-locked map lookup and a few atomic adds.
 
 use metrics::{Counter, Histogram};
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ impl ApiMetrics {
 }
 
 pub struct GatewayMetrics {
-    per_api: RwLock<HashMap<String, Arc<ApiMetrics>>>,
+    per_api: RwLock<foldhash::HashMap<String, Arc<ApiMetrics>>>,
     unknown: Arc<ApiMetrics>,
     pub rate_limited: Counter,
     pub quota_exhausted: Counter,

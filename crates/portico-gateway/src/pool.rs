@@ -9,7 +9,6 @@
 
 use portico_core::upstream::{Balance, UpstreamPolicy};
 use portico_core::values::UpstreamUrl;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -119,7 +118,7 @@ impl TargetState {
 
 #[derive(Debug)]
 pub struct Pool {
-    states: RwLock<HashMap<String, Arc<TargetState>>>,
+    states: RwLock<foldhash::HashMap<String, Arc<TargetState>>>,
     rr: AtomicUsize,
     budget: AtomicI64,
 }

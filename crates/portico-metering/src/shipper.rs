@@ -26,7 +26,7 @@ struct Progress {
     loaded: bool,
     read_to: u64,
     shipped_to: u64,
-    open: HashMap<Uuid, CallRecord>,
+    open: foldhash::HashMap<Uuid, CallRecord>,
     sealed: bool,
 }
 
@@ -89,7 +89,7 @@ fn day_of(ms: i64) -> String {
 
 /// Adds a call to the rollup rows, keyed by the UTC day's first millisecond (made into a date
 /// string once per row, not per call).
-fn aggregate(rows: &mut HashMap<(SubscriptionId, i64), DailyUsage>, c: &CallRecord) {
+fn aggregate(rows: &mut foldhash::HashMap<(SubscriptionId, i64), DailyUsage>, c: &CallRecord) {
     const DAY: i64 = 86_400_000;
     let u = rows.entry((c.subscription_id, c.at_millis.div_euclid(DAY) * DAY)).or_default();
     if c.orphaned {
@@ -294,7 +294,7 @@ impl Shipper {
     /// One transaction: the request log, the daily and minute rollups, and the offsets that account
     /// for them.
     async fn store_round(&self, calls: &[CallRecord], steps: &[Step]) -> Result<(u64, u64), String> {
-        let mut rows: HashMap<(SubscriptionId, i64), DailyUsage> = HashMap::new();
+        let mut rows: foldhash::HashMap<(SubscriptionId, i64), DailyUsage> = foldhash::HashMap::default();
         let (mut metered, mut orphaned) = (0, 0);
         for c in calls {
             aggregate(&mut rows, c);
