@@ -70,8 +70,9 @@ pub trait UsageSink: Send + Sync + 'static {
     fn end(&self, token: u64, event: UsageEvent);
     /// Like [`UsageSink::begin`], but the record may wait in the calling thread's buffer, so
     /// that calls arriving together are written together (group commit). Returns the token and
-    /// a ticket: before the call is forwarded, the caller must pass the ticket to
-    /// [`UsageSink::flush`] *on the same thread* (0: already written).
+    /// a ticket: before any byte of the call is forwarded, [`UsageSink::flush`] must run *on the
+    /// same thread*, of this ticket or of all (0: already written). The gateway flushes all of
+    /// them from its upstream connections, before each write (`meter::BeginsFirst`).
     fn begin_deferred(&self, event: &UsageEvent) -> (u64, u64) {
         (self.begin(event), 0)
     }
