@@ -83,7 +83,7 @@ impl ApiKey {
 
     /// The key's hash under the current pepper: what a new key is stored as.
     pub fn hash(&self, pepper: &Pepper) -> KeyHash {
-        hmac(&pepper.current, self.0.as_bytes())
+        pepper.hash_current(self.0.as_bytes())
     }
 
     /// The key's hashes under the previous peppers, newest first: a key made before a
@@ -108,8 +108,12 @@ fn base62_fixed(mut n: u32) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn keyed(key: &[u8; 32]) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any size")
+}
+
 fn hmac(key: &[u8; 32], data: &[u8]) -> KeyHash {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any size");
+    let mut mac = keyed(key);
     mac.update(data);
     KeyHash(mac.finalize().into_bytes().into())
 }
@@ -120,12 +124,15 @@ fn hmac(key: &[u8; 32], data: &[u8]) -> KeyHash {
 #[derive(Clone)]
 pub struct Pepper {
     current: [u8; 32],
+    /// The HMAC state keyed with `current` (its inner and outer pads hashed once, not on every
+    /// call's key lookup: two of the four SHA-256 blocks of a key's hash).
+    keyed: Hmac<Sha256>,
     previous: std::sync::Arc<[[u8; 32]]>,
 }
 
 impl Pepper {
     pub fn from_bytes(b: [u8; 32]) -> Self {
-        Pepper { current: b, previous: std::sync::Arc::new([]) }
+        Pepper { current: b, keyed: keyed(&b), previous: std::sync::Arc::new([]) }
     }
     pub fn generate() -> Self {
         let mut b = [0u8; 32];
@@ -148,7 +155,7 @@ impl Pepper {
     /// This pepper, still recognising what `previous` (newest first) hashed.
     pub fn with_previous(self, previous: impl IntoIterator<Item = Pepper>) -> Self {
         let previous: Vec<[u8; 32]> = previous.into_iter().map(|p| p.current).filter(|p| *p != self.current).collect();
-        Pepper { current: self.current, previous: previous.into() }
+        Pepper { previous: previous.into(), ..self }
     }
     /// How many previous peppers are still recognised.
     pub fn previous_count(&self) -> usize {
@@ -164,7 +171,13 @@ impl Pepper {
 
     /// `HMAC-SHA256(pepper, secret)`: how other random secrets (OAuth client secrets) are kept.
     pub fn mac(&self, secret: &str) -> KeyHash {
-        hmac(&self.current, secret.as_bytes())
+        self.hash_current(secret.as_bytes())
+    }
+
+    fn hash_current(&self, data: &[u8]) -> KeyHash {
+        let mut mac = self.keyed.clone();
+        mac.update(data);
+        KeyHash(mac.finalize().into_bytes().into())
     }
     /// [`Pepper::mac`] under each previous pepper, newest first.
     pub fn previous_macs<'p>(&'p self, secret: &'p str) -> impl Iterator<Item = KeyHash> + 'p {
@@ -240,6 +253,18 @@ mod tests {
             let changed = String::from_utf8(b).unwrap();
             assert!(ApiKey::parse(&changed).is_err(), "position {i}");
         }
+    }
+
+    #[test]
+    fn the_kept_keyed_state_hashes_as_a_fresh_hmac() {
+        let p = Pepper::generate();
+        let k = ApiKey::generate();
+        let fresh = hmac(&p.current, k.expose_secret().as_bytes());
+        assert_eq!(k.hash(&p), fresh);
+        assert_eq!(k.hash(&p), k.hash(&p), "the kept state is not consumed");
+        assert_eq!(p.mac("a client secret"), hmac(&p.current, b"a client secret"));
+        let rotated = Pepper::generate().with_previous([p.clone()]);
+        assert_eq!(k.hash(&rotated), hmac(&rotated.current, k.expose_secret().as_bytes()));
     }
 
     #[test]

@@ -55,20 +55,38 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names instead of eight removals.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names finds which of the eight are there: most requests carry none,
+    // and an upstream's response usually carries `Connection` alone. Only those are removed
+    // (a removal hashes its name).
+    let mut present = 0u8;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        h.remove(n);
+    // Headers named in `Connection` are hop-by-hop too; the usual `keep-alive` and `close`
+    // name none that is there.
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| !n.is_empty() && h.keys().any(|k| k.as_str().eq_ignore_ascii_case(n)))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for n in &named {
+            h.remove(n);
+        }
+    }
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
 }
 
@@ -347,8 +365,8 @@ pub fn inject_credential(h: &mut HeaderMap, auth: &portico_core::policy::Upstrea
 /// fields): e.g. `"minute";q=100;w=60` and `"minute";r=42;t=17`.
 /// The called operation's own windows are named `{operationId}/{period}`.
 pub fn rate_limit_headers(h: &mut HeaderMap, a: &crate::limit::Admitted, operation: Option<&str>) {
-    // Built by hand (itoa, no `fmt`): this runs on every answer.
-    let (mut policy, mut state) = (String::new(), String::new());
+    // Built by hand (itoa, no `fmt`): this runs on every answer. One window is about 30 bytes.
+    let (mut policy, mut state) = (String::with_capacity(64), String::with_capacity(64));
     let mut n = itoa::Buffer::new();
     let mut window = |policy: &mut String, state: &mut String, name: &str, q: u64, w: u64, r: u64, t: u64| {
         if !policy.is_empty() {
@@ -443,6 +461,29 @@ mod tests {
         assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=\"gw.example\"");
         assert_eq!(h["accept"], "application/json");
         assert_eq!(h["cookie"], "theme=dark; lang=en", "the portal's session cookie is not forwarded");
+    }
+
+    #[test]
+    fn an_upstreams_hop_by_hop_headers_do_not_reach_the_consumer() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("connection", "keep-alive, X-Upstream-Private".parse().unwrap());
+        h.append("connection", "close".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("x-upstream-private", "1".parse().unwrap());
+        h.insert("proxy-authenticate", "Basic".parse().unwrap());
+        downstream_headers(&mut h, HeaderValue::from_static("r1"), HeaderValue::from_static("c1"));
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-portico-request-id", "x-request-id"]);
+
+        // The usual answer: `Connection: keep-alive` alone goes, nothing else.
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive".parse().unwrap());
+        h.insert("server", "nginx".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["server"]);
     }
 
     #[test]
