@@ -2,6 +2,10 @@
 //! `kind: u8` + a fixed call layout, then fields added since, each optional at the end (a
 //! segment written by an older Portico still decodes): units (`u32`), the client's
 //! `X-Request-Id` (`u8` length + bytes). A torn or corrupt frame stops decoding there.
+//!
+//! The end of a call whose begin is in the journal is a short record ([`OUTCOME`]): the call's
+//! id and what its begin could not know (status, latency, bytes, units). The shipper completes
+//! it from the begin, which the journal writes to the same segment, earlier.
 
 use portico_core::usage::UsageEvent;
 use portico_store::usage::CallRecord;
@@ -10,6 +14,8 @@ use uuid::Uuid;
 pub const BEGIN: u8 = 1;
 pub const END: u8 = 2;
 pub const SEAL: u8 = 3;
+/// The end of a call whose begin record is in the same segment (its outcome only).
+pub const OUTCOME: u8 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -19,18 +25,52 @@ pub enum Record {
     End(CallRecord),
     /// The segment will get no more records.
     Seal,
+    /// The call that began in this segment is done: its begin, completed with this.
+    Outcome(Outcome),
+}
+
+/// What a call's end adds to its begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub request_id: Uuid,
+    pub status: u16,
+    pub latency_micros: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub units: u32,
+}
+
+impl Outcome {
+    /// The call's whole record: its begin's, with the outcome.
+    pub fn complete(&self, begin: &mut CallRecord) {
+        let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        begin.status = i64::from(self.status);
+        begin.latency_micros = big(self.latency_micros);
+        begin.bytes_in = big(self.bytes_in);
+        begin.bytes_out = big(self.bytes_out);
+        begin.units = i64::from(self.units);
+    }
 }
 
 fn put_id(buf: &mut Vec<u8>, id: Uuid) {
     buf.extend_from_slice(id.as_bytes());
 }
 
-/// Appends one framed record to `buf`.
+/// Appends one framed record to `buf` (an [`OUTCOME`] takes the event's outcome only).
 pub fn encode(kind: u8, event: Option<&UsageEvent>, buf: &mut Vec<u8>) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; 8]);
     buf.push(kind);
-    if let Some(e) = event {
+    if kind == OUTCOME
+        && let Some(e) = event
+    {
+        put_id(buf, e.request_id);
+        buf.extend_from_slice(&e.status.to_le_bytes());
+        for n in [e.latency_micros, e.bytes_in, e.bytes_out] {
+            buf.extend_from_slice(&n.to_le_bytes());
+        }
+        buf.extend_from_slice(&e.units.to_le_bytes());
+    } else if let Some(e) = event {
         put_id(buf, e.request_id);
         buf.extend_from_slice(&((e.at.unix_timestamp_nanos() / 1_000_000) as i64).to_le_bytes());
         for id in [
@@ -123,6 +163,18 @@ fn decode_call(body: &[u8]) -> Option<CallRecord> {
     })
 }
 
+fn decode_outcome(body: &[u8]) -> Option<Outcome> {
+    let mut r = Reader { b: body, at: 0 };
+    Some(Outcome {
+        request_id: r.id()?,
+        status: u16::from_le_bytes(r.take(2)?.try_into().ok()?),
+        latency_micros: r.u64()?,
+        bytes_in: r.u64()?,
+        bytes_out: r.u64()?,
+        units: u32::from_le_bytes(r.take(4)?.try_into().ok()?),
+    })
+}
+
 /// Decodes whole frames from the start of `buf`. Returns each record with the offset just
 /// past it, how many bytes they took, and whether it stopped at a corrupt frame (rather than
 /// at a partial one, still being written).
@@ -183,6 +235,7 @@ impl Iterator for Decoder<'_> {
             BEGIN => decode_call(&body[1..]).map(Record::Begin),
             END => decode_call(&body[1..]).map(Record::End),
             SEAL => Some(Record::Seal),
+            OUTCOME => decode_outcome(&body[1..]).map(Record::Outcome),
             _ => None,
         };
         match rec {
@@ -255,6 +308,35 @@ mod tests {
         bad[20] ^= 1;
         let (recs, used, corrupt) = decode(&bad);
         assert_eq!((recs.len(), used, corrupt), (0, 0, true));
+    }
+
+    #[test]
+    fn an_outcome_completes_its_begin_into_the_whole_end_record() {
+        let begun = UsageEvent { status: 0, latency_micros: 0, bytes_in: 0, bytes_out: 0, ..event(0) };
+        let done = UsageEvent {
+            status: 502,
+            latency_micros: 98_765,
+            bytes_in: 1 << 40,
+            bytes_out: 77,
+            units: 0,
+            ..begun.clone()
+        };
+        let mut buf = Vec::new();
+        encode(BEGIN, Some(&begun), &mut buf);
+        encode(OUTCOME, Some(&done), &mut buf);
+        let outcome_len = buf.len();
+        encode(END, Some(&done), &mut buf);
+        let (recs, used, corrupt) = decode(&buf);
+        assert_eq!((recs.len(), used, corrupt), (3, buf.len(), false));
+        let (Record::Begin(mut call), Record::Outcome(o), Record::End(whole)) =
+            (recs[0].0.clone(), recs[1].0.clone(), recs[2].0.clone())
+        else {
+            panic!("{recs:?}")
+        };
+        assert_eq!(o.request_id, begun.request_id);
+        o.complete(&mut call);
+        assert_eq!(call, whole);
+        assert!(outcome_len - recs[0].1 < 64, "an outcome is short: {} bytes", outcome_len - recs[0].1);
     }
 
     proptest! {

@@ -16,10 +16,9 @@
 //! always written to the segment that holds its begin. One journal per directory: it holds
 //! an exclusive lock on `LOCK`.
 
-use crate::codec::{self, BEGIN, END, SEAL};
+use crate::codec::{self, BEGIN, END, OUTCOME, SEAL};
 use portico_core::usage::{UsageEvent, UsageSink};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,7 +37,8 @@ pub(crate) struct Segment {
 
 struct State {
     current: Arc<Segment>,
-    open: HashMap<u64, Arc<Segment>>,
+    /// By number: an end record's token names its begin's segment.
+    open: foldhash::HashMap<u64, Arc<Segment>>,
 }
 
 pub struct Journal {
@@ -102,7 +102,7 @@ impl Journal {
         let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
         let instance = format!("{now:013}{:04x}", rand_u16());
         let current = open_segment(dir, &instance, 1)?;
-        let open = HashMap::from([(1, current.clone())]);
+        let open = foldhash::HashMap::from_iter([(1, current.clone())]);
         Ok(Arc::new_cyclic(|me| Journal {
             me: me.clone(),
             dir: dir.to_path_buf(),
@@ -371,7 +371,8 @@ impl UsageSink for Journal {
         }
         let seg = self.state.read().unwrap_or_else(|p| p.into_inner()).open.get(&token).cloned();
         match seg {
-            Some(seg) => self.defer(&seg, END, &event, true),
+            // Its begin is in this segment: the end says only how the call went.
+            Some(seg) => self.defer(&seg, OUTCOME, &event, true),
             None => {
                 tracing::error!(segment = token, "usage end for a segment that is already sealed");
                 0

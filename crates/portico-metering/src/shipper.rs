@@ -223,6 +223,18 @@ impl Shipper {
                             out.duplicates += 1;
                         }
                     }
+                    Record::Outcome(o) => match prog.open.remove(&o.request_id) {
+                        Some(mut c) if prog.read_to + end as u64 > prog.shipped_to => {
+                            o.complete(&mut c);
+                            calls.push(c);
+                        }
+                        Some(_) => out.duplicates += 1,
+                        None => {
+                            // Its begin was not written (a failed write): the call cannot be told.
+                            metrics::counter!("portico_usage_outcomes_without_begin_total").increment(1);
+                            tracing::warn!(segment = %name, request_id = %o.request_id, "a call's end has no begin in its journal segment; the call is not counted");
+                        }
+                    },
                     Record::Seal => prog.sealed = true,
                 }
             }

@@ -329,3 +329,26 @@ async fn deferred_records_are_written_together_and_in_order() {
     assert_eq!(totals(&store, sub).await, (5, 0));
     assert_eq!(segments(&jdir), 0);
 }
+
+#[tokio::test]
+async fn a_begun_call_is_shipped_with_its_ends_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jdir = tmp.path().join("journal");
+    let store = store(tmp.path()).await;
+    let sub = SubscriptionId::new();
+    let j = Journal::open(&jdir, 1 << 20).unwrap();
+    // What is known when the call is forwarded, then how it went.
+    let begun = UsageEvent { status: 0, latency_micros: 0, bytes_in: 0, bytes_out: 0, ..event(sub, 0) };
+    let token = j.begin(&begun);
+    j.end(token, UsageEvent { status: 503, latency_micros: 4_000, bytes_in: 7, bytes_out: 900, ..begun.clone() });
+    // And one refused before forwarding: its end is the whole record.
+    j.end(0, UsageEvent { status: 429, latency_micros: 50, bytes_in: 3, bytes_out: 80, ..event(sub, 429) });
+    j.close();
+    let mut shipper = Shipper::new(&jdir, j.instance(), store.clone());
+    assert_eq!(shipper.ship_once().await.unwrap().calls, 2);
+    let mut c = store.conn().await.unwrap();
+    let days = portico_store::usage::daily(&mut c, sub, "2000-01-01", "2999-12-31").await.unwrap();
+    let d = &days[0];
+    assert_eq!((d.calls, d.server_errors, d.client_errors, d.success), (2, 1, 1, 0));
+    assert_eq!((d.bytes_in, d.bytes_out, d.latency_micros_sum), (10, 980, 4_050));
+}
