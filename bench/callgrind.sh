@@ -25,7 +25,12 @@ PORTICO="$CARGO_TARGET_DIR/dist/portico"
 
 WORK="$(mktemp -d)"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # The upstream nginx (a daemon) is stopped through its pid file, before the directory goes.
+  [ -f "$WORK/up/nginx.pid" ] && "$NGINX" -p "$WORK/up" -c nginx.conf -s stop 2>/dev/null || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 UP=$(free_port); PROXY=$(free_port); GW=$(free_port); API=$(free_port)
@@ -45,7 +50,6 @@ http { access_log off; keepalive_requests 1000000; upstream backend { server 127
   server { listen 127.0.0.1:$PROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 "$NGINX" -p "$WORK/up" -c nginx.conf
-trap 'cleanup; "$NGINX" -p "$WORK/up" -c nginx.conf -s stop 2>/dev/null || true' EXIT
 
 CG="valgrind --tool=callgrind --instr-atstart=no --trace-children=no"
 $CG --callgrind-out-file="$WORK/nginx.cg" "$NGINX" -p "$WORK/proxy" -c nginx.conf >"$WORK/nginx-vg.log" 2>&1 &

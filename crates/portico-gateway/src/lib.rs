@@ -758,7 +758,12 @@ impl Gateway {
                 }
             },
         };
-        let body = CountingBody::new(body, bytes_in).boxed_unsync();
+        // A body with nothing to stream (a GET's) has no bytes to count: no wrapper, no box.
+        let body = if hyper::body::Body::is_end_stream(&body) {
+            body
+        } else {
+            CountingBody::new(body, bytes_in).boxed_unsync()
+        };
         let signer = policies
             .signing_secret
             .is_some()

@@ -19,25 +19,31 @@ pub struct Meter {
     token: u64,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
+    /// [`can_defer`], asked once per call (a call's task stays on its runtime).
+    defer: Option<bool>,
 }
 
 impl Meter {
     pub fn new(sink: Arc<dyn UsageSink>, event: UsageEvent, started: Instant, bytes_in: Arc<AtomicU64>) -> Self {
-        Meter { sink, event: Some(event), token: 0, started, bytes_in }
+        Meter { sink, event: Some(event), token: 0, started, bytes_in, defer: None }
+    }
+
+    fn can_defer(&mut self) -> bool {
+        *self.defer.get_or_insert_with(can_defer)
     }
 
     /// Notes durably that the call is about to be forwarded. On a gateway worker the record
     /// waits in the worker's buffer, and the upstream connection writes it before the call's
-    /// first byte ([`BeginsFirst`]): by then the worker's other ready calls have added theirs,
-    /// and one `write(2)` writes them all (group commit) without the call giving up its turn.
-    /// Elsewhere it is written before this returns.
+    /// first byte ([`BeginsFirst`]), together with the records of the worker's other calls
+    /// that moved in the same turn (group commit, see [`JournalGate`]). Elsewhere it is
+    /// written before this returns.
     pub fn begin(&mut self) {
-        let Some(e) = self.event.as_ref() else { return };
-        if !can_defer() {
-            self.token = self.sink.begin(e);
+        if self.event.is_none() {
             return;
         }
-        self.token = self.sink.begin_deferred(e).0;
+        let defer = self.can_defer();
+        let Some(e) = self.event.as_ref() else { return };
+        self.token = if defer { self.sink.begin_deferred(e).0 } else { self.sink.begin(e) };
     }
 
     /// The status and latency are fixed when the response head is ready.
@@ -61,10 +67,14 @@ impl Meter {
     /// worker's buffer, for the connection's [`JournalFirst`] to write before the response's
     /// last bytes (every consumer connection has one: `serve.rs` is the only way in).
     fn finish(&mut self, bytes_out: u64, defer: bool) {
+        if self.event.is_none() {
+            return;
+        }
+        let defer = defer && self.can_defer();
         let Some(mut e) = self.event.take() else { return };
         e.bytes_in = self.bytes_in.load(Ordering::Relaxed);
         e.bytes_out = bytes_out;
-        if defer && can_defer() {
+        if defer {
             self.sink.end_deferred(self.token, e);
         } else {
             self.sink.end(self.token, e);
@@ -150,23 +160,21 @@ impl Drop for MeteredBody {
     }
 }
 
-/// A consumer's connection whose writes wait for the usage journal: while the worker holds
-/// records not yet written, a write first lets the worker's other ready connections run (their
-/// records join the same `write(2)`), then writes the records, then the bytes. So a response's
-/// last bytes never leave before its end record is written, and a burst of responses costs
-/// one journal write.
-pub struct JournalFirst<S> {
-    inner: S,
+/// What holds a connection's writes until the usage journal has the worker's records: while
+/// the worker holds records not yet written, a write first lets the worker's other ready tasks
+/// run (`yield_now` resumes the task after the worker next polls its sockets, so the calls that
+/// became ready meanwhile add their records too), then writes them all with one `write(2)`,
+/// then lets the bytes go. Both sides of a call wait at it: a call's first byte to its upstream
+/// never leaves before its begin record is written, nor its response's last byte before its
+/// end record is. A worker's turn then costs one journal write for the begins and ends of all
+/// the calls it moved, instead of one for the begins and one for the ends.
+struct JournalGate {
     sink: Arc<dyn UsageSink>,
     wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
-impl<S> JournalFirst<S> {
-    pub fn new(inner: S, sink: Arc<dyn UsageSink>) -> Self {
-        JournalFirst { inner, sink, wait: None }
-    }
-
-    fn ready_to_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+impl JournalGate {
+    fn ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.wait.is_none() {
             if !self.sink.pending() {
                 return Poll::Ready(());
@@ -184,6 +192,19 @@ impl<S> JournalFirst<S> {
     }
 }
 
+/// A consumer's connection whose writes wait at the [`JournalGate`]: a response's last bytes
+/// never leave before its end record is written.
+pub struct JournalFirst<S> {
+    inner: S,
+    gate: JournalGate,
+}
+
+impl<S> JournalFirst<S> {
+    pub fn new(inner: S, sink: Arc<dyn UsageSink>) -> Self {
+        JournalFirst { inner, gate: JournalGate { sink, wait: None } }
+    }
+}
+
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JournalFirst<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -196,7 +217,7 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for JournalFirst<S> {
 
 impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JournalFirst<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        std::task::ready!(self.ready_to_write(cx));
+        std::task::ready!(self.gate.ready(cx));
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -205,7 +226,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JournalFirst<S>
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        std::task::ready!(self.ready_to_write(cx));
+        std::task::ready!(self.gate.ready(cx));
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -222,25 +243,18 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for JournalFirst<S>
     }
 }
 
-/// An upstream connection whose writes wait for the usage journal: the worker's records not
-/// yet written (the *begin* records of the calls it is about to forward among them) are
-/// written before any byte goes to the upstream, so no call reaches an upstream before its
-/// begin record is in the journal. No waiting: the connection's task runs after the calls that
-/// queued their requests on the worker in the same turn, so their records are already there.
+/// An upstream connection whose writes wait at the [`JournalGate`]: the worker's records not
+/// yet written (the begin records of the calls it is about to forward among them) are written
+/// before any byte goes to the upstream, so no call reaches an upstream before its begin
+/// record is in the journal.
 pub struct BeginsFirst<T> {
     inner: T,
-    sink: Arc<dyn UsageSink>,
+    gate: JournalGate,
 }
 
 impl<T> BeginsFirst<T> {
     pub fn new(inner: T, sink: Arc<dyn UsageSink>) -> Self {
-        BeginsFirst { inner, sink }
-    }
-
-    fn journal_first(&self) {
-        if self.sink.pending() {
-            self.sink.flush(u64::MAX);
-        }
+        BeginsFirst { inner, gate: JournalGate { sink, wait: None } }
     }
 }
 
@@ -256,7 +270,7 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for BeginsFirst<T> {
 
 impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for BeginsFirst<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.journal_first();
+        std::task::ready!(self.gate.ready(cx));
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -265,7 +279,7 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for BeginsFirst<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.journal_first();
+        std::task::ready!(self.gate.ready(cx));
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
