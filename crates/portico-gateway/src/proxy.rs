@@ -5,10 +5,12 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 use std::net::IpAddr;
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, which also names
+/// the obsolete `Proxy-Connection`).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -55,10 +57,10 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names finds which of the eight are there: most requests carry none,
-    // and an upstream's response usually carries `Connection` alone. Only those are removed
-    // (a removal hashes its name).
-    let mut present = 0u8;
+    // One pass over the names finds which of them are there: most requests carry none, and an
+    // upstream's response usually carries `Connection` alone. Only those are removed (a
+    // removal hashes its name).
+    let mut present = 0u16;
     for k in h.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
             present |= 1 << i;
@@ -70,14 +72,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Headers named in `Connection` are hop-by-hop too; the usual `keep-alive` and `close`
     // name none that is there.
     if present & 1 != 0 {
+        // Split as bytes: a value with an obs-text byte still names its other options.
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|n| !n.is_empty() && h.keys().any(|k| k.as_str().eq_ignore_ascii_case(n)))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|n| !n.is_empty() && h.keys().any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(n)))
+            .filter_map(|n| HeaderName::from_bytes(n).ok())
             .collect();
         for n in &named {
             h.remove(n);
@@ -473,6 +475,10 @@ mod tests {
         h.insert("transfer-encoding", "chunked".parse().unwrap());
         h.insert("x-upstream-private", "1".parse().unwrap());
         h.insert("proxy-authenticate", "Basic".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        // A value with a byte outside ASCII still names its other options.
+        h.append("connection", HeaderValue::from_bytes(b"x-other-private, caf\xe9").unwrap());
+        h.insert("x-other-private", "1".parse().unwrap());
         downstream_headers(&mut h, HeaderValue::from_static("r1"), HeaderValue::from_static("c1"));
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
