@@ -5,7 +5,9 @@
 //!
 //! The end of a call whose begin is in the journal is a short record ([`OUTCOME`]): the call's
 //! id and what its begin could not know (status, latency, bytes, units). The shipper completes
-//! it from the begin, which the journal writes to the same segment, earlier.
+//! it from the begin, which the journal writes to the same segment, earlier. A Portico from
+//! before outcome records reads one as a damaged record (and skips the rest of its segment):
+//! let the journal drain (`portico_journal_pending_bytes` 0) before going back to one.
 
 use portico_core::usage::UsageEvent;
 use portico_store::usage::CallRecord;
@@ -21,7 +23,8 @@ pub const OUTCOME: u8 = 4;
 pub enum Record {
     /// The call is about to be forwarded.
     Begin(CallRecord),
-    /// The call is done (or was refused without being forwarded).
+    /// A call refused without being forwarded (and, in segments written before outcome
+    /// records, any call's end): the whole record.
     End(CallRecord),
     /// The segment will get no more records.
     Seal,
@@ -56,8 +59,12 @@ fn put_id(buf: &mut Vec<u8>, id: Uuid) {
     buf.extend_from_slice(id.as_bytes());
 }
 
-/// Appends one framed record to `buf` (an [`OUTCOME`] takes the event's outcome only).
+/// Appends one framed record to `buf` (an [`OUTCOME`] takes the event's outcome only, and is
+/// nothing without an event).
 pub fn encode(kind: u8, event: Option<&UsageEvent>, buf: &mut Vec<u8>) {
+    if kind == OUTCOME && event.is_none() {
+        return;
+    }
     let start = buf.len();
     buf.extend_from_slice(&[0u8; 8]);
     buf.push(kind);

@@ -1,5 +1,6 @@
 //! The durable local journal: a [`UsageSink`] that appends a *begin* record before a call is
-//! forwarded and an *end* record after it, with `write(2)` to an append-only segment file. A
+//! forwarded and an *end* record after it (for a begun call, only its outcome: the shipper
+//! completes it from the begin), with `write(2)` to an append-only segment file. A
 //! write that returned has reached the kernel, so it survives the process being killed;
 //! nothing here waits on fsync or on the database.
 //!
@@ -8,7 +9,8 @@
 //! calls add theirs, and then [`UsageSink::flush`] them all with one `write(2)`. The rules that
 //! keep counts exact: a call is forwarded only once its begin is written, and the last bytes of
 //! its response go out only once its end is; a record written at once (`begin`, `end`) writes
-//! the thread's pending ones first, so a call's end never precedes its begin; an end releases
+//! the thread's pending ones first, so a call's end never precedes its begin (an outcome
+//! before its begin could not be completed, and the call would not be counted); an end releases
 //! its segment (which may then be sealed) only once it is written.
 //!
 //! Segments are `<instance>-<n>.seg`. A segment is retired when it grows past its size limit

@@ -229,6 +229,8 @@ impl Shipper {
                             calls.push(c);
                         }
                         Some(_) => out.duplicates += 1,
+                        // Told once: a segment read again from its start meets it again.
+                        None if prog.read_to + end as u64 <= prog.shipped_to => {}
                         None => {
                             // Its begin was not written (a failed write): the call cannot be told.
                             metrics::counter!("portico_usage_outcomes_without_begin_total").increment(1);
