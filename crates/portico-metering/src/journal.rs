@@ -13,10 +13,12 @@
 //! before its begin could not be completed, and the call would not be counted); an end releases
 //! its segment (which may then be sealed) only once it is written.
 //!
-//! Segments are `<instance>-<n>.seg`. A segment is retired when it grows past its size limit
-//! and sealed (a `Seal` record) once its last in-flight call has ended; the end of a call is
-//! always written to the segment that holds its begin. One journal per directory: it holds
-//! an exclusive lock on `LOCK`.
+//! Segments are `<instance>-<n>.seg`, one per writing thread at a time (a gateway worker's
+//! appends never wait for another worker's). A segment is retired when it grows past its size
+//! limit (its thread goes on in a new one) and sealed (a `Seal` record) once its last in-flight
+//! call has ended; the end of a call is always written to the segment that holds its begin,
+//! whichever thread writes it. `close` seals them all. One journal per directory: it holds an
+//! exclusive lock on `LOCK`.
 
 use crate::codec::{self, BEGIN, END, OUTCOME, SEAL};
 use portico_core::usage::{UsageEvent, UsageSink};
@@ -38,7 +40,8 @@ pub(crate) struct Segment {
 }
 
 struct State {
-    current: Arc<Segment>,
+    /// The number the next new segment gets.
+    next_no: u64,
     /// By number: an end record's token names its begin's segment.
     open: foldhash::HashMap<u64, Arc<Segment>>,
 }
@@ -46,6 +49,9 @@ struct State {
 pub struct Journal {
     /// This journal, for the pending buffers that refer to it.
     me: Weak<Journal>,
+    /// Tells this journal's segments apart in a thread's [`CURRENT`] (unlike an address, never
+    /// reused by a later journal).
+    id: u64,
     dir: PathBuf,
     instance: String,
     state: RwLock<State>,
@@ -103,13 +109,17 @@ impl Journal {
         })?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
         let instance = format!("{now:013}{:04x}", rand_u16());
-        let current = open_segment(dir, &instance, 1)?;
-        let open = foldhash::HashMap::from_iter([(1, current.clone())]);
+        // The opening thread's segment, made now so that a journal that cannot write fails here.
+        let first = open_segment(dir, &instance, 1)?;
+        let open = foldhash::HashMap::from_iter([(1, first.clone())]);
+        let id = JOURNAL_IDS.fetch_add(1, Ordering::Relaxed);
+        set_current(id, &first);
         Ok(Arc::new_cyclic(|me| Journal {
             me: me.clone(),
+            id,
             dir: dir.to_path_buf(),
             instance,
-            state: RwLock::new(State { current, open }),
+            state: RwLock::new(State { next_no: 2, open }),
             max_segment_bytes: max_segment_bytes.max(4096),
             write_errors: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
@@ -226,16 +236,49 @@ impl Journal {
         }
     }
 
-    /// Takes a reference on the current segment (or on segment `no`), so it cannot be sealed
-    /// under the caller.
+    /// Takes a reference on this thread's current segment (or on segment `no`), so it cannot
+    /// be sealed under the caller.
     fn enter(&self, no: Option<u64>) -> Option<Arc<Segment>> {
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
         let seg = match no {
-            None => st.current.clone(),
-            Some(n) => st.open.get(&n)?.clone(),
+            None => self.current()?,
+            Some(n) => self.state.read().unwrap_or_else(|p| p.into_inner()).open.get(&n)?.clone(),
         };
         seg.inflight.fetch_add(1, Ordering::AcqRel);
         Some(seg)
+    }
+
+    /// This thread's segment: each writing thread appends to a file of its own, so gateway
+    /// workers never wait for each other in `write(2)` (two threads appending to one file
+    /// serialise on its position lock, and one preempted inside its write stalls the other).
+    /// Made on a thread's first record and when the last one is retired.
+    fn current(&self) -> Option<Arc<Segment>> {
+        let mine = CURRENT
+            .try_with(|c| {
+                c.borrow()
+                    .iter()
+                    .find(|(id, s)| *id == self.id && !s.retired.load(Ordering::Acquire))
+                    .map(|(_, s)| s.clone())
+            })
+            .ok()
+            .flatten();
+        if mine.is_some() {
+            return mine;
+        }
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let no = st.next_no;
+        match open_segment(&self.dir, &self.instance, no) {
+            Ok(seg) => {
+                st.next_no += 1;
+                st.open.insert(no, seg.clone());
+                drop(st);
+                set_current(self.id, &seg);
+                Some(seg)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a new journal segment; writing to another thread's");
+                st.open.values().find(|s| !s.retired.load(Ordering::Acquire)).cloned()
+            }
+        }
     }
 
     /// Gives back `n` references on `seg`; the last one out of a retired segment seals it.
@@ -256,14 +299,20 @@ impl Journal {
         if seg.bytes.load(Ordering::Relaxed) < self.max_segment_bytes {
             return;
         }
-        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if st.current.no != seg.no {
+        // Only this thread's own current segment is rotated (by this thread).
+        let mine = CURRENT
+            .try_with(|c| c.borrow().iter().any(|(id, s)| *id == self.id && Arc::ptr_eq(s, seg)))
+            .unwrap_or(false);
+        if !mine || seg.retired.load(Ordering::Acquire) {
             return;
         }
-        match open_segment(&self.dir, &self.instance, seg.no + 1) {
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let no = st.next_no;
+        match open_segment(&self.dir, &self.instance, no) {
             Ok(next) => {
-                st.open.insert(next.no, next.clone());
-                st.current = next;
+                st.next_no += 1;
+                st.open.insert(no, next.clone());
+                set_current(self.id, &next);
                 seg.retired.store(true, Ordering::Release);
                 let idle = seg.inflight.load(Ordering::Acquire) == 0;
                 drop(st);
@@ -275,14 +324,34 @@ impl Journal {
         }
     }
 
-    /// Seals the current segment (on shutdown: every call has ended).
+    /// Seals every thread's segment (on shutdown: every call has ended).
     pub fn close(&self) {
-        let seg = self.state.read().unwrap_or_else(|p| p.into_inner()).current.clone();
-        seg.retired.store(true, Ordering::Release);
-        if seg.inflight.load(Ordering::Acquire) == 0 {
-            self.seal(&seg);
+        let open: Vec<Arc<Segment>> =
+            self.state.read().unwrap_or_else(|p| p.into_inner()).open.values().cloned().collect();
+        for seg in open {
+            seg.retired.store(true, Ordering::Release);
+            if seg.inflight.load(Ordering::Acquire) == 0 {
+                self.seal(&seg);
+            }
         }
     }
+}
+
+static JOURNAL_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Each thread's current segment, by journal id (a thread writes to one journal, or a few
+    /// in tests).
+    static CURRENT: RefCell<Vec<(u64, Arc<Segment>)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn set_current(journal: u64, seg: &Arc<Segment>) {
+    let _ = CURRENT.try_with(|c| {
+        let mut c = c.borrow_mut();
+        // Segments of journals that are gone or retired are let go here.
+        c.retain(|(id, s)| *id != journal && !s.sealed.load(Ordering::Acquire));
+        c.push((journal, seg.clone()));
+    });
 }
 
 fn rand_u16() -> u16 {

@@ -352,3 +352,38 @@ async fn a_begun_call_is_shipped_with_its_ends_outcome() {
     assert_eq!((d.calls, d.server_errors, d.client_errors, d.success), (2, 1, 1, 0));
     assert_eq!((d.bytes_in, d.bytes_out, d.latency_micros_sum), (10, 980, 4_050));
 }
+
+#[tokio::test]
+async fn each_writing_thread_appends_to_a_segment_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jdir = tmp.path().join("journal");
+    let store = store(tmp.path()).await;
+    let sub = SubscriptionId::new();
+    let j = Journal::open(&jdir, 1 << 20).unwrap();
+    let jr = &j;
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(move || {
+                for _ in 0..50 {
+                    let e = event(sub, 200);
+                    let t = jr.begin(&e);
+                    jr.end(t, e);
+                }
+            });
+        }
+    });
+    assert_eq!(segments(&jdir), 4, "the opening thread's, and one for each writing thread");
+    // A call that ends on another thread than it began on: its end joins its begin's segment.
+    let e = event(sub, 201);
+    let t = j.begin(&e);
+    std::thread::scope(|s| {
+        s.spawn(move || jr.end(t, e));
+    });
+    assert_eq!(segments(&jdir), 4, "no segment for a thread that only ends a call");
+    let mut shipper = Shipper::new(&jdir, j.instance(), store.clone());
+    shipper.ship_once().await.unwrap();
+    j.close();
+    shipper.ship_once().await.unwrap();
+    assert_eq!(totals(&store, sub).await, (151, 0));
+    assert_eq!(segments(&jdir), 0, "every segment sealed, shipped and removed");
+}
