@@ -14,6 +14,9 @@
 #   portico/nginx throughput ratio: X.XX
 # Usage: bench/gateway.sh [seconds per run, default 10] [connections, default 32] [runs, default 5]
 # BENCH_PERF=FILE also records a CPU profile of the gateway (perf) during its first run.
+# BENCH_B=PATH (another build of portico) makes the second Portico an A/B peer instead: the
+# same data served metered by that build, reported as "b" (the metered/unmetered line becomes
+# b/portico). The build under test is BENCH_A=PATH when given, else this checkout's dist build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
@@ -46,9 +49,17 @@ else
   PINNING="not pinned: $CORES cores shared by the load generator, the upstream and the proxies"
 fi
 
-echo "bench: building portico (the dist profile: release with LTO)"
-cargo build --profile dist -p portico -q
-PORTICO="$CARGO_TARGET_DIR/dist/portico"
+if [ -n "${BENCH_A:-}" ]; then
+  PORTICO="$BENCH_A"
+else
+  echo "bench: building portico (the dist profile: release with LTO)"
+  cargo build --profile dist -p portico -q
+  PORTICO="$CARGO_TARGET_DIR/dist/portico"
+fi
+# The second Portico: this build unmetered, or (BENCH_B) another build metered.
+PORTICO_B="${BENCH_B:-$PORTICO}"
+if [ -n "${BENCH_B:-}" ]; then B_ARGS=""; B_NAME=b; else B_ARGS="--unmetered"; B_NAME=unmetered; fi
+export B_NAME
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -144,8 +155,8 @@ cp -a "$WORK/portico" "$WORK/unmetered"; rm -rf "$WORK/unmetered/journal"
 PORTICO_PID=$!
 PIDS+=("$PORTICO_PID")
 # shellcheck disable=SC2086
-"${PIN_PROXY[@]}" "$PORTICO" serve --data-dir "$WORK/unmetered" --gateway-addr "127.0.0.1:$GW2" --api-addr "127.0.0.1:$API2" --metrics-addr "127.0.0.1:$MET2" \
-  --outbound-allow-cidrs 127.0.0.0/8 --unmetered ${BENCH_PORTICO_ARGS:-} >"$WORK/unmetered.log" 2>&1 &
+"${PIN_PROXY[@]}" "$PORTICO_B" serve --data-dir "$WORK/unmetered" --gateway-addr "127.0.0.1:$GW2" --api-addr "127.0.0.1:$API2" --metrics-addr "127.0.0.1:$MET2" \
+  --outbound-allow-cidrs 127.0.0.0/8 $B_ARGS ${BENCH_PORTICO_ARGS:-} >"$WORK/unmetered.log" 2>&1 &
 UNMETERED_PID=$!
 PIDS+=("$UNMETERED_PID")
 for gw in "$GW" "$GW2"; do
@@ -176,9 +187,9 @@ NGINX_PIDS=$(workers_of nginx)
 # Waits until the metered gateway's shipper has moved its journal into the store (the shipper
 # runs at a lower CPU priority, so under load it lags; the next run must not pay for it).
 drained() {
-  local zero=0
+  local zero=0 port=${1:-$MET}
   for _ in $(seq 1 600); do
-    if curl -sf "http://127.0.0.1:$MET/metrics" | grep -qx 'portico_journal_pending_bytes 0'; then
+    if curl -sf "http://127.0.0.1:$port/metrics" | grep -qx 'portico_journal_pending_bytes 0'; then
       zero=$((zero + 1)); [ "$zero" -ge 2 ] && return 0
     else
       zero=0
@@ -198,6 +209,7 @@ run() {
   after=$(cpu_us $pids)
   drain=$after
   if [ "$name" = portico ]; then drained; drain=$(cpu_us $pids); fi
+  if [ "$name" = unmetered ] && [ -n "${BENCH_B:-}" ]; then drained "$MET2"; drain=$(cpu_us $pids); fi
   python3 - "$WORK/$name.txt" "$before" "$after" "$drain" >> "$WORK/$name.runs" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
@@ -245,6 +257,7 @@ fixed() {
   before=$(cpu_us $pids)
   "${PIN_LOAD[@]}" oha -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction --no-tui --output-format json "$@" "$url" > "$WORK/$name.fixed.json"
   if [ "$name" = portico ]; then drained; fi
+  if [ "$name" = unmetered ] && [ -n "${BENCH_B:-}" ]; then drained "$MET2"; fi
   echo $(( $(cpu_us $pids) - before )) > "$WORK/$name.fixed.cpu"
 }
 echo "bench: fixed rate of $RATE req/s (half of nginx's median) for ${DURATION}s each"
@@ -254,15 +267,18 @@ fixed portico "http://127.0.0.1:$GW/bench/v1/weather" "$PORTICO_PID" -H "X-Api-K
 fixed unmetered "http://127.0.0.1:$GW2/bench/v1/weather" "$UNMETERED_PID" -H "X-Api-Key: $KEY"
 
 python3 - "$WORK" "$RATE" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 work, rate = sys.argv[1], int(sys.argv[2])
+# The second Portico's name in the tables: "unmetered", or "b" for an A/B (BENCH_B).
+B = os.environ.get("B_NAME", "unmetered")
+show = lambda n: B if n == "unmetered" else n
 def med(name):
     rows = [list(map(float, l.split())) for l in open(f"{work}/{name}.runs") if l.strip()]
     return [statistics.median(col) for col in zip(*rows)]
 rows = {n: med(n) for n in ("direct", "nginx", "portico", "unmetered")}
 print(f"{'peer':10} {'req/s':>12} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/req':>11} {'+ shipping':>11}")
 for n, (rps, p50, p99, cpu, drained) in rows.items():
-    print(f"{n:10} {rps:12.0f} {p50:9.0f} {p99:9.0f} {cpu:11.1f} {drained:11.1f}")
+    print(f"{show(n):10} {rps:12.0f} {p50:9.0f} {p99:9.0f} {cpu:11.1f} {drained:11.1f}")
 print()
 print(f"fixed rate {rate} req/s: {'peer':8} {'req/s':>9} {'p50 µs':>9} {'p99 µs':>9} {'p99 added':>10} {'CPU µs/req':>11}")
 fixed = {}
@@ -277,10 +293,16 @@ for n in ("direct", "nginx", "portico", "unmetered"):
     fixed[n] = (d["summary"]["requestsPerSec"], p["p50"] * 1e6, p["p99"] * 1e6, cpu)
 for n, (rps, p50, p99, cpu) in fixed.items():
     added = "" if n == "direct" else f"{p99 - fixed['direct'][2]:.0f}"
-    print(f"{'':22}{n:8} {rps:9.0f} {p50:9.0f} {p99:9.0f} {added:>10} {cpu:11.1f}")
-print(f"metering's CPU at the fixed rate: {fixed['portico'][3]:.1f} µs/req metered, {fixed['unmetered'][3]:.1f} unmetered ({fixed['portico'][3] / fixed['unmetered'][3] - 1:+.0%})")
+    print(f"{'':22}{show(n):8} {rps:9.0f} {p50:9.0f} {p99:9.0f} {added:>10} {cpu:11.1f}")
+if B == "unmetered":
+    print(f"metering's CPU at the fixed rate: {fixed['portico'][3]:.1f} µs/req metered, {fixed['unmetered'][3]:.1f} unmetered ({fixed['portico'][3] / fixed['unmetered'][3] - 1:+.0%})")
+else:
+    print(f"CPU at the fixed rate: {fixed['portico'][3]:.1f} µs/req portico, {fixed['unmetered'][3]:.1f} b ({fixed['unmetered'][3] / fixed['portico'][3] - 1:+.0%})")
 print(f"p99 added over direct at half load: nginx {fixed['nginx'][2] - fixed['direct'][2]:.0f} µs, portico {fixed['portico'][2] - fixed['direct'][2]:.0f} µs")
-print(f"metered/unmetered throughput ratio: {rows['portico'][0] / rows['unmetered'][0]:.2f}")
+if B == "unmetered":
+    print(f"metered/unmetered throughput ratio: {rows['portico'][0] / rows['unmetered'][0]:.2f}")
+else:
+    print(f"b/portico throughput ratio: {rows['unmetered'][0] / rows['portico'][0]:.3f}")
 print(f"portico/direct throughput ratio: {rows['portico'][0] / rows['direct'][0]:.2f}")
 print(f"nginx/direct throughput ratio: {rows['nginx'][0] / rows['direct'][0]:.2f}")
 print(f"portico/nginx throughput ratio: {rows['portico'][0] / rows['nginx'][0]:.2f}")
