@@ -113,7 +113,10 @@ fn keyed(key: &[u8; 32]) -> Hmac<Sha256> {
 }
 
 fn hmac(key: &[u8; 32], data: &[u8]) -> KeyHash {
-    let mut mac = keyed(key);
+    finish(keyed(key), data)
+}
+
+fn finish(mut mac: Hmac<Sha256>, data: &[u8]) -> KeyHash {
     mac.update(data);
     KeyHash(mac.finalize().into_bytes().into())
 }
@@ -175,9 +178,7 @@ impl Pepper {
     }
 
     fn hash_current(&self, data: &[u8]) -> KeyHash {
-        let mut mac = self.keyed.clone();
-        mac.update(data);
-        KeyHash(mac.finalize().into_bytes().into())
+        finish(self.keyed.clone(), data)
     }
     /// [`Pepper::mac`] under each previous pepper, newest first.
     pub fn previous_macs<'p>(&'p self, secret: &'p str) -> impl Iterator<Item = KeyHash> + 'p {

@@ -174,6 +174,10 @@ struct JournalGate {
 }
 
 impl JournalGate {
+    fn new(sink: Arc<dyn UsageSink>) -> Self {
+        JournalGate { sink, wait: None }
+    }
+
     fn ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.wait.is_none() {
             if !self.sink.pending() {
@@ -201,7 +205,7 @@ pub struct JournalFirst<S> {
 
 impl<S> JournalFirst<S> {
     pub fn new(inner: S, sink: Arc<dyn UsageSink>) -> Self {
-        JournalFirst { inner, gate: JournalGate { sink, wait: None } }
+        JournalFirst { inner, gate: JournalGate::new(sink) }
     }
 }
 
@@ -254,7 +258,7 @@ pub struct BeginsFirst<T> {
 
 impl<T> BeginsFirst<T> {
     pub fn new(inner: T, sink: Arc<dyn UsageSink>) -> Self {
-        BeginsFirst { inner, gate: JournalGate { sink, wait: None } }
+        BeginsFirst { inner, gate: JournalGate::new(sink) }
     }
 }
 

@@ -265,20 +265,22 @@ impl Journal {
             return mine;
         }
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let no = st.next_no;
-        match open_segment(&self.dir, &self.instance, no) {
-            Ok(seg) => {
-                st.next_no += 1;
-                st.open.insert(no, seg.clone());
-                drop(st);
-                set_current(self.id, &seg);
-                Some(seg)
-            }
+        match self.new_segment(&mut st) {
+            Ok(seg) => Some(seg),
             Err(e) => {
                 tracing::error!(error = %e, "cannot open a new journal segment; writing to another thread's");
                 st.open.values().find(|s| !s.retired.load(Ordering::Acquire)).cloned()
             }
         }
+    }
+
+    /// Opens the next segment and makes it this thread's current one.
+    fn new_segment(&self, st: &mut State) -> std::io::Result<Arc<Segment>> {
+        let seg = open_segment(&self.dir, &self.instance, st.next_no)?;
+        st.next_no += 1;
+        st.open.insert(seg.no, seg.clone());
+        set_current(self.id, &seg);
+        Ok(seg)
     }
 
     /// Gives back `n` references on `seg`; the last one out of a retired segment seals it.
@@ -307,12 +309,8 @@ impl Journal {
             return;
         }
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let no = st.next_no;
-        match open_segment(&self.dir, &self.instance, no) {
-            Ok(next) => {
-                st.next_no += 1;
-                st.open.insert(no, next.clone());
-                set_current(self.id, &next);
+        match self.new_segment(&mut st) {
+            Ok(_) => {
                 seg.retired.store(true, Ordering::Release);
                 let idle = seg.inflight.load(Ordering::Acquire) == 0;
                 drop(st);

@@ -211,26 +211,28 @@ impl Shipper {
             f.take(self.max_read as u64).read_to_end(&mut self.buf).map_err(|e| format!("reading {name}: {e}"))?;
             let mut records = codec::Decoder::new(&self.buf);
             for (r, end) in records.by_ref() {
+                // Past what the store has: to ship (else read again after a restart, to pair).
+                let fresh = prog.read_to + end as u64 > prog.shipped_to;
                 match r {
                     Record::Begin(c) => {
                         prog.open.insert(c.request_id, c);
                     }
                     Record::End(c) => {
                         prog.open.remove(&c.request_id);
-                        if prog.read_to + end as u64 > prog.shipped_to {
+                        if fresh {
                             calls.push(c);
                         } else {
                             out.duplicates += 1;
                         }
                     }
                     Record::Outcome(o) => match prog.open.remove(&o.request_id) {
-                        Some(mut c) if prog.read_to + end as u64 > prog.shipped_to => {
+                        Some(mut c) if fresh => {
                             o.complete(&mut c);
                             calls.push(c);
                         }
                         Some(_) => out.duplicates += 1,
                         // Told once: a segment read again from its start meets it again.
-                        None if prog.read_to + end as u64 <= prog.shipped_to => {}
+                        None if !fresh => {}
                         None => {
                             // Its begin was not written (a failed write): the call cannot be told.
                             metrics::counter!("portico_usage_outcomes_without_begin_total").increment(1);
